@@ -1,0 +1,30 @@
+# `make demo` and `make test` are all a user types on a fresh clone: each creates .venv and installs on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-slow lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	# torchattacks (the peer library, for comparisons) declares torchvision and requests~=2.25 but imports
+	# neither; resolving them would break transformers, so it goes in without its declared dependencies.
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt torchattacks==3.5.1
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/robustdistill demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis reports/demo checkpoints

@@ -1,0 +1,5 @@
+import sys
+
+from robustdistill.cli import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""The ``robustdistill`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from robustdistill.errors import UserInputError
+
+log = logging.getLogger("robustdistill")
+
+EXIT_BAD_INPUT = 2
+
+
+def _train(args: argparse.Namespace) -> int:
+    from robustdistill import trainers
+
+    trainer = trainers.create(args.method, recipe=args.config, overrides=args.set)
+    out = Path(args.out) if args.out else Path("checkpoints") / (Path(args.config).stem if args.config else args.method)
+    started = time.perf_counter()
+    path = trainer.fit(out, resume=args.resume)
+    elapsed = time.perf_counter() - started
+    provenance = json.loads((path / "config.json").read_text())["provenance"]
+    selection, history = provenance["selection"], provenance["history"]
+    best = history[selection["best_epoch"] - 1] if selection["best_epoch"] >= 1 else {}
+    metrics = ", ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in best.items() if k.startswith("val_"))
+    print(f"wrote {path} in {elapsed:.1f}s (best epoch {selection['best_epoch']} on val: {metrics})")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from robustdistill import attacks, trainers
+    from robustdistill.models import ARCHITECTURES
+
+    families: dict[str, list[tuple[str, object]]] = {
+        "attacks": attacks.ATTACKS.items(),
+        "trainers": trainers.TRAINERS.items(),
+        "architectures": ARCHITECTURES.items(),
+    }
+    for family, entries in families.items():
+        if args.family and args.family != family:
+            continue
+        print(f"{family}:")
+        for name, factory in entries:
+            doc = (factory.__doc__ or "").strip().splitlines()
+            print(f"  {name:<26} {doc[0] if doc else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robustdistill",
+        description="Robustness and security audits for teacher-to-student distillation, and robust trainers.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = sub.add_parser(
+        "train",
+        help="train a model or student from a recipe",
+        description="Train METHOD with the settings of a recipe (TOML), e.g. "
+        "`robustdistill train pgd-at --config defenses/digits-pgd-at.toml --out checkpoints/pgd-at`.",
+    )
+    train.add_argument("method", help="training method (see `robustdistill list trainers`)")
+    train.add_argument("--config", metavar="FILE", help="recipe TOML (defenses/*.toml); its keys are the method's settings")
+    train.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override a setting, e.g. --set epochs=5 --set data.split_seed=1 (repeatable)")
+    train.add_argument("--out", metavar="DIR", help="checkpoint directory to write (default checkpoints/<recipe name>)")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished epoch")
+    train.set_defaults(handler=_train)
+
+    lister = sub.add_parser("list", help="list attacks, trainers and architectures", description="List what is registered.")
+    lister.add_argument("family", nargs="?", choices=["attacks", "trainers", "architectures"], help="only this family")
+    lister.set_defaults(handler=_list)
+    return parser
+
+
+def configure_logging(verbose: bool, quiet: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger("robustdistill")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except UserInputError as exc:
+        print(f"robustdistill: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("robustdistill: interrupted; finished epochs are kept, continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Image datasets for classifiers: built-in digits, a CIFAR-10 folder, an image folder, HF datasets on disk.
+
+    from robustdistill.data import load_split
+    train = load_split({"kind": "digits"}, "train")     # ImageSplit: x in [0, 1], (N, C, H, W)
+    for x, y in train.loader(batch_size=64, shuffle=True, seed=0): ...
+"""
+
+from robustdistill.data.pool import SPLITS
+from robustdistill.data.spec import DataSpec, parse_spec, user_error_from_validation
+from robustdistill.data.split import ImageSplit, clear_cache, load_split, load_splits
+
+__all__ = [
+    "SPLITS",
+    "DataSpec",
+    "ImageSplit",
+    "clear_cache",
+    "load_split",
+    "load_splits",
+    "parse_spec",
+    "user_error_from_validation",
+]

@@ -1,0 +1,33 @@
+"""Trainers that produce students. ``robustdistill train METHOD --config FILE`` runs one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from robustdistill.trainers import defensive_distillation, kd, pgd_at, standard, trades  # noqa: F401  (registration)
+from robustdistill.trainers.base import TRAINERS, Trainer
+from robustdistill.trainers.config import TrainConfig, load_recipe, read_toml
+
+__all__ = ["TRAINERS", "Trainer", "TrainConfig", "available", "create", "train_from_recipe"]
+
+
+def available() -> list[str]:
+    return TRAINERS.available()
+
+
+def create(method: str, config: TrainConfig | None = None, *, recipe: str | Path | None = None, overrides: list[str] | None = None) -> Trainer:
+    """A trainer for ``method``, configured by a config object, or by a recipe file plus ``key=value`` overrides."""
+    trainer_class = TRAINERS.get(method)
+    if config is None:
+        config = load_recipe(trainer_class.config_class, recipe, overrides or [], method)
+    return trainer_class(config)
+
+
+def train_from_recipe(recipe: str | Path, out: str | Path, overrides: list[str] | None = None, resume: bool = False) -> Path:
+    """Train the method a recipe names (its ``method`` key) and write the checkpoint to ``out``."""
+    from robustdistill.errors import UserInputError
+
+    method = read_toml(recipe, "--config").get("method")
+    if not method:
+        raise UserInputError("method", f"{recipe} does not say which method it trains", "add method = '...' at its top")
+    return create(method, recipe=recipe, overrides=overrides).fit(out, resume=resume)

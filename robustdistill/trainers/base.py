@@ -1,0 +1,299 @@
+"""The Trainer base class: the epoch loop every method shares.
+
+A method subclasses :class:`Trainer`, names its config dataclass and implements :meth:`Trainer.batch_loss`.
+The base owns data, model, optimiser, schedule, augmentation, the progress bar, validation on the val split,
+best-checkpoint selection on val (never on test), per-epoch resumable state and the final checkpoint with its
+provenance.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustdistill.attacks.pgd import PGD
+from robustdistill.data import ImageSplit, load_split
+from robustdistill.errors import UserInputError
+from robustdistill.models import Classifier, checkpoint_sha256, save_checkpoint
+from robustdistill.registry import Registry
+from robustdistill.trainers.config import TrainConfig, config_to_dict
+from robustdistill.utils import atomic_path, seed_everything
+
+log = logging.getLogger(__name__)
+
+TRAINERS: Registry[type["Trainer"]] = Registry("trainer")
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+def derived_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from several parts (so each epoch and batch has its own reproducible stream)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError("device", f"unknown device {name!r}", "use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("device", "CUDA is not available on this machine", "use device = 'cpu' or 'auto'")
+    return device
+
+
+def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """``crop-flip``: random crop after 4-pixel zero padding and horizontal flip, the CIFAR-10 augmentation of
+    the papers. ``shift``: random translation by up to one pixel (for 8x8 digits, where a flip changes the class)."""
+    if kind == "none":
+        return x
+    n, _, h, w = x.shape
+    if kind in ("crop-flip", "shift"):
+        pad = 4 if kind == "crop-flip" else 1
+        padded = nn.functional.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h)[None, :]).to(x.device)
+        cols = (dx[:, None] + torch.arange(w)[None, :]).to(x.device)
+        idx = torch.arange(n, device=x.device)[:, None, None, None]
+        chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+        x = padded[idx, chan, rows[:, None, :, None], cols[:, None, None, :]]
+    if kind == "shift":
+        return x
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+@dataclass
+class TrainState:
+    """Everything needed to continue after the last finished epoch, saved as tensors and plain values only."""
+
+    epoch: int = 0  # epochs finished
+    best_score: float = float("-inf")
+    best_epoch: int = -1
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
+    correct = 0
+    for start in range(0, len(x), batch_size):
+        correct += int((model(x[start : start + batch_size]).argmax(1) == y[start : start + batch_size]).sum())
+    return correct / max(1, len(x))
+
+
+class Trainer:
+    """Base trainer. Subclasses set ``config_class`` and implement :meth:`batch_loss`."""
+
+    config_class: ClassVar[type[TrainConfig]] = TrainConfig
+    method: ClassVar[str] = ""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.parents: list[dict[str, str]] = []
+
+    # --- hooks for subclasses -------------------------------------------------------------------------
+    def prepare(self, train: ImageSplit) -> None:
+        """Load teachers or anything else the method needs before training."""
+
+    def batch_loss(
+        self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (loss to minimise, logits used for the running training accuracy)."""
+        raise NotImplementedError
+
+    def extra_provenance(self) -> dict[str, Any]:
+        return {}
+
+    # --- shared machinery -----------------------------------------------------------------------------
+    def training_attack(self, steps: int | None = None) -> PGD:
+        cfg = self.config
+        return PGD(eps=cfg.eps, alpha=cfg.step_size, steps=steps or cfg.attack_steps, norm=cfg.norm, seed=cfg.seed)
+
+    def adversarial(self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """PGD on the cross-entropy against ``model``, BatchNorm in the configured mode (Madry et al. 2018)."""
+        return self.training_attack()(model, x, y, mode=self.config.attack_bn_mode, generator=generator)
+
+    def build_model(self, train: ImageSplit) -> Classifier:
+        cfg = self.config
+        return Classifier.from_arch(
+            cfg.arch,
+            num_classes=train.num_classes,
+            input_shape=train.input_shape,
+            mean=cfg.mean,
+            std=cfg.std,
+            classes=list(train.classes),
+            **cfg.arch_params,
+        )
+
+    def make_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+        cfg = self.config
+        if cfg.optimizer == "sgd":
+            optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
+        else:
+            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_milestones), gamma=cfg.lr_gamma)
+        return optimizer, scheduler
+
+    def validate(self, model: Classifier, val: ImageSplit) -> dict[str, float]:
+        model.eval()
+        x, y = val.x.to(self.device), val.y.to(self.device)
+        metrics = {"val_clean_accuracy": accuracy(model, x, y)}
+        if self.config.val_robust and self.config.eps > 0:
+            attack = self.training_attack(steps=self.config.val_attack_steps)
+            robust_correct = 0
+            for start in range(0, len(x), 256):
+                xb, yb = x[start : start + 256], y[start : start + 256]
+                x_adv = attack(model, xb, yb)
+                with torch.no_grad():
+                    robust_correct += int((model(x_adv).argmax(1) == yb).sum())
+            metrics["val_robust_accuracy"] = robust_correct / max(1, len(x))
+        return metrics
+
+    def selection_score(self, metrics: dict[str, float]) -> float:
+        kind = self.config.select_metric
+        if kind == "clean" or "val_robust_accuracy" not in metrics:
+            return metrics["val_clean_accuracy"]
+        if kind == "robust":
+            return metrics["val_robust_accuracy"]
+        return (metrics["val_clean_accuracy"] + metrics["val_robust_accuracy"]) / 2
+
+    def train_epoch(self, model: Classifier, optimizer: torch.optim.Optimizer, train: ImageSplit, epoch: int) -> dict[str, float]:
+        cfg = self.config
+        generator = torch.Generator().manual_seed(derived_seed(cfg.seed, "epoch", epoch))
+        order = torch.randperm(len(train), generator=generator)
+        total_loss, correct, seen = 0.0, 0, 0
+        batches = range(0, len(order), cfg.batch_size)
+        bar = tqdm(batches, desc=f"{self.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch", disable=None)
+        for start in bar:
+            idx = order[start : start + cfg.batch_size]
+            x = augment_batch(train.x[idx], cfg.augment, generator).to(self.device)
+            y = train.y[idx].to(self.device)
+            model.train()
+            loss, logits = self.batch_loss(model, x, y, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
+
+    def fit(self, out: str | Path, *, resume: bool = False, on_epoch_end: EpochCallback | None = None) -> Path:
+        """Train, keeping the best epoch on val, and write the checkpoint directory ``out``.
+
+        Progress after each finished epoch is kept in ``<out>.partial/``; ``resume=True`` continues from there
+        and ends with the same weights as an uninterrupted run with the same seed.
+        """
+        cfg = self.config
+        out = Path(out)
+        work = out.with_name(out.name + ".partial")
+        if work.exists() and not resume:
+            raise UserInputError("--resume", f"an interrupted run is kept in {work}", f"add --resume to continue it, or delete {work} to start over")
+        seed_everything(cfg.seed)
+        train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+        self.prepare(train)
+        model = self.build_model(train).to(self.device)
+        optimizer, scheduler = self.make_optimizer(model)
+        state = TrainState()
+        best_weights = copy.deepcopy(model.state_dict())
+        if resume and (work / "last.pt").exists():
+            state, best_weights = self._load_state(work / "last.pt", model, optimizer, scheduler)
+            log.info("resuming %s from %s after epoch %d", self.method, work, state.epoch)
+        elif resume:
+            log.info("nothing to resume in %s; starting from the first epoch", work)
+        work.mkdir(parents=True, exist_ok=True)
+        for epoch in range(state.epoch, cfg.epochs):
+            record: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+            record |= self.train_epoch(model, optimizer, train, epoch)
+            scheduler.step()
+            record |= self.validate(model, val)
+            score = self.selection_score(record)
+            if score >= state.best_score:  # on a tie, the later (longer-trained) epoch
+                state.best_score, state.best_epoch = score, epoch + 1
+                best_weights = copy.deepcopy(model.state_dict())
+            state.history.append(record)
+            state.epoch = epoch + 1
+            self._save_state(work / "last.pt", state, model, optimizer, scheduler, best_weights)
+            log.info("%s epoch %d/%d %s", self.method, epoch + 1, cfg.epochs, " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, record)
+        model.load_state_dict(best_weights)
+        model.eval()
+        path = save_checkpoint(model, out, provenance=self.provenance(train, state))
+        shutil.rmtree(work, ignore_errors=True)
+        return path
+
+    def provenance(self, train: ImageSplit, state: TrainState) -> dict[str, Any]:
+        from robustdistill import __version__
+
+        return {
+            "recipe": {"method": self.method, "config": config_to_dict(self.config)},
+            "parents": self.parents,
+            "data": {"spec": train_spec(self.config), "fingerprint": train.fingerprint, "split": "train"},
+            "train_members": [int(i) for i in train.indices],
+            "selection": {"split": "val", "metric": self.config.select_metric, "best_epoch": state.best_epoch, "score": state.best_score},
+            "history": state.history,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "robustdistill": __version__,
+            "torch": torch.__version__,
+            **self.extra_provenance(),
+        }
+
+    def parent(self, role: str, path: str | Path) -> dict[str, str]:
+        entry = {"role": role, "path": str(path), "sha256": checkpoint_sha256(path)}
+        self.parents.append(entry)
+        return entry
+
+    def _save_state(self, path: Path, state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, best: dict[str, torch.Tensor]) -> None:
+        payload = {
+            "epoch": state.epoch,
+            "best_score": state.best_score,
+            "best_epoch": state.best_epoch,
+            "history": state.history,
+            "model": model.state_dict(),
+            "best_model": best,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    def _load_state(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[TrainState, dict[str, torch.Tensor]]:
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=True)
+            model.load_state_dict(payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            scheduler.load_state_dict(payload["scheduler"])
+        except Exception as exc:  # a state from another recipe or a damaged file
+            raise UserInputError("--resume", f"cannot continue from {path}: {exc}".splitlines()[0], f"delete {path.parent} to start over") from None
+        torch.set_rng_state(payload["torch_rng"].cpu())
+        state = TrainState(payload["epoch"], payload["best_score"], payload["best_epoch"], list(payload["history"]))
+        return state, payload["best_model"]
+
+
+def train_spec(config: TrainConfig) -> dict[str, Any]:
+    return config.data.model_dump(mode="json")
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against a probability vector per sample, averaged over the batch."""
+    return -(targets * torch.log_softmax(logits, dim=1)).sum(dim=1).mean()

@@ -1,0 +1,168 @@
+"""Training configs and recipes.
+
+A recipe is a TOML file whose keys are the fields of a trainer's config dataclass (``[data]`` is the
+:class:`~robustdistill.data.DataSpec`). ``--set key=value`` overrides any field, type-checked. A recipe may name a
+threat-model preset (``threat_model = "attacks/digits-linf.toml"``) that supplies ``eps`` and ``norm`` unless the
+recipe sets them itself.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+from pydantic import ConfigDict
+from pydantic.dataclasses import dataclass
+
+from robustdistill.data import DataSpec, parse_spec
+from robustdistill.errors import UserInputError
+
+STRICT = ConfigDict(extra="forbid")
+SelectMetric = Literal["clean", "robust", "mean"]
+
+
+@dataclass(config=STRICT)
+class TrainConfig:
+    """Fields every trainer shares. Optimisation defaults follow the CIFAR-10 papers; the data default is the
+    built-in digits (a CIFAR-10 run needs a folder: see defenses/cifar10-*.toml)."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    arch: str = "resnet18-cifar"
+    arch_params: dict[str, Any] = field(default_factory=dict)
+    # Input normalisation applied inside the model (attacks always work in [0, 1] pixel space).
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    epochs: int = pydantic.Field(200, ge=1)
+    batch_size: int = pydantic.Field(128, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = pydantic.Field(0.1, gt=0)
+    momentum: float = pydantic.Field(0.9, ge=0, lt=1)
+    weight_decay: float = pydantic.Field(5e-4, ge=0)
+    lr_milestones: list[int] = field(default_factory=lambda: [100, 150])
+    lr_gamma: float = pydantic.Field(0.1, gt=0, le=1)
+    augment: Literal["crop-flip", "shift", "none"] = "crop-flip"
+    seed: int = 0
+    device: str = "auto"
+    # Threat model used by adversarial training and by the robust validation metric.
+    threat_model: str | None = None
+    norm: Literal["linf", "l2"] = "linf"
+    eps: float = pydantic.Field(8 / 255, ge=0)
+    attack_steps: int = pydantic.Field(10, ge=1)
+    attack_step_size: float | None = None  # None -> eps / 4 (2/255 at 8/255)
+    attack_bn_mode: Literal["eval", "train"] = "eval"
+    # Model selection on the validation split (never the test split).
+    select_metric: SelectMetric = "clean"
+    val_robust: bool = True
+    val_attack_steps: int = pydantic.Field(10, ge=1)
+
+    @property
+    def step_size(self) -> float:
+        return self.attack_step_size if self.attack_step_size is not None else self.eps / 4
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value), the value read as a TOML literal (strings may be bare)."""
+    if "=" not in item:
+        raise UserInputError("--set", f"{item!r} is not key=value", "write e.g. --set epochs=5")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise UserInputError("--set", f"{item!r} has an empty key", "write e.g. --set epochs=5")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare string such as a path or an architecture name
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        target = raw
+        for part in path[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise UserInputError(f"--set {item}", f"{part!r} is not a table")
+        target[path[-1]] = value
+    return raw
+
+
+def resolve_path(value: str, recipe: Path | None) -> str:
+    """Paths in a recipe are relative to the working directory, else to the recipe's folder or its parent."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or path.exists() or recipe is None:
+        return str(path)
+    for base in (recipe.parent, recipe.parent.parent):
+        if (base / path).exists():
+            return str(base / path)
+    return str(path)
+
+
+def read_toml(path: str | Path, field_name: str) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(field_name, f"file not found: {path}", "check the path")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserInputError(field_name, f"{path} is not valid TOML: {exc}") from None
+
+
+def load_threat_model(path: str) -> dict[str, Any]:
+    preset = read_toml(path, "threat_model").get("threat_model")
+    if not isinstance(preset, dict) or "eps" not in preset:
+        raise UserInputError("threat_model", f"{path} has no [threat_model] table with eps", "point at a preset in attacks/")
+    return preset
+
+
+def build_config(config_class: type, raw: dict[str, Any], recipe: Path | None = None) -> Any:
+    """Validate a raw dict into ``config_class``; errors name the field."""
+    raw = dict(raw)
+    raw.pop("method", None)
+    raw.pop("description", None)
+    if raw.get("threat_model"):
+        raw["threat_model"] = resolve_path(raw["threat_model"], recipe)
+        preset = load_threat_model(raw["threat_model"])
+        for key in ("eps", "norm"):
+            if key in preset:
+                raw.setdefault(key, preset[key])
+    for key in path_fields(config_class):
+        if isinstance(raw.get(key), str):
+            raw[key] = resolve_path(raw[key], recipe)
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str):
+        data = {**data, "root": resolve_path(data["root"], recipe)}
+    if data is not None:
+        raw["data"] = parse_spec(data)  # raises UserInputError naming data.<field>
+    try:
+        return config_class(**raw)
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "config"
+        if error["type"] == "unexpected_keyword_argument" or error["type"] == "extra_forbidden":
+            known = ", ".join(f.name for f in fields(config_class))
+            raise UserInputError(where, "unknown setting", f"known settings: {known}") from None
+        raise UserInputError(where, error["msg"], f"got {error.get('input')!r}") from None
+
+
+def path_fields(config_class: type) -> list[str]:
+    """Config fields holding paths to resolve: declared by the class as ``PATH_FIELDS``."""
+    return list(getattr(config_class, "PATH_FIELDS", ()))
+
+
+def load_recipe(config_class: type, path: str | Path | None, overrides: list[str], method: str) -> Any:
+    raw: dict[str, Any] = {}
+    recipe = Path(path) if path else None
+    if recipe is not None:
+        raw = read_toml(recipe, "--config")
+        named = raw.get("method")
+        if named is not None and named != method:
+            raise UserInputError("method", f"{recipe} is a {named!r} recipe, not {method!r}", f"run `robustdistill train {named} --config {recipe}`")
+    return build_config(config_class, apply_overrides(raw, overrides), recipe)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return pydantic.TypeAdapter(type(config)).dump_python(config, mode="json")

@@ -7,7 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustdistill.attacks import fgsm, pgd  # noqa: F401  (registration)
+from robustdistill.attacks import (  # noqa: F401  (registration)
+    apgd,
+    apgd_t,
+    autoattack,
+    cw_l2,
+    cw_linf,
+    fab_t,
+    fgsm,
+    pgd,
+    square,
+)
 from robustdistill.attacks.base import ATTACKS, Attack, margin_loss, project
 
 __all__ = ["ATTACKS", "Attack", "available", "create", "margin_loss", "project"]

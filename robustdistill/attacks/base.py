@@ -106,14 +106,15 @@ class Attack:
         try:
             with torch.enable_grad():
                 x_adv = self.perturb(model, x.detach().float(), y.detach(), generator)
-            x_adv = project(x_adv.detach(), x.detach().float(), self.eps, self.norm).to(x.dtype)
+            x_adv = project(x_adv.detach(), x.detach().float(), self.eps, self.norm)
             # Success is measured in eval mode only: a train-mode forward would move BatchNorm statistics.
+            # It is measured on the float32 result the model can take, before the cast back to x's dtype.
             if not model.training:
                 with torch.no_grad():
                     self.last_success = model(x_adv).argmax(1) != y
         finally:
             model.train(was_training)
-        return x_adv
+        return x_adv.to(x.dtype)
 
     @staticmethod
     def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:

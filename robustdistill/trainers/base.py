@@ -107,6 +107,9 @@ class Trainer:
         self.parents: list[dict[str, str]] = []
 
     # --- hooks for subclasses -------------------------------------------------------------------------
+    def check_inputs(self) -> None:
+        """Fail fast on bad input (missing teachers, files) before any data is loaded or anything is written."""
+
     def prepare(self, train: ImageSplit) -> None:
         """Load teachers or anything else the method needs before training."""
 
@@ -207,6 +210,7 @@ class Trainer:
         work = out.with_name(out.name + ".partial")
         if work.exists() and not resume:
             raise UserInputError("--resume", f"an interrupted run is kept in {work}", f"add --resume to continue it, or delete {work} to start over")
+        self.check_inputs()
         seed_everything(cfg.seed)
         train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
         self.prepare(train)

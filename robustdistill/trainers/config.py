@@ -130,7 +130,9 @@ def build_config(config_class: type, raw: dict[str, Any], recipe: Path | None = 
             if key in preset:
                 raw.setdefault(key, preset[key])
     for key in path_fields(config_class):
-        if isinstance(raw.get(key), str):
+        if raw.get(key) == "":
+            raw[key] = None if key.endswith("_recipe") else ""
+        elif isinstance(raw.get(key), str):
             raw[key] = resolve_path(raw[key], recipe)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("root"), str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -48,10 +50,17 @@ class DistillationTrainer(Trainer):
 
     teacher: Classifier
 
-    def prepare(self, train: ImageSplit) -> None:
+    def check_inputs(self) -> None:
         cfg = self.config
         if not cfg.teacher:
             raise UserInputError("teacher", "no teacher checkpoint given", "set teacher = 'path/to/checkpoint' in the recipe or --set teacher=PATH")
+        if not Path(cfg.teacher).exists() and not cfg.teacher_recipe:
+            raise UserInputError("teacher", f"no checkpoint at {cfg.teacher}", "train it first, fix the path, or set teacher_recipe to a recipe that trains it")
+        if cfg.teacher_recipe and not Path(cfg.teacher_recipe).is_file():
+            raise UserInputError("teacher_recipe", f"file not found: {cfg.teacher_recipe}", "check the path")
+
+    def prepare(self, train: ImageSplit) -> None:
+        cfg = self.config
         path = ensure_teacher(cfg.teacher, cfg.teacher_recipe)
         self.parent("teacher", path)
         self.teacher = load_teacher(path).to(self.device)

@@ -16,7 +16,7 @@ def ensure_teacher(path: str, recipe: str | None, field: str = "teacher") -> Pat
     target = Path(path)
     if (target / "config.json").exists() or target.is_file():
         return target
-    if recipe is None:
+    if not recipe:
         raise UserInputError(field, f"no checkpoint at {target}", f"train one first, or set {field}_recipe to a recipe that trains it")
     from robustdistill.trainers import train_from_recipe
 

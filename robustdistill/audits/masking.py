@@ -1,0 +1,194 @@
+"""Gradient-masking checks: the evaluation pitfalls of Athalye, Carlini and Wagner (ICML 2018) and the checklist
+of Carlini et al., "On Evaluating Adversarial Robustness" (2019), as flags with their evidence.
+
+Two places run them: the ``masking`` probe (its own attack variants on one model) and the runner, across the
+probes of a suite (:func:`cross_checks`). A flagged model's robust accuracy is not to be trusted, and every
+gate on its robust metrics fails (see runner).
+
+A difference counts only when it exceeds a tolerance *and* two standard errors of the paired difference
+(:func:`robustdistill.audits.stats.paired_excess`), so sampling noise on a few hundred points is not a flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from robustdistill.audits.stats import paired_excess
+
+KIND = "gradient_masking"
+SINGLE_STEP = frozenset({"fgsm"})
+ITERATIVE = frozenset({"pgd", "apgd-ce", "apgd-t", "autoattack", "cw-linf", "fab-t"})
+# Attacks whose loss ignores the scale of the logits (margin / DLR / minimum-norm): masking by saturating the
+# softmax cannot fool them, so they are the yardstick for CE-gradient attacks.
+SCALE_INVARIANT = frozenset({"autoattack", "apgd-t", "cw-linf", "fab-t", "square"})
+BLACK_BOX = frozenset({"square"})
+# A CE-gradient attack may trail the strongest attack by a few points on any model; beyond this it is masking.
+STRONG_GAP = 0.10
+
+
+def flag(model: str, check: str, evidence: str) -> dict[str, Any]:
+    return {"kind": KIND, "model": model, "check": check, "evidence": evidence}
+
+
+def pct(mask: np.ndarray) -> str:
+    return f"{100 * float(mask.mean()) if mask.size else 0.0:.1f}%"
+
+
+def probe_checks(
+    role: str,
+    results: Mapping[str, np.ndarray],
+    scaled: Mapping[float, np.ndarray],
+    tolerance: float,
+    large_eps_max_accuracy: float,
+    eps: float,
+    large_eps: float,
+    *,
+    steps: int,
+    more_steps: int,
+    restarts: int,
+) -> list[dict[str, Any]]:
+    """The masking probe's checks on one model, from per-point "still correct" masks."""
+    flags: list[dict[str, Any]] = []
+    pgd, n = results["pgd"], results["pgd"].size
+    # (a) iterative weaker than single-step
+    worse, diff, disc = paired_excess(pgd, results["single_step"], tolerance=tolerance)
+    if worse:
+        flags.append(flag(role, "iterative_weaker_than_single_step",
+                          f"PGD-{steps} robust accuracy {pct(pgd)} is above single-step FGSM's "
+                          f"{pct(results['single_step'])} at eps={eps:g} (+{100 * diff:.1f} points, {disc} "
+                          f"discordant of {n}): the gradient misleads the iterative attack"))
+    # (b) black-box beats white-box
+    if "square" in results:
+        white = results["single_step"] & pgd & results["pgd_more_steps"] & results["pgd_restarts"]
+        only_black = white & ~results["square"]
+        count = int(only_black.sum())
+        if count > max(tolerance * n, 2):
+            flags.append(flag(role, "black_box_beats_white_box",
+                              f"Square (black-box) broke {count} of {n} points that FGSM, PGD-{steps}, PGD-{more_steps} "
+                              f"and PGD-{steps} x{restarts} restarts all missed at eps={eps:g}"))
+    # (c) no saturation at a very large eps
+    large = results["large_eps"]
+    if float(large.mean()) > large_eps_max_accuracy:
+        flags.append(flag(role, "large_eps_not_saturating",
+                          f"PGD robust accuracy is still {pct(large)} at eps={large_eps:g} (expected about 0: at this "
+                          f"radius every image can be moved to flat grey); the attack's gradient is uninformative"))
+    # (d) accuracy still falling with more steps or restarts
+    for key, label in (("pgd_more_steps", f"PGD-{more_steps}"), ("pgd_restarts", f"PGD-{steps} x{restarts} restarts")):
+        worse, diff, disc = paired_excess(pgd, results[key], tolerance=tolerance)
+        if worse:
+            flags.append(flag(role, "more_iterations_keep_lowering",
+                              f"{label} robust accuracy {pct(results[key])} is {100 * diff:.1f} points below "
+                              f"PGD-{steps}'s {pct(pgd)} at eps={eps:g} ({disc} discordant of {n}): the attack has "
+                              f"not converged, so fixed-budget numbers overstate robustness"))
+    # (e) logit rescaling and loss choice
+    moved = []
+    for scale, mask in scaled.items():
+        worse, diff, _ = paired_excess(pgd, mask, tolerance=tolerance)
+        if worse:
+            moved.append(f"logits x{scale:g}: {pct(mask)}")
+    if moved:
+        flags.append(flag(role, "logit_scale_sensitive",
+                          f"CE-PGD-{steps} robust accuracy {pct(pgd)} drops when the logits are rescaled ("
+                          + "; ".join(moved) + f") at eps={eps:g}: saturated softmax gradients, not robustness "
+                          "(the signature of defensive distillation)"))
+    worse, diff, disc = paired_excess(pgd, results["cw_loss"], tolerance=tolerance)
+    if worse:
+        flags.append(flag(role, "loss_sensitive",
+                          f"PGD-{steps} on the CW margin loss reaches {pct(results['cw_loss'])} robust accuracy, "
+                          f"{100 * diff:.1f} points below cross-entropy PGD-{steps}'s {pct(pgd)} at eps={eps:g} "
+                          f"({disc} discordant of {n}): cross-entropy gradients are masked"))
+    return flags
+
+
+@dataclass(frozen=True)
+class AttackResult:
+    """One attack probe's outcome on one model, as the cross checks need it."""
+
+    probe: str
+    attack: str
+    eps: float | None
+    norm: str
+    loss: str
+    robust: np.ndarray
+    clean: np.ndarray
+    masks: Mapping[str, np.ndarray]
+
+    @property
+    def label(self) -> str:
+        return self.probe if self.probe == self.attack else f"{self.probe} ({self.attack})"
+
+    def same_threat(self, other: AttackResult) -> bool:
+        return self.norm == other.norm and self.eps is not None and other.eps is not None and abs(self.eps - other.eps) < 1e-12
+
+
+def cross_checks(
+    role: str,
+    attacks: Sequence[AttackResult],
+    curves: Sequence[tuple[str, list[tuple[float, np.ndarray]]]],
+    *,
+    tolerance: float = 0.03,
+) -> list[dict[str, Any]]:
+    """Checks across a model's attack and curve probes."""
+    flags: list[dict[str, Any]] = []
+    for single in (a for a in attacks if a.attack in SINGLE_STEP):
+        for iterative in (a for a in attacks if a.attack in ITERATIVE and a.same_threat(single)):
+            worse, diff, disc = paired_excess(iterative.robust, single.robust, tolerance=tolerance)
+            if worse:
+                n = single.robust.size
+                flags.append(flag(role, "iterative_weaker_than_single_step",
+                                  f"{iterative.label} robust accuracy {pct(iterative.robust)} is above "
+                                  f"{single.label}'s {pct(single.robust)} at eps={single.eps:g} (+{100 * diff:.1f} "
+                                  f"points, {disc} discordant of {n})"))
+    for black in (a for a in attacks if a.attack in BLACK_BOX):
+        white = [a for a in attacks if a.attack not in BLACK_BOX and a.attack != "autoattack" and a.same_threat(black)]
+        if not white:
+            continue
+        missed = np.logical_and.reduce([a.robust for a in white]) & ~black.robust
+        count, n = int(missed.sum()), missed.size
+        if count > max(tolerance * n, 2):
+            flags.append(flag(role, "black_box_beats_white_box",
+                              f"{black.label} (black-box) broke {count} of {n} points that "
+                              f"{', '.join(a.label for a in white)} all missed at eps={black.eps:g}"))
+    for auto in (a for a in attacks if a.attack == "autoattack"):
+        square = auto.masks.get("broken_by_square")
+        if square is not None:
+            count, n = int(square.sum()), square.size
+            if count > max(tolerance * n, 2):
+                flags.append(flag(role, "black_box_beats_white_box",
+                                  f"inside {auto.label}, Square (black-box) broke {count} of {n} points that APGD-CE, "
+                                  f"APGD-T and FAB-T missed at eps={auto.eps:g}"))
+    for strong in (a for a in attacks if a.attack in SCALE_INVARIANT and a.attack not in BLACK_BOX):
+        ce_iterative = [a for a in attacks if a.loss == "ce" and a.attack in ITERATIVE and a.attack not in SCALE_INVARIANT]
+        for ce in (a for a in ce_iterative if a.same_threat(strong)):
+            worse, diff, disc = paired_excess(ce.robust, strong.robust, tolerance=STRONG_GAP)
+            if worse:
+                flags.append(flag(role, "loss_sensitive",
+                                  f"{ce.label} (cross-entropy gradients) leaves {pct(ce.robust)} robust accuracy, "
+                                  f"{strong.label} (logit-scale-invariant loss) only {pct(strong.robust)} at "
+                                  f"eps={ce.eps:g} ({100 * diff:.1f} points, {disc} discordant of {ce.robust.size}): "
+                                  "cross-entropy gradients are masked"))
+    for name, points in curves:
+        ordered = sorted(points, key=lambda p: p[0])
+        for (eps_a, mask_a), (eps_b, mask_b) in zip(ordered, ordered[1:]):
+            worse, diff, disc = paired_excess(mask_b, mask_a, tolerance=tolerance)
+            if worse:
+                flags.append(flag(role, "curve_not_decreasing",
+                                  f"{name}: robust accuracy rises from {pct(mask_a)} at eps={eps_a:g} to "
+                                  f"{pct(mask_b)} at eps={eps_b:g} (+{100 * diff:.1f} points); a larger ball "
+                                  "contains the smaller one, so the attack is failing"))
+    return flags
+
+
+def dedupe(flags: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for item in flags:
+        key = (item["model"], item["check"], item["evidence"])
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    return out

@@ -1,0 +1,492 @@
+"""Reading a finished run for rendering: report.json (DESIGN.md, "report.json") and artifacts/examples.npz.
+
+Reading is tolerant on purpose: a row the renderer does not understand is still shown in the full results
+table, never a reason to fail. Only a missing or unparseable report.json is an error (a :class:`UserInputError`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from robustdistill.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+#: Probes whose rows go in their own section rather than the teacher-vs-student table.
+SPECIAL_PROBES = frozenset({"curve", "transfer", "retention", "agreement", "masking"})
+#: Metric name parts that mean "a fraction in [0, 1]", shown as a percentage.
+FRACTION_WORDS = ("accuracy", "rate", "agreement", "retention", "fraction", "precision", "recall", "coverage")
+ROLE_ORDER = ("teacher", "student")
+
+
+def role_sort_key(role: str) -> tuple[int, str]:
+    return (ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER), role)
+
+
+def order_roles(roles: Iterable[str]) -> list[str]:
+    return sorted(dict.fromkeys(roles), key=role_sort_key)
+
+
+def to_float(value: Any) -> float | None:
+    """A finite float, or None for anything else (None, NaN, strings that are not numbers, lists...)."""
+    if isinstance(value, bool):
+        return float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def is_fraction(metric: str) -> bool:
+    name = metric.rsplit(".", 1)[-1].lower()
+    return any(word in name for word in FRACTION_WORDS)
+
+
+def fmt_value(value: Any, metric: str = "") -> str:
+    """Percentages with one decimal for fractions (accuracy, rates...), three decimals otherwise; '—' if missing."""
+    number = to_float(value)
+    if number is None:
+        return "—" if value is None or isinstance(value, float) or (isinstance(value, str) and value.lower() == "nan") else str(value)
+    if is_fraction(metric):
+        return f"{number * 100:.1f}%"
+    if abs(number) >= 1e4:
+        return f"{number:.4g}"
+    return f"{number:.3f}"
+
+
+def fmt_ci(value: Any, ci95: tuple[float, float] | None, metric: str = "") -> str:
+    """``61.0 ± 4.0%`` (half-width of the 95% interval) or ``0.842 ± 0.031``; just the value without a CI."""
+    number = to_float(value)
+    if number is None or ci95 is None:
+        return fmt_value(value, metric)
+    half = (ci95[1] - ci95[0]) / 2
+    if is_fraction(metric):
+        return f"{number * 100:.1f} ± {half * 100:.1f}%"
+    return f"{number:.3f} ± {half:.3f}"
+
+
+def fmt_interval(ci95: tuple[float, float] | None, metric: str = "") -> str:
+    if ci95 is None:
+        return "—"
+    return f"[{fmt_value(ci95[0], metric)}, {fmt_value(ci95[1], metric)}]"
+
+
+def fmt_param(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(fmt_param(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {fmt_param(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def fmt_params(params: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
+    skipped = set(skip)
+    return ", ".join(f"{k}={fmt_param(v)}" for k, v in params.items() if k not in skipped)
+
+
+def humanise(metric: str) -> str:
+    """``robust_accuracy`` -> ``Robust accuracy``."""
+    text = metric.replace("_", " ").strip()
+    return text[:1].upper() + text[1:] if text else "?"
+
+
+@dataclass(frozen=True)
+class Row:
+    probe: str
+    model: str
+    metric: str
+    value: float | None
+    ci95: tuple[float, float] | None
+    n: int | None
+    params: dict[str, Any]
+    raw: Any = field(compare=False, repr=False, default=None)
+
+    @property
+    def label(self) -> str:
+        """What the row measured: the probe's ``name``, else its attack, else the probe."""
+        return str(self.params.get("name") or self.params.get("attack") or self.probe)
+
+    @property
+    def eps(self) -> float | None:
+        return to_float(self.params.get("eps"))
+
+    @classmethod
+    def parse(cls, raw: Any) -> Row:
+        if not isinstance(raw, Mapping):
+            return cls("?", "?", "?", None, None, None, {"row": raw}, raw)
+        params = raw.get("params")
+        if params is None:
+            params = {}
+        elif not isinstance(params, Mapping):
+            params = {"params": params}
+        ci = raw.get("ci95")
+        ci95: tuple[float, float] | None = None
+        if isinstance(ci, list | tuple) and len(ci) == 2:
+            lo, hi = to_float(ci[0]), to_float(ci[1])
+            if lo is not None and hi is not None:
+                ci95 = (min(lo, hi), max(lo, hi))
+        n = to_float(raw.get("n"))
+        return cls(
+            probe=str(raw.get("probe") or "?"),
+            model=str(raw.get("model") or "?"),
+            metric=str(raw.get("metric") or "?"),
+            value=to_float(raw.get("value")),
+            ci95=ci95,
+            n=int(n) if n is not None else None,
+            params=dict(params),
+            raw=raw,
+        )
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    op: str
+    threshold: Any
+    value: Any
+    passed: bool | None
+
+    @property
+    def role(self) -> str:
+        return self.metric.split(".", 1)[0] if "." in self.metric else ""
+
+    @classmethod
+    def parse(cls, raw: Any) -> Gate:
+        if not isinstance(raw, Mapping):
+            return cls(str(raw), "?", None, None, None)
+        op = str(raw.get("op") or "?")
+        passed = raw.get("passed")
+        if not isinstance(passed, bool):
+            passed = _compare(to_float(raw.get("value")), op, to_float(raw.get("threshold")))
+        return cls(str(raw.get("metric") or "?"), op, raw.get("threshold"), raw.get("value"), passed)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _compare(value: float | None, op: str, threshold: float | None) -> bool | None:
+    if value is None or threshold is None:
+        return None
+    ops = {">=": value >= threshold, ">": value > threshold, "<=": value <= threshold, "<": value < threshold,
+           "==": value == threshold, "min": value >= threshold, "max": value <= threshold}
+    return ops.get(op)
+
+
+@dataclass(frozen=True)
+class Flag:
+    kind: str
+    model: str
+    check: str
+    evidence: str
+    extra: dict[str, Any]
+
+    @property
+    def is_masking(self) -> bool:
+        return "masking" in self.kind.lower()
+
+    @classmethod
+    def parse(cls, raw: Any) -> Flag:
+        if not isinstance(raw, Mapping):
+            return cls("flag", "?", "", str(raw), {})
+        known = {"kind", "model", "check", "evidence"}
+        evidence = raw.get("evidence")
+        if evidence is not None and not isinstance(evidence, str):
+            evidence = json.dumps(evidence, default=str)
+        return cls(str(raw.get("kind") or "flag"), str(raw.get("model") or "?"), str(raw.get("check") or ""),
+                   evidence or "", {k: v for k, v in raw.items() if k not in known})
+
+
+@dataclass
+class Report:
+    """report.json, read tolerantly."""
+
+    suite: dict[str, Any]
+    manifest: dict[str, Any]
+    rows: list[Row]
+    gates: list[Gate]
+    flags: list[Flag]
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Report:
+        def mapping(key: str) -> dict[str, Any]:
+            value = raw.get(key)
+            return dict(value) if isinstance(value, Mapping) else {}
+
+        def items(key: str) -> list[Any]:
+            value = raw.get(key)
+            return list(value) if isinstance(value, list | tuple) else []
+
+        return cls(
+            suite=mapping("suite"),
+            manifest=mapping("manifest"),
+            rows=[Row.parse(r) for r in items("results")],
+            gates=[Gate.parse(g) for g in items("gates")],
+            flags=[Flag.parse(f) for f in items("flags")],
+            raw=dict(raw),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> Report:
+        if not path.is_file():
+            raise UserInputError("run_dir", f"no report.json in {path.parent}", "run `robustdistill audit` first, or point at a run directory")
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UserInputError("report.json", f"{path} cannot be read as JSON ({error})", "re-run the audit to rewrite it") from None
+        if not isinstance(raw, Mapping):
+            raise UserInputError("report.json", f"{path} holds a {type(raw).__name__}, not an object", "re-run the audit to rewrite it")
+        return cls.from_dict(raw)
+
+    # --- summaries ----------------------------------------------------------------------------------------
+    @property
+    def suite_name(self) -> str:
+        return str(self.suite.get("name") or "audit")
+
+    @property
+    def passed(self) -> bool | None:
+        """False when any gate failed; True when every gate passed; None when there are no gates or some could
+        not be decided (a malformed gate never lets a run pass)."""
+        results = [g.passed for g in self.gates]
+        if False in results:
+            return False
+        if not results or None in results:
+            return None
+        return True
+
+    @property
+    def masked_roles(self) -> list[str]:
+        return order_roles(f.model for f in self.flags if f.is_masking)
+
+    @property
+    def roles(self) -> list[str]:
+        found = [r.model for r in self.rows if r.model != "?"]
+        found += list(self.checkpoints)
+        return order_roles(found)
+
+    @property
+    def checkpoints(self) -> dict[str, dict[str, Any]]:
+        value = self.manifest.get("checkpoints")
+        if not isinstance(value, Mapping):
+            return {}
+        return {str(k): (dict(v) if isinstance(v, Mapping) else {"path": str(v)}) for k, v in value.items()}
+
+    def threat_model(self) -> str:
+        tm = self.suite.get("threat_model")
+        if isinstance(tm, Mapping):
+            norm = tm.get("norm")
+            eps = to_float(tm.get("eps"))
+            parts = [str(norm).replace("linf", "L∞").replace("l2", "L2")] if norm else []
+            if eps is not None:
+                parts.append(f"ε = {eps:.4g}")
+            return ", ".join(parts)
+        return str(tm) if tm else ""
+
+    def threat_model_eps(self) -> float | None:
+        tm = self.suite.get("threat_model")
+        return to_float(tm.get("eps")) if isinstance(tm, Mapping) else None
+
+    def verdict_text(self) -> str:
+        passed = self.passed
+        if passed is None:
+            return "UNDECIDED" if self.gates else "NO GATES"
+        return "PASS" if passed else "FAIL"
+
+    def verdict_detail(self) -> str:
+        decided = [g for g in self.gates if g.passed is not None]
+        failed = [g for g in decided if not g.passed]
+        undecided = len(self.gates) - len(decided)
+        tail = f" ({undecided} could not be decided)" if undecided and decided else ""
+        if not self.gates:
+            return "This suite defines no gates."
+        if not decided:
+            return f"{_count(len(self.gates), 'gate')}, none could be decided."
+        if failed:
+            return f"{len(failed)} of {_count(len(decided), 'gate')} failed{tail}."
+        if undecided:
+            return f"{_count(len(decided), 'gate')} passed, {undecided} could not be decided."
+        if len(decided) == 1:
+            return "The gate passed."
+        return f"All {_count(len(decided), 'gate')} passed."
+
+    def masking_warning(self, role: str) -> str:
+        n = sum(1 for f in self.flags if f.is_masking and f.model == role)
+        return (f"Robust accuracy of {role} is not to be trusted: gradient masking detected "
+                f"({n} check{'s' if n != 1 else ''} flagged).")
+
+    # --- tables -------------------------------------------------------------------------------------------
+    def comparison(self) -> tuple[list[str], list[ComparisonRow]]:
+        """Rows of the teacher-vs-student table: every accuracy-like metric measured outside the special probes,
+        keyed by (probe, label, metric, shared params); columns are the roles that have any of them."""
+        groups: dict[tuple[str, str, str, str], ComparisonRow] = {}
+        for row in self.rows:
+            if row.probe in SPECIAL_PROBES or not row.metric.endswith("accuracy") or row.model == "?":
+                continue
+            shared = {k: v for k, v in row.params.items() if k not in ("source", "target", "model", "seed")}
+            key = (row.probe, row.label, row.metric, json.dumps(shared, sort_keys=True, default=str))
+            entry = groups.setdefault(key, ComparisonRow(row.probe, row.label, row.metric, shared, {}))
+            entry.cells.setdefault(row.model, row)
+        roles = order_roles(role for entry in groups.values() for role in entry.cells)
+        ordered = sorted(groups.values(), key=lambda e: (e.probe != "clean", e.metric != "accuracy", e.probe))
+        # Only mention eps when the same attack appears at several radii.
+        per_label: dict[tuple[str, str], set[str]] = {}
+        for entry in ordered:
+            per_label.setdefault((entry.label, entry.metric), set()).add(json.dumps(entry.params, sort_keys=True, default=str))
+        for entry in ordered:
+            entry.ambiguous = len(per_label[(entry.label, entry.metric)]) > 1
+        return roles, ordered
+
+    def transfer_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.probe == "transfer"]
+
+    def curves(self) -> dict[tuple[str, str], list[Row]]:
+        """(role, attack label) -> curve rows sorted by eps (robust accuracy only, rows without eps dropped)."""
+        curves: dict[tuple[str, str], list[Row]] = {}
+        for row in self.rows:
+            if row.probe == "curve" and row.eps is not None and row.value is not None and "accuracy" in row.metric:
+                curves.setdefault((row.model, row.label), []).append(row)
+        return {key: sorted(rows, key=lambda r: r.eps or 0.0) for key, rows in sorted(curves.items(), key=lambda kv: role_sort_key(kv[0][0]))}
+
+    def bar_groups(self) -> list[tuple[str, dict[str, Row]]]:
+        """Groups of the per-attack bar chart: clean accuracy, then robust accuracy per attack; role -> row."""
+        roles, entries = self.comparison()
+        groups = []
+        for entry in entries:
+            if entry.probe == "clean" or entry.metric == "robust_accuracy":
+                cells = {role: row for role, row in entry.cells.items() if row.value is not None}
+                if cells:
+                    groups.append((entry.short_title(), cells))
+        return groups
+
+
+@dataclass
+class ComparisonRow:
+    probe: str
+    label: str
+    metric: str
+    params: dict[str, Any]
+    cells: dict[str, Row]
+    ambiguous: bool = False
+
+    def title(self) -> str:
+        if self.probe == "clean" and self.metric == "accuracy":
+            return "Clean accuracy"
+        base = humanise(self.metric)
+        if self.label != self.probe or self.probe not in ("clean", "attack"):
+            base += f" · {self.label}"
+        eps = to_float(self.params.get("eps"))
+        if self.ambiguous and eps is not None:
+            base += f" (ε = {eps:.3g})"
+        return base
+
+    def short_title(self) -> str:
+        if self.probe == "clean" and self.metric == "accuracy":
+            return "clean"
+        title = self.label
+        eps = to_float(self.params.get("eps"))
+        if self.ambiguous and eps is not None:
+            title += f"\nε={eps:.3g}"
+        return title
+
+    def detail(self) -> str:
+        return fmt_params(self.params, skip=("attack", "name"))
+
+    def retention(self) -> float | None:
+        teacher, student = self.cells.get("teacher"), self.cells.get("student")
+        if teacher is None or student is None or teacher.value in (None, 0) or student.value is None:
+            return None
+        return student.value / teacher.value
+
+
+# --- examples.npz --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Examples:
+    """artifacts/examples.npz: clean (K, C, H, W) in [0, 1], labels (K,), attack name, and per role r
+    adv_<r>, pred_clean_<r>, pred_adv_<r>."""
+
+    clean: np.ndarray
+    labels: np.ndarray
+    attack: str
+    adv: dict[str, np.ndarray]
+    pred_clean: dict[str, np.ndarray]
+    pred_adv: dict[str, np.ndarray]
+    classes: list[str] | None = None
+
+    @property
+    def roles(self) -> list[str]:
+        return order_roles(self.adv)
+
+    def class_name(self, index: Any) -> str:
+        try:
+            i = int(index)
+        except (TypeError, ValueError):
+            return str(index)
+        if self.classes and 0 <= i < len(self.classes):
+            return self.classes[i]
+        return str(i)
+
+
+def _as_nchw(array: np.ndarray) -> np.ndarray | None:
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 3:  # (K, H, W): one channel
+        array = array[:, None]
+    if array.ndim != 4:
+        return None
+    if array.shape[1] not in (1, 3) and array.shape[-1] in (1, 3):  # channels last
+        array = array.transpose(0, 3, 1, 2)
+    if array.shape[1] not in (1, 3):
+        return None
+    return np.clip(np.nan_to_num(array), 0.0, 1.0)
+
+
+def load_examples(path: Path) -> tuple[Examples | None, str]:
+    """(examples, "") or (None, why not): a missing or malformed file is a note in the report, not an error."""
+    if not path.is_file():
+        return None, "this run saved no examples (artifacts/examples.npz)"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except Exception as error:  # noqa: BLE001 - any unreadable file is reported, not raised
+        log.warning("cannot read %s: %s", path, error)
+        return None, f"artifacts/examples.npz could not be read ({type(error).__name__})"
+    if "clean" not in arrays:
+        return None, "artifacts/examples.npz has no 'clean' array"
+    clean = _as_nchw(arrays["clean"])
+    if clean is None or clean.shape[0] == 0:
+        return None, f"artifacts/examples.npz: 'clean' has shape {arrays['clean'].shape}, expected (K, C, H, W)"
+    k = clean.shape[0]
+    labels = arrays.get("labels")
+    labels = np.asarray(labels).reshape(-1)[:k] if labels is not None and np.asarray(labels).size >= k else np.full(k, -1)
+    adv, pred_clean, pred_adv = {}, {}, {}
+    for key, value in arrays.items():
+        if not key.startswith("adv_"):
+            continue
+        role = key[len("adv_"):]
+        array = _as_nchw(value)
+        if array is None or array.shape != clean.shape:
+            log.warning("examples.npz: %s has shape %s, clean %s; skipped", key, np.shape(value), clean.shape)
+            continue
+        adv[role] = array
+        for store, prefix in ((pred_clean, "pred_clean_"), (pred_adv, "pred_adv_")):
+            pred = arrays.get(prefix + role)
+            if pred is not None and np.asarray(pred).size >= k:
+                store[role] = np.asarray(pred).reshape(-1)[:k]
+    attack = arrays.get("attack")
+    attack_name = str(attack.reshape(-1)[0]) if attack is not None and np.asarray(attack).size else "attack"
+    classes = arrays.get("classes")
+    class_names = [str(c) for c in np.asarray(classes).reshape(-1)] if classes is not None else None
+    return Examples(clean, labels, attack_name, adv, pred_clean, pred_adv, class_names), ""

@@ -1,0 +1,120 @@
+"""report.md: the report for terminals and pull requests (GitHub-flavoured Markdown)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from robustdistill.reports.data import Report, role_sort_key, fmt_ci, fmt_interval, fmt_params, fmt_value, humanise
+
+SHA_CHARS = 12
+
+
+def cell(value: Any) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip() or " "
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> list[str]:
+    align = align or "l" * len(header)
+    marks = {"l": "---", "r": "---:", "c": ":---:"}
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
+             "|" + "|".join(marks[a] for a in align) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return lines
+
+
+def verdict_line(report: Report) -> str:
+    verdict = report.verdict_text()
+    line = f"**Verdict: {verdict}** — {report.verdict_detail()}"
+    for role in report.masked_roles:
+        line += f" ⚠️ **{report.masking_warning(role)}**"
+    return line
+
+
+def render_markdown(report: Report, plots: dict[str, str], examples_note: str = "") -> str:
+    """``plots``: caption -> path relative to the run directory."""
+    out: list[str] = []
+    roles = report.roles
+    subtitle = " vs ".join(f"`{r}`" for r in roles) if roles else ""
+    out += [f"# Audit report: {report.suite_name}", ""]
+    meta = [p for p in (subtitle, report.threat_model(), str(report.manifest.get("finished") or "")) if p]
+    if meta:
+        out += [" · ".join(meta), ""]
+    out += [verdict_line(report), ""]
+
+    out += ["## Gates", ""]
+    if report.gates:
+        masked = set(report.masked_roles)
+        rows = []
+        for gate in report.gates:
+            result = {True: "✅ pass", False: "❌ FAIL", None: "— undecided"}[gate.passed]
+            if gate.role in masked and "robust" in gate.metric:
+                result += " ⚠️ untrusted"
+            rows.append([f"`{gate.metric}`", gate.op, fmt_value(gate.threshold, gate.metric), fmt_value(gate.value, gate.metric), result])
+        out += table(["gate", "op", "threshold", "value", "result"], rows, "lcrrl")
+    else:
+        out.append("No gates defined by this suite.")
+    out.append("")
+
+    comparison_roles, entries = report.comparison()
+    if entries:
+        out += ["## Teacher vs student", ""]
+        retention = "teacher" in comparison_roles and "student" in comparison_roles
+        header = ["metric", *comparison_roles] + (["retention (student / teacher)"] if retention else [])
+        rows = []
+        for entry in entries:
+            row = [entry.title()]
+            for role in comparison_roles:
+                found = entry.cells.get(role)
+                row.append(fmt_ci(found.value, found.ci95, found.metric) if found else "—")
+            if retention:
+                row.append(fmt_value(entry.retention(), "retention"))
+            rows.append(row)
+        out += table(header, rows, "l" + "r" * (len(header) - 1))
+        out += ["", "Values are point estimates ± half the 95% confidence interval where the run computed one.", ""]
+
+    transfer = report.transfer_rows()
+    if transfer:
+        out += ["## Transfer", ""]
+        rows = [[r.params.get("source", "?"), r.params.get("target", r.model), r.label, humanise(r.metric),
+                 fmt_ci(r.value, r.ci95, r.metric)] for r in transfer]
+        out += table(["crafted on", "evaluated on", "attack", "metric", "value"], rows, "llllr") + [""]
+
+    out += ["## Flags", ""]
+    if report.flags:
+        for flag in report.flags:
+            check = f" · {flag.check}" if flag.check else ""
+            out.append(f"- **{flag.kind}** · `{flag.model}`{check}: {flag.evidence or '(no evidence given)'}")
+            for key, value in flag.extra.items():
+                out.append(f"  - {key}: {value if isinstance(value, str) else json.dumps(value, default=str)}")
+    else:
+        out.append("No flags: none of the checks found signs of gradient masking or other problems.")
+    out.append("")
+
+    if plots or examples_note:
+        out += ["## Plots", ""]
+        for caption, path in plots.items():
+            out += [f"![{caption}]({path})", ""]
+        if examples_note:
+            out += [f"_Examples: {examples_note}._", ""]
+
+    out += ["## Manifest", ""]
+    checkpoints = report.checkpoints
+    if checkpoints:
+        rows = [[f"`{role}`", info.get("path", "—"), f"`{str(info.get('sha256', '—'))[:SHA_CHARS]}`"]
+                for role, info in sorted(checkpoints.items(), key=lambda kv: role_sort_key(kv[0]))]
+        out += table(["role", "checkpoint", "sha256"], rows) + [""]
+    facts = [(k, v) for k, v in report.manifest.items() if k != "checkpoints"]
+    if facts:
+        out += table(["field", "value"], [[k, v if isinstance(v, str | int | float) else json.dumps(v, default=str)] for k, v in facts])
+        out.append("")
+
+    if report.rows:
+        out += ["<details><summary>All results</summary>", ""]
+        rows = [[r.probe, r.label, r.model, r.metric, fmt_value(r.value, r.metric), fmt_interval(r.ci95, r.metric),
+                 r.n if r.n is not None else "—", fmt_params(r.params)] for r in report.rows]
+        out += table(["probe", "label", "model", "metric", "value", "95% CI", "n", "params"], rows, "llllrrrl")
+        out += ["", "</details>", ""]
+    return "\n".join(out).rstrip() + "\n"

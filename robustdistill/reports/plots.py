@@ -1,0 +1,245 @@
+"""PNG plots for the reports, drawn with matplotlib's Agg canvas.
+
+Figures are built with the object API (``matplotlib.figure.Figure`` + ``FigureCanvasAgg``), never pyplot, so
+rendering a report neither needs a display nor changes the backend of a notebook that imported pyplot. Every
+function returns PNG bytes; nothing is written here (the caller writes atomically).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from robustdistill.reports.data import Examples, Report, Row, order_roles
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+ROLE_COLOURS = {"teacher": "#3b6fb6", "student": "#e07b39"}
+OTHER_COLOURS = ["#2e9e6a", "#8e5ac8", "#c6454f", "#7a7a7a", "#b8a21c", "#1aa3b5"]
+WRONG = "#cf222e"
+RIGHT = "#1f2328"
+DPI = 144
+
+
+def role_colour(role: str, roles: list[str]) -> str:
+    if role in ROLE_COLOURS:
+        return ROLE_COLOURS[role]
+    others = [r for r in roles if r not in ROLE_COLOURS]
+    return OTHER_COLOURS[others.index(role) % len(OTHER_COLOURS)] if role in others else OTHER_COLOURS[0]
+
+
+def _style() -> dict[str, Any]:
+    return {
+        "font.size": 10,
+        "axes.titlesize": 12,
+        "axes.titleweight": "bold",
+        "axes.labelsize": 10,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.edgecolor": "#57606a",
+        "axes.grid": True,
+        "grid.color": "#d0d7de",
+        "grid.linewidth": 0.6,
+        "legend.frameon": False,
+        "savefig.facecolor": "white",
+    }
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.15)
+    return buffer.getvalue()
+
+
+def _percent_axis(ax: Axes, top: float = 1.0) -> None:
+    from matplotlib.ticker import PercentFormatter
+
+    ax.set_ylim(0, max(1.0, top) * 1.04)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+
+
+def _legend(ax: Axes, entries: int) -> None:
+    """Beside the title (above the axes) for up to three entries; below the plot for more."""
+    if entries <= 3:
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=entries, borderaxespad=0.2)
+    else:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=min(entries, 4))
+
+
+def robustness_curve(report: Report) -> bytes | None:
+    """Robust accuracy vs eps, every role on one plot, with 95% CI bands where the rows carry them."""
+    import matplotlib
+
+    curves = report.curves()
+    if not curves:
+        return None
+    roles = order_roles(role for role, _ in curves)
+    labels = list(dict.fromkeys(label for _, label in curves))
+    styles = ["-", "--", ":", "-."]
+    with matplotlib.rc_context(_style()):
+        figure = _figure(7.2, 4.0)
+        ax = figure.add_subplot()
+        top = 1.0
+        for (role, label), rows in curves.items():
+            eps = np.array([r.eps for r in rows], dtype=float)
+            value = np.array([r.value for r in rows], dtype=float)
+            colour = role_colour(role, roles)
+            name = role if len(labels) == 1 else f"{role} · {label}"
+            ax.plot(eps, value, styles[labels.index(label) % len(styles)], color=colour, marker="o", markersize=4,
+                    linewidth=2, label=name)
+            with_ci = [r for r in rows if r.ci95 is not None]
+            if len(with_ci) >= 2:
+                ax.fill_between([r.eps for r in with_ci], [r.ci95[0] for r in with_ci], [r.ci95[1] for r in with_ci],
+                                color=colour, alpha=0.15, linewidth=0)
+                top = max(top, max(r.ci95[1] for r in with_ci))
+            top = max(top, float(value.max()))
+        tm = report.threat_model_eps()
+        if tm is not None:
+            ax.axvline(tm, color="#57606a", linestyle=":", linewidth=1)
+            ax.annotate("threat model", (tm, 1.0), xytext=(4, -2), textcoords="offset points", fontsize=8,
+                        color="#57606a", va="top")
+        _percent_axis(ax, top)
+        ax.set_xlim(left=0)
+        ax.set_xlabel("ε (perturbation budget)")
+        ax.set_ylabel("robust accuracy")
+        title = "Robustness curve" + (f" ({labels[0]})" if len(labels) == 1 else "")
+        ax.set_title(title, loc="left")
+        _legend(ax, len(curves))
+        return _png(figure)
+
+
+def attack_bars(report: Report) -> bytes | None:
+    """Grouped bars: clean accuracy and robust accuracy per attack, one bar per role, 95% CI error bars."""
+    import matplotlib
+
+    groups = report.bar_groups()
+    if not groups:
+        return None
+    roles = order_roles(role for _, cells in groups for role in cells)
+    width = 0.8 / max(1, len(roles))
+    with matplotlib.rc_context(_style()):
+        figure = _figure(max(7.2, 0.9 * len(groups) * max(1, len(roles)) ** 0.5 + 2.5), 4.0)
+        ax = figure.add_subplot()
+        ax.grid(axis="x", visible=False)
+        positions = np.arange(len(groups))
+        for i, role in enumerate(roles):
+            xs, heights, lower, upper = [], [], [], []
+            for position, (_, cells) in zip(positions, groups):
+                row: Row | None = cells.get(role)
+                if row is None or row.value is None:
+                    continue
+                xs.append(position - 0.4 + width * (i + 0.5))
+                heights.append(row.value)
+                lo, hi = row.ci95 if row.ci95 is not None else (row.value, row.value)
+                lower.append(max(0.0, row.value - lo))
+                upper.append(max(0.0, hi - row.value))
+            if not xs:
+                continue
+            bars = ax.bar(xs, heights, width * 0.92, color=role_colour(role, roles), label=role, zorder=2)
+            ax.errorbar(xs, heights, yerr=[lower, upper], fmt="none", ecolor="#24292f", elinewidth=1, capsize=3, zorder=3)
+            for bar, height, up in zip(bars, heights, upper):
+                ax.annotate(f"{height * 100:.0f}%", (bar.get_x() + bar.get_width() / 2, height + up),
+                            xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=8,
+                            color="#424a53")
+        ax.set_xticks(positions, [title for title, _ in groups])
+        _percent_axis(ax, 1.08)
+        ax.set_ylabel("accuracy")
+        ax.set_title("Accuracy per attack", loc="left")
+        _legend(ax, len(roles))
+        return _png(figure)
+
+
+def _upscale(image: np.ndarray, size: int) -> np.ndarray:
+    """(C, H, W) -> (size, size', 3) RGB, enlarged by an integer factor with nearest-neighbour."""
+    factor = max(1, size // max(1, image.shape[1]))
+    image = np.repeat(np.repeat(image, factor, axis=1), factor, axis=2)
+    rgb = np.repeat(image, 3, axis=0) if image.shape[0] == 1 else image[:3]
+    return rgb.transpose(1, 2, 0)
+
+
+def _strip(cells: list[np.ndarray], borders: list[str], border: int, gap: int) -> np.ndarray:
+    """Cells (h, w, 3) side by side, each framed in its border colour, white gaps between."""
+    from matplotlib.colors import to_rgb
+
+    h, w = cells[0].shape[:2]
+    box_h, box_w = h + 2 * border, w + 2 * border
+    strip = np.ones((box_h, len(cells) * (box_w + gap) - gap, 3), dtype=np.float32)
+    for i, (cell, colour) in enumerate(zip(cells, borders)):
+        x0 = i * (box_w + gap)
+        strip[:, x0 : x0 + box_w] = to_rgb(colour)
+        strip[border : border + h, x0 + border : x0 + border + w] = cell
+    return strip
+
+
+def examples_grid(examples: Examples, max_examples: int = 10) -> bytes:
+    """A row of clean inputs, then per role its adversarial inputs and the perturbation (adv - clean).
+
+    Titles give the true label over the clean row and ``clean prediction → adversarial prediction`` over the
+    adversarial rows, red (and framed red) when the adversarial prediction is wrong. Small images (8x8 digits)
+    are enlarged with nearest-neighbour so every pixel stays a visible square. One axes per row keeps this fast.
+    """
+    import matplotlib
+
+    k = min(max_examples, examples.clean.shape[0])
+    roles = examples.roles
+    height = examples.clean.shape[2]
+    size = height * max(1, -(-64 // height))  # at least 64 px a side, an integer multiple of the original
+    border, gap = max(2, size // 24), max(8, size // 6)
+    deltas = {role: examples.adv[role][:k] - examples.clean[:k] for role in roles}
+    scale = max([float(np.abs(d).max()) for d in deltas.values()] + [1e-6])
+    cmap = matplotlib.colormaps["coolwarm"]
+    plain = "#d0d7de"
+
+    rows: list[tuple[str, np.ndarray, list[tuple[str, str]]]] = []
+    clean = [_upscale(examples.clean[c], size) for c in range(k)]
+    rows.append(("clean", _strip(clean, [plain] * k, border, gap),
+                 [(f"label {examples.class_name(examples.labels[c])}", RIGHT) for c in range(k)]))
+    for role in roles:
+        titles, frames = [], []
+        adv, before = examples.pred_adv.get(role), examples.pred_clean.get(role)
+        for c in range(k):
+            if adv is None:
+                titles.append(("", RIGHT))
+                frames.append(plain)
+                continue
+            wrong = bool(examples.labels[c] >= 0 and adv[c] != examples.labels[c])
+            text = (f"{examples.class_name(before[c])} → " if before is not None else "pred ") + examples.class_name(adv[c])
+            titles.append((text, WRONG if wrong else RIGHT))
+            frames.append(WRONG if wrong else plain)
+        cells = [_upscale(examples.adv[role][c], size) for c in range(k)]
+        rows.append((f"{role}\nadversarial", _strip(cells, frames, border, gap), titles))
+        delta = deltas[role].mean(axis=1, keepdims=True)  # (k, 1, H, W): signed change, averaged over channels
+        coloured = cmap(np.clip(delta[:, 0] / (2 * scale) + 0.5, 0, 1))[..., :3].transpose(0, 3, 1, 2)
+        cells = [_upscale(coloured[c], size) for c in range(k)]
+        rows.append((f"{role}\nperturbation", _strip(cells, [plain] * k, border, gap), [("", RIGHT)] * k))
+
+    box = size + 2 * border
+    with matplotlib.rc_context({**_style(), "axes.grid": False}):
+        figure = _figure(0.95 * k + 1.3, 1.2 * len(rows) + 0.4)
+        axes = figure.subplots(len(rows), 1, squeeze=False)[:, 0]
+        for ax, (label, strip, titles) in zip(axes, rows):
+            ax.imshow(strip, interpolation="nearest")
+            ax.set_axis_off()
+            ax.text(-gap, box / 2, label, ha="right", va="center", fontsize=9, fontweight="bold")
+            for c, (text, colour) in enumerate(titles):
+                if text:
+                    ax.text(c * (box + gap) + box / 2, -border, text, ha="center", va="bottom", fontsize=9, color=colour,
+                            fontweight="bold" if colour == WRONG else "normal")
+        figure.subplots_adjust(hspace=0.35)
+        figure.suptitle(f"Clean and adversarial examples ({examples.attack}); perturbation colour scale ±{scale:.3g}",
+                        x=0.02, ha="left", fontsize=12, fontweight="bold")
+        return _png(figure)

@@ -1,0 +1,122 @@
+"""Rendering a finished run: report.json (+ artifacts/examples.npz) -> report.md, report.html, plots/*.png."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from robustdistill.reports import plots as plotting
+from robustdistill.reports.data import Report, load_examples
+from robustdistill.reports.html import render_html, render_index_html
+from robustdistill.reports.markdown import render_markdown
+from robustdistill.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: plot key -> (file name under plots/, caption in report.md)
+PLOTS = {
+    "curve": ("robustness_curve.png", "Robustness curve"),
+    "attacks": ("accuracy_per_attack.png", "Clean and robust accuracy per attack"),
+    "examples": ("examples.png", "Clean and adversarial examples"),
+}
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open(..., "w")`` would give (mkstemp's temporary files are 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_bytes(target: Path, payload: bytes) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(payload)
+        tmp.chmod(_file_mode())
+
+
+def _write_text(target: Path, text: str) -> None:
+    _write_bytes(target, text.encode("utf-8"))
+
+
+def build_plots(report: Report, run_dir: Path) -> tuple[dict[str, bytes | None], str]:
+    """All plots as PNG bytes (None where the run has nothing to plot) and the note on missing examples."""
+    examples, note = load_examples(run_dir / "artifacts" / "examples.npz")
+    pngs: dict[str, bytes | None] = {
+        "curve": plotting.robustness_curve(report),
+        "attacks": plotting.attack_bars(report),
+        "examples": plotting.examples_grid(examples) if examples is not None else None,
+    }
+    return pngs, note
+
+
+def render(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """Render ``run_dir/report.json`` (and ``artifacts/examples.npz`` when present) into ``report.md``,
+    ``report.html`` (self-contained) and the PNGs under ``plots/`` that report.md links.
+
+    Everything is computed in memory first and each file is written atomically, plots first and report.html
+    last: if anything fails, the previous report.md and report.html are left exactly as they were. Returns the
+    written paths (report.md, report.html, then the plots).
+    """
+    run_dir = Path(run_dir)
+    report = Report.load(run_dir / "report.json")
+    pngs, examples_note = build_plots(report, run_dir)
+    links = {PLOTS[key][1]: f"plots/{PLOTS[key][0]}" for key, png in pngs.items() if png is not None}
+    markdown = render_markdown(report, links, examples_note)
+    html = render_html(report, pngs, examples_note)
+
+    plot_paths = []
+    for key, png in pngs.items():
+        target = run_dir / "plots" / PLOTS[key][0]
+        if png is None:
+            if target.exists():  # a plot from an earlier render this run no longer has data for
+                target.unlink()
+            continue
+        _write_bytes(target, png)
+        plot_paths.append(target)
+    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    _write_text(md_path, markdown)
+    _write_text(html_path, html)
+    log.info("wrote %s and %s", md_path, html_path)
+    return [md_path, html_path, *plot_paths]
+
+
+def render_index(entries: Sequence[Mapping[str, Any]], out: str | os.PathLike[str], title: str) -> Path:
+    """Write a self-contained index.html at ``out`` linking every report.
+
+    Each entry: ``{"name", "report" (path of its report.html relative to out's folder), "teacher", "student",
+    "passed" (bool), "flags" (int), "summary" ({metric: value}, accuracies as fractions)}``.
+    """
+    out = Path(out)
+    _write_text(out, render_index_html(list(entries), title))
+    return out
+
+
+def index_entry(run_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str], name: str | None = None) -> dict[str, Any]:
+    """The :func:`render_index` entry for a rendered run: verdict, flag count and the student's clean and robust
+    accuracies (one per attack) read from its report.json; ``report`` is relative to ``index_dir``."""
+    run_dir = Path(run_dir)
+    report = Report.load(run_dir / "report.json")
+    checkpoints = report.checkpoints
+    summary: dict[str, Any] = {}
+    _, entries = report.comparison()
+    for entry in entries:
+        row = entry.cells.get("student")
+        if row is None or row.value is None:
+            continue
+        key = "clean" if entry.probe == "clean" and entry.metric == "accuracy" else entry.short_title().replace("\n", " ")
+        summary.setdefault(key, row.value)
+    return {
+        "name": name or run_dir.name,
+        "report": os.path.relpath(run_dir / "report.html", Path(index_dir)).replace(os.sep, "/"),
+        "teacher": Path(str(checkpoints.get("teacher", {}).get("path", "—"))).name,
+        "student": Path(str(checkpoints.get("student", {}).get("path", "—"))).name,
+        "passed": report.passed,
+        "flags": len(report.flags),
+        "summary": summary,
+    }
+
+
+__all__ = ["PLOTS", "build_plots", "index_entry", "render", "render_index"]

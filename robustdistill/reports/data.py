@@ -55,7 +55,11 @@ def fmt_value(value: Any, metric: str = "") -> str:
     """Percentages with one decimal for fractions (accuracy, rates...), three decimals otherwise; '—' if missing."""
     number = to_float(value)
     if number is None:
-        return "—" if value is None or isinstance(value, float) or (isinstance(value, str) and value.lower() == "nan") else str(value)
+        return (
+            "—"
+            if value is None or isinstance(value, float) or (isinstance(value, str) and value.lower() == "nan")
+            else str(value)
+        )
     if is_fraction(metric):
         return f"{number * 100:.1f}%"
     if abs(number) >= 1e4:
@@ -179,8 +183,15 @@ def _count(n: int, word: str) -> str:
 def _compare(value: float | None, op: str, threshold: float | None) -> bool | None:
     if value is None or threshold is None:
         return None
-    ops = {">=": value >= threshold, ">": value > threshold, "<=": value <= threshold, "<": value < threshold,
-           "==": value == threshold, "min": value >= threshold, "max": value <= threshold}
+    ops = {
+        ">=": value >= threshold,
+        ">": value > threshold,
+        "<=": value <= threshold,
+        "<": value < threshold,
+        "==": value == threshold,
+        "min": value >= threshold,
+        "max": value <= threshold,
+    }
     return ops.get(op)
 
 
@@ -204,8 +215,13 @@ class Flag:
         evidence = raw.get("evidence")
         if evidence is not None and not isinstance(evidence, str):
             evidence = json.dumps(evidence, default=str)
-        return cls(str(raw.get("kind") or "flag"), str(raw.get("model") or "?"), str(raw.get("check") or ""),
-                   evidence or "", {k: v for k, v in raw.items() if k not in known})
+        return cls(
+            str(raw.get("kind") or "flag"),
+            str(raw.get("model") or "?"),
+            str(raw.get("check") or ""),
+            evidence or "",
+            {k: v for k, v in raw.items() if k not in known},
+        )
 
 
 @dataclass
@@ -241,13 +257,21 @@ class Report:
     @classmethod
     def load(cls, path: Path) -> Report:
         if not path.is_file():
-            raise UserInputError("run_dir", f"no report.json in {path.parent}", "run `robustdistill audit` first, or point at a run directory")
+            raise UserInputError(
+                "run_dir",
+                f"no report.json in {path.parent}",
+                "run `robustdistill audit` first, or point at a run directory",
+            )
         try:
             raw = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise UserInputError("report.json", f"{path} cannot be read as JSON ({error})", "re-run the audit to rewrite it") from None
+            raise UserInputError(
+                "report.json", f"{path} cannot be read as JSON ({error})", "re-run the audit to rewrite it"
+            ) from None
         if not isinstance(raw, Mapping):
-            raise UserInputError("report.json", f"{path} holds a {type(raw).__name__}, not an object", "re-run the audit to rewrite it")
+            raise UserInputError(
+                "report.json", f"{path} holds a {type(raw).__name__}, not an object", "re-run the audit to rewrite it"
+            )
         return cls.from_dict(raw)
 
     # --- summaries ----------------------------------------------------------------------------------------
@@ -323,8 +347,10 @@ class Report:
 
     def masking_warning(self, role: str) -> str:
         n = sum(1 for f in self.flags if f.is_masking and f.model == role)
-        return (f"Robust accuracy of {role} is not to be trusted: gradient masking detected "
-                f"({n} check{'s' if n != 1 else ''} flagged).")
+        return (
+            f"Robust accuracy of {role} is not to be trusted: gradient masking detected "
+            f"({n} check{'s' if n != 1 else ''} flagged)."
+        )
 
     # --- tables -------------------------------------------------------------------------------------------
     def comparison(self) -> tuple[list[str], list[ComparisonRow]]:
@@ -343,7 +369,9 @@ class Report:
         # Only mention eps when the same attack appears at several radii.
         per_label: dict[tuple[str, str], set[str]] = {}
         for entry in ordered:
-            per_label.setdefault((entry.label, entry.metric), set()).add(json.dumps(entry.params, sort_keys=True, default=str))
+            per_label.setdefault((entry.label, entry.metric), set()).add(
+                json.dumps(entry.params, sort_keys=True, default=str)
+            )
         for entry in ordered:
             entry.ambiguous = len(per_label[(entry.label, entry.metric)]) > 1
         return roles, ordered
@@ -357,11 +385,12 @@ class Report:
         for row in self.rows:
             if row.probe == "curve" and row.eps is not None and row.value is not None and "accuracy" in row.metric:
                 curves.setdefault((row.model, row.label), []).append(row)
-        return {key: sorted(rows, key=lambda r: r.eps or 0.0) for key, rows in sorted(curves.items(), key=lambda kv: role_sort_key(kv[0][0]))}
+        ordered = sorted(curves.items(), key=lambda kv: role_sort_key(kv[0][0]))
+        return {key: sorted(rows, key=lambda r: r.eps or 0.0) for key, rows in ordered}
 
     def bar_groups(self) -> list[tuple[str, dict[str, Row]]]:
         """Groups of the per-attack bar chart: clean accuracy, then robust accuracy per attack; role -> row."""
-        roles, entries = self.comparison()
+        _, entries = self.comparison()
         groups = []
         for entry in entries:
             if entry.probe == "clean" or entry.metric == "robust_accuracy":
@@ -470,12 +499,14 @@ def load_examples(path: Path) -> tuple[Examples | None, str]:
         return None, f"artifacts/examples.npz: 'clean' has shape {arrays['clean'].shape}, expected (K, C, H, W)"
     k = clean.shape[0]
     labels = arrays.get("labels")
-    labels = np.asarray(labels).reshape(-1)[:k] if labels is not None and np.asarray(labels).size >= k else np.full(k, -1)
+    labels = (
+        np.asarray(labels).reshape(-1)[:k] if labels is not None and np.asarray(labels).size >= k else np.full(k, -1)
+    )
     adv, pred_clean, pred_adv = {}, {}, {}
     for key, value in arrays.items():
         if not key.startswith("adv_"):
             continue
-        role = key[len("adv_"):]
+        role = key[len("adv_") :]
         array = _as_nchw(value)
         if array is None or array.shape != clean.shape:
             log.warning("examples.npz: %s has shape %s, clean %s; skipped", key, np.shape(value), clean.shape)

@@ -91,6 +91,7 @@ pre { background: var(--zebra); border: 1px solid var(--line); border-radius: 8p
 .scroll { overflow-x: auto; }
 footer { margin-top: 40px; color: var(--muted); font-size: 12px; text-align: center; }
 a { color: var(--accent); }
+@media (max-width: 800px) { main { margin: 0; border-radius: 0; padding: 20px 16px 32px; } }
 @media print { body { background: #fff; } main { box-shadow: none; margin: 0; max-width: none; } }
 """
 
@@ -109,8 +110,13 @@ def pill(passed: bool | None) -> str:
     return '<span class="pill pass">PASS</span>' if passed else '<span class="pill fail">FAIL</span>'
 
 
-def html_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: Iterable[int] = (),
-               row_classes: Sequence[str] | None = None, css: str = "") -> str:
+def html_table(
+    header: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    numeric: Iterable[int] = (),
+    row_classes: Sequence[str] | None = None,
+    css: str = "",
+) -> str:
     """``rows`` hold HTML already escaped by the caller; ``numeric`` columns are right-aligned."""
     numeric = set(numeric)
     head = "".join(f'<th class="num">{h}</th>' if i in numeric else f"<th>{h}</th>" for i, h in enumerate(header))
@@ -120,7 +126,9 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[str]], numeric: It
         klass = f' class="{row_classes[index]}"' if row_classes and row_classes[index] else ""
         body.append(f"<tr{klass}>{cells}</tr>")
     klass = f' class="{css}"' if css else ""
-    return f'<div class="scroll"><table{klass}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    return (
+        f'<div class="scroll"><table{klass}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'
+    )
 
 
 def page(title: str, body: str) -> str:
@@ -155,8 +163,7 @@ def _section(anchor: str, title: str, content: str) -> str:
 def _figure(png: bytes | None, alt: str, caption: str, missing: str) -> str:
     if png is None:
         return f'<p class="note">{esc(missing)}</p>'
-    return (f'<figure><img alt="{esc(alt)}" src="{data_uri(png)}">'
-            f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return f'<figure><img alt="{esc(alt)}" src="{data_uri(png)}"><figcaption>{esc(caption)}</figcaption></figure>'
 
 
 def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note: str = "") -> str:
@@ -172,38 +179,69 @@ def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note
         path = checkpoints.get(role, {}).get("path")
         who[role] = f"{esc(role)}" + (f" <code>{esc(path)}</code>" if path else "")
     pair = [who.pop("teacher") + " → " + who.pop("student")] if "teacher" in who and "student" in who else []
-    sub = " · ".join(p for p in [", ".join(pair + list(who.values())), esc(report.threat_model()),
-                                 esc(report.manifest.get("finished") or "")] if p)
-    sections = [("summary", "Summary"), ("comparison", "Teacher vs student"), ("curves", "Robustness curve"),
-                ("attacks", "Per attack"), ("examples", "Examples"), ("flags", "Flags"), ("results", "All results"),
-                ("manifest", "Manifest")]
+    sub = " · ".join(
+        p
+        for p in [
+            ", ".join(pair + list(who.values())),
+            esc(report.threat_model()),
+            esc(report.manifest.get("finished") or ""),
+        ]
+        if p
+    )
+    sections = [
+        ("summary", "Summary"),
+        ("comparison", "Teacher vs student"),
+        ("curves", "Robustness curve"),
+        ("attacks", "Per attack"),
+        ("examples", "Examples"),
+        ("flags", "Flags"),
+        ("results", "All results"),
+        ("manifest", "Manifest"),
+    ]
     nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in sections)
-    parts.append(f'<header><p class="eyebrow">robustdistill audit report</p><h1>{esc(report.suite_name)}</h1>'
-                 f'<p class="sub">{sub}</p><nav>{nav}</nav></header>')
+    parts.append(
+        f'<header><p class="eyebrow">robustdistill audit report</p><h1>{esc(report.suite_name)}</h1>'
+        f'<p class="sub">{sub}</p><nav>{nav}</nav></header>'
+    )
 
     # --- summary: verdict, masking warnings, gates ------------------------------------------------------------
     verdict = report.verdict_text()
     klass = {"PASS": "pass", "FAIL": "fail"}.get(verdict, "none")
-    summary = [f'<div class="verdict {klass}"><div class="word">{esc(verdict)}</div>'
-               f'<div class="detail">{esc(report.verdict_detail())}</div></div>']
+    summary = [
+        (
+            f'<div class="verdict {klass}"><div class="word">{esc(verdict)}</div>'
+            f'<div class="detail">{esc(report.verdict_detail())}</div></div>'
+        )
+    ]
     for role in report.masked_roles:
         checks = [f for f in report.flags if f.is_masking and f.model == role]
         items = "".join(f"<li>{esc(f.check + ': ' if f.check else '')}{esc(f.evidence)}</li>" for f in checks)
-        summary.append(f'<div class="warning" role="alert"><strong>⚠ Robust accuracy of {esc(role)} not to be trusted'
-                       f"</strong>Gradient masking detected: attacks that follow this model's gradients under-report "
-                       f"its vulnerability, so its robust accuracy (and any gate on it) overstates real robustness."
-                       f"<ul>{items}</ul></div>")
+        summary.append(
+            f'<div class="warning" role="alert"><strong>⚠ Robust accuracy of {esc(role)} not to be trusted'
+            f"</strong>Gradient masking detected: attacks that follow this model's gradients under-report "
+            f"its vulnerability, so its robust accuracy (and any gate on it) overstates real robustness."
+            f"<ul>{items}</ul></div>"
+        )
     if report.gates:
         rows, classes = [], []
         for gate in report.gates:
             result = pill(gate.passed)
             if gate.role in masked and "robust" in gate.metric:
                 result += ' <span class="pill warn" title="gradient masking detected">UNTRUSTED</span>'
-            rows.append([f"<code>{esc(gate.metric)}</code>", esc(gate.op), esc(fmt_value(gate.threshold, gate.metric)),
-                         esc(fmt_value(gate.value, gate.metric)), result])
+            rows.append(
+                [
+                    f"<code>{esc(gate.metric)}</code>",
+                    esc(gate.op),
+                    esc(fmt_value(gate.threshold, gate.metric)),
+                    esc(fmt_value(gate.value, gate.metric)),
+                    result,
+                ]
+            )
             classes.append("failed" if gate.passed is False else "")
-        summary.append("<h3>Gates</h3>" + html_table(["Gate", "Op", "Threshold", "Value", "Result"], rows, numeric=(2, 3),
-                                                     row_classes=classes))
+        summary.append(
+            "<h3>Gates</h3>"
+            + html_table(["Gate", "Op", "Threshold", "Value", "Result"], rows, numeric=(2, 3), row_classes=classes)
+        )
     else:
         summary.append('<p class="note">This suite defines no gates.</p>')
     parts.append(_section("summary", "Summary", "\n".join(summary)))
@@ -213,7 +251,9 @@ def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note
     content = []
     if entries:
         retention = "teacher" in comparison_roles and "student" in comparison_roles
-        header = ["Metric", *map(esc, comparison_roles)] + (["Retention<br><small>student / teacher</small>"] if retention else [])
+        header = ["Metric", *map(esc, comparison_roles)] + (
+            ["Retention<br><small>student / teacher</small>"] if retention else []
+        )
         rows = []
         for entry in entries:
             title = esc(entry.title())
@@ -225,57 +265,116 @@ def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note
                 untrusted = role in masked and entry.metric != "accuracy"
                 row.append(_cell_value(entry.cells.get(role), untrusted))
             if retention:
-                flagged = bool({"teacher", "student"} & masked) and entry.metric != "accuracy" and entry.retention() is not None
-                row.append(esc(fmt_value(entry.retention(), "retention"))
-                           + (' <span class="untrusted" title="gradient masking detected: not to be trusted">⚠</span>' if flagged else ""))
+                flagged = (
+                    bool({"teacher", "student"} & masked)
+                    and entry.metric != "accuracy"
+                    and entry.retention() is not None
+                )
+                row.append(
+                    esc(fmt_value(entry.retention(), "retention"))
+                    + (
+                        ' <span class="untrusted" title="gradient masking detected: not to be trusted">⚠</span>'
+                        if flagged
+                        else ""
+                    )
+                )
             rows.append(row)
         content.append(html_table(header, rows, numeric=range(1, len(header))))
-        content.append('<p class="note">Point estimate ± half the 95% confidence interval (hover for the interval '
-                       "and n). Retention is the student's value as a share of the teacher's.</p>")
+        content.append(
+            '<p class="note">Point estimate ± half the 95% confidence interval (hover for the interval '
+            "and n). Retention is the student's value as a share of the teacher's.</p>"
+        )
     else:
         content.append('<p class="note">No accuracy rows to compare.</p>')
     transfer = report.transfer_rows()
     if transfer:
-        rows = [[esc(r.params.get("source", "?")), esc(r.params.get("target", r.model)), esc(r.label),
-                 esc(humanise(r.metric)), _cell_value(r, False)] for r in transfer]
-        content.append("<h3>Transfer</h3>" + html_table(["Crafted on", "Evaluated on", "Attack", "Metric", "Value"], rows,
-                                                        numeric=(4,)))
+        rows = [
+            [
+                esc(r.params.get("source", "?")),
+                esc(r.params.get("target", r.model)),
+                esc(r.label),
+                esc(humanise(r.metric)),
+                _cell_value(r, False),
+            ]
+            for r in transfer
+        ]
+        content.append(
+            "<h3>Transfer</h3>"
+            + html_table(["Crafted on", "Evaluated on", "Attack", "Metric", "Value"], rows, numeric=(4,))
+        )
     other = [r for r in report.rows if r.probe in ("agreement", "retention")]
     if other:
-        rows = [[esc(humanise(r.metric)), esc(r.model), esc(fmt_params(r.params)), _cell_value(r, False)] for r in other]
-        content.append("<h3>Agreement and retention</h3>" + html_table(["Metric", "Model", "Params", "Value"], rows, numeric=(3,)))
+        rows = [
+            [esc(humanise(r.metric)), esc(r.model), esc(fmt_params(r.params)), _cell_value(r, False)] for r in other
+        ]
+        content.append(
+            "<h3>Agreement and retention</h3>" + html_table(["Metric", "Model", "Params", "Value"], rows, numeric=(3,))
+        )
     parts.append(_section("comparison", "Teacher vs student", "\n".join(content)))
 
     # --- plots ------------------------------------------------------------------------------------------------
-    parts.append(_section("curves", "Robustness curve", _figure(
-        plots.get("curve"), "Robust accuracy against perturbation budget, all models on one plot",
-        "Robust accuracy as the perturbation budget ε grows; shaded bands are 95% confidence intervals, the dotted "
-        "line marks the suite's threat model.", "This run has no robustness-curve rows (probe \"curve\").")))
-    parts.append(_section("attacks", "Per attack", _figure(
-        plots.get("attacks"), "Clean and robust accuracy per attack, grouped by model",
-        "Clean accuracy and robust accuracy under each attack; error bars are 95% confidence intervals.",
-        "This run has no clean or robust accuracy rows.")))
-    parts.append(_section("examples", "Examples", _figure(
-        plots.get("examples"), "Grid of clean inputs, adversarial inputs and perturbations per model",
-        "Top row: clean inputs with their true label. Per model: the adversarial input titled “clean prediction → "
-        "adversarial prediction” (red when wrong), and the perturbation (red = brighter, blue = darker).",
-        f"No examples: {examples_note}." if examples_note else "No examples.")))
+    parts.append(
+        _section(
+            "curves",
+            "Robustness curve",
+            _figure(
+                plots.get("curve"),
+                "Robust accuracy against perturbation budget, all models on one plot",
+                "Robust accuracy as the perturbation budget ε grows; shaded bands are 95% confidence intervals, the dotted "
+                "line marks the suite's threat model.",
+                'This run has no robustness-curve rows (probe "curve").',
+            ),
+        )
+    )
+    parts.append(
+        _section(
+            "attacks",
+            "Per attack",
+            _figure(
+                plots.get("attacks"),
+                "Clean and robust accuracy per attack, grouped by model",
+                "Clean accuracy and robust accuracy under each attack; error bars are 95% confidence intervals.",
+                "This run has no clean or robust accuracy rows.",
+            ),
+        )
+    )
+    parts.append(
+        _section(
+            "examples",
+            "Examples",
+            _figure(
+                plots.get("examples"),
+                "Grid of clean inputs, adversarial inputs and perturbations per model",
+                "Top row: clean inputs with their true label. Per model: the adversarial input titled “clean prediction → "
+                "adversarial prediction” (red when wrong), and the perturbation (red = brighter, blue = darker).",
+                f"No examples: {examples_note}." if examples_note else "No examples.",
+            ),
+        )
+    )
 
     # --- flags ------------------------------------------------------------------------------------------------
     content = []
     if report.flags:
         for flag in report.flags:
-            extra = "".join(f"<div><span class=\"note\">{esc(k)}:</span> {esc(fmt_param(v))}</div>" for k, v in flag.extra.items())
+            extra = "".join(
+                f'<div><span class="note">{esc(k)}:</span> {esc(fmt_param(v))}</div>' for k, v in flag.extra.items()
+            )
             check = f" · <code>{esc(flag.check)}</code>" if flag.check else ""
-            content.append(f'<div class="flag{" masking" if flag.is_masking else ""}"><div class="head">'
-                           f"{esc(flag.kind)} · {esc(flag.model)}{check}</div>"
-                           f'<div class="evidence">{esc(flag.evidence or "(no evidence given)")}</div>{extra}</div>')
+            content.append(
+                f'<div class="flag{" masking" if flag.is_masking else ""}"><div class="head">'
+                f"{esc(flag.kind)} · {esc(flag.model)}{check}</div>"
+                f'<div class="evidence">{esc(flag.evidence or "(no evidence given)")}</div>{extra}</div>'
+            )
     else:
         content.append('<p class="note">No flags: none of the checks found signs of gradient masking.</p>')
     checks = [r for r in report.rows if r.probe == "masking"]
     if checks:
-        rows = [[esc(r.model), esc(humanise(r.metric)), esc(fmt_params(r.params)), _cell_value(r, False)] for r in checks]
-        content.append("<h3>Masking checks measured</h3>" + html_table(["Model", "Check", "Params", "Value"], rows, numeric=(3,)))
+        rows = [
+            [esc(r.model), esc(humanise(r.metric)), esc(fmt_params(r.params)), _cell_value(r, False)] for r in checks
+        ]
+        content.append(
+            "<h3>Masking checks measured</h3>" + html_table(["Model", "Check", "Params", "Value"], rows, numeric=(3,))
+        )
     parts.append(_section("flags", "Flags", "\n".join(content)))
 
     # --- all results ------------------------------------------------------------------------------------------
@@ -283,11 +382,24 @@ def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note
         rows = []
         for r in report.rows:
             params = esc(fmt_params(r.params))
-            rows.append([esc(r.probe), esc(r.label), esc(r.model), esc(r.metric), esc(fmt_value(r.value, r.metric)),
-                         esc(fmt_interval(r.ci95, r.metric)), esc(r.n if r.n is not None else "—"),
-                         f'<span class="mono">{params}</span>'])
-        table = html_table(["Probe", "Label", "Model", "Metric", "Value", "95% CI", "n", "Params"], rows,
-                           numeric=(4, 5, 6), css="compact")
+            rows.append(
+                [
+                    esc(r.probe),
+                    esc(r.label),
+                    esc(r.model),
+                    esc(r.metric),
+                    esc(fmt_value(r.value, r.metric)),
+                    esc(fmt_interval(r.ci95, r.metric)),
+                    esc(r.n if r.n is not None else "—"),
+                    f'<span class="mono">{params}</span>',
+                ]
+            )
+        table = html_table(
+            ["Probe", "Label", "Model", "Metric", "Value", "95% CI", "n", "Params"],
+            rows,
+            numeric=(4, 5, 6),
+            css="compact",
+        )
         content = f"<details open><summary>{len(report.rows)} rows</summary>{table}</details>"
     else:
         content = '<p class="note">report.json holds no results.</p>'
@@ -299,20 +411,29 @@ def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note
         rows = []
         for role, info in sorted(checkpoints.items(), key=lambda kv: role_sort_key(kv[0])):
             sha = str(info.get("sha256") or "—")
-            rows.append([esc(role), f"<code>{esc(info.get('path', '—'))}</code>",
-                         f'<code title="{esc(sha)}">{esc(sha[:SHA_CHARS])}</code>'])
+            rows.append(
+                [
+                    esc(role),
+                    f"<code>{esc(info.get('path', '—'))}</code>",
+                    f'<code title="{esc(sha)}">{esc(sha[:SHA_CHARS])}</code>',
+                ]
+            )
         content.append(html_table(["Role", "Checkpoint", "sha256"], rows))
     facts = [(k, v) for k, v in report.manifest.items() if k != "checkpoints"]
     if facts:
         rows = [[esc(k), esc(v if isinstance(v, str | int | float) else json.dumps(v, default=str))] for k, v in facts]
         content.append(html_table(["Field", "Value"], rows, css="compact"))
     if report.suite:
-        content.append(f"<details><summary>Resolved suite</summary><pre>{esc(json.dumps(report.suite, indent=2, default=str))}</pre></details>")
+        content.append(
+            f"<details><summary>Resolved suite</summary><pre>{esc(json.dumps(report.suite, indent=2, default=str))}</pre></details>"
+        )
     parts.append(_section("manifest", "Manifest", "\n".join(content) or '<p class="note">No manifest.</p>'))
 
     version = report.manifest.get("robustdistill")
-    parts.append(f"<footer>robustdistill{(' ' + esc(version)) if version else ''} · rendered "
-                 f"{esc(dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</footer>")
+    parts.append(
+        f"<footer>robustdistill{(' ' + esc(version)) if version else ''} · rendered "
+        f"{esc(dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))}</footer>"
+    )
     return page(f"{report.suite_name} — robustdistill report", "\n".join(parts))
 
 
@@ -350,14 +471,28 @@ def render_index_html(entries: Sequence[Mapping[str, Any]], title: str) -> str:
             flag_text = f'<span class="pill warn" title="see the report\'s Flags section">⚠ {int(flags)}</span>'
         summary = entry.get("summary") if isinstance(entry.get("summary"), Mapping) else {}
         values = [esc(fmt_summary(m, summary.get(m))) for m in metrics]
-        rows.append([cell, esc(entry.get("teacher", "—")), esc(entry.get("student", "—")),
-                     pill(passed if isinstance(passed, bool) else None), flag_text, *values])
+        rows.append(
+            [
+                cell,
+                esc(entry.get("teacher", "—")),
+                esc(entry.get("student", "—")),
+                pill(passed if isinstance(passed, bool) else None),
+                flag_text,
+                *values,
+            ]
+        )
         classes.append("failed" if passed is False else "")
     n_pass = sum(1 for e in entries if e.get("passed") is True)
-    body = (f'<header><p class="eyebrow">robustdistill</p><h1>{esc(title)}</h1>'
-            f'<p class="sub">{len(entries)} report{"s" if len(entries) != 1 else ""} · {n_pass} passed all gates</p></header>'
-            + _section("reports", "Reports", html_table(header, rows, numeric=range(5, len(header)), row_classes=classes)
-                       + '<p class="note">Summary values are the student\'s; percentages are accuracies. A flag count '
-                         "above zero means a check (e.g. gradient masking) fired: read that report's warning.</p>")
-            + f"<footer>rendered {esc(dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'))}</footer>")
+    body = (
+        f'<header><p class="eyebrow">robustdistill</p><h1>{esc(title)}</h1>'
+        f'<p class="sub">{len(entries)} report{"s" if len(entries) != 1 else ""} · {n_pass} passed all gates</p></header>'
+        + _section(
+            "reports",
+            "Reports",
+            html_table(header, rows, numeric=range(5, len(header)), row_classes=classes)
+            + '<p class="note">Summary values are the student\'s; percentages are accuracies. A flag count '
+            "above zero means a check (e.g. gradient masking) fired: read that report's warning.</p>",
+        )
+        + f"<footer>rendered {esc(dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))}</footer>"
+    )
     return page(title, body)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from robustdistill.reports.data import Report, role_sort_key, fmt_ci, fmt_interval, fmt_params, fmt_value, humanise
+from robustdistill.reports.data import Report, fmt_ci, fmt_interval, fmt_params, fmt_value, humanise, role_sort_key
 
 SHA_CHARS = 12
 
@@ -19,8 +19,7 @@ def cell(value: Any) -> str:
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]], align: str = "") -> list[str]:
     align = align or "l" * len(header)
     marks = {"l": "---", "r": "---:", "c": ":---:"}
-    lines = ["| " + " | ".join(cell(h) for h in header) + " |",
-             "|" + "|".join(marks[a] for a in align) + "|"]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "|".join(marks[a] for a in align) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return lines
 
@@ -52,7 +51,15 @@ def render_markdown(report: Report, plots: dict[str, str], examples_note: str = 
             result = {True: "✅ pass", False: "❌ FAIL", None: "— undecided"}[gate.passed]
             if gate.role in masked and "robust" in gate.metric:
                 result += " ⚠️ untrusted"
-            rows.append([f"`{gate.metric}`", gate.op, fmt_value(gate.threshold, gate.metric), fmt_value(gate.value, gate.metric), result])
+            rows.append(
+                [
+                    f"`{gate.metric}`",
+                    gate.op,
+                    fmt_value(gate.threshold, gate.metric),
+                    fmt_value(gate.value, gate.metric),
+                    result,
+                ]
+            )
         out += table(["gate", "op", "threshold", "value", "result"], rows, "lcrrl")
     else:
         out.append("No gates defined by this suite.")
@@ -78,8 +85,16 @@ def render_markdown(report: Report, plots: dict[str, str], examples_note: str = 
     transfer = report.transfer_rows()
     if transfer:
         out += ["## Transfer", ""]
-        rows = [[r.params.get("source", "?"), r.params.get("target", r.model), r.label, humanise(r.metric),
-                 fmt_ci(r.value, r.ci95, r.metric)] for r in transfer]
+        rows = [
+            [
+                r.params.get("source", "?"),
+                r.params.get("target", r.model),
+                r.label,
+                humanise(r.metric),
+                fmt_ci(r.value, r.ci95, r.metric),
+            ]
+            for r in transfer
+        ]
         out += table(["crafted on", "evaluated on", "attack", "metric", "value"], rows, "llllr") + [""]
 
     out += ["## Flags", ""]
@@ -103,18 +118,34 @@ def render_markdown(report: Report, plots: dict[str, str], examples_note: str = 
     out += ["## Manifest", ""]
     checkpoints = report.checkpoints
     if checkpoints:
-        rows = [[f"`{role}`", info.get("path", "—"), f"`{str(info.get('sha256', '—'))[:SHA_CHARS]}`"]
-                for role, info in sorted(checkpoints.items(), key=lambda kv: role_sort_key(kv[0]))]
+        rows = [
+            [f"`{role}`", info.get("path", "—"), f"`{str(info.get('sha256', '—'))[:SHA_CHARS]}`"]
+            for role, info in sorted(checkpoints.items(), key=lambda kv: role_sort_key(kv[0]))
+        ]
         out += table(["role", "checkpoint", "sha256"], rows) + [""]
     facts = [(k, v) for k, v in report.manifest.items() if k != "checkpoints"]
     if facts:
-        out += table(["field", "value"], [[k, v if isinstance(v, str | int | float) else json.dumps(v, default=str)] for k, v in facts])
+        out += table(
+            ["field", "value"],
+            [[k, v if isinstance(v, str | int | float) else json.dumps(v, default=str)] for k, v in facts],
+        )
         out.append("")
 
     if report.rows:
         out += ["<details><summary>All results</summary>", ""]
-        rows = [[r.probe, r.label, r.model, r.metric, fmt_value(r.value, r.metric), fmt_interval(r.ci95, r.metric),
-                 r.n if r.n is not None else "—", fmt_params(r.params)] for r in report.rows]
+        rows = [
+            [
+                r.probe,
+                r.label,
+                r.model,
+                r.metric,
+                fmt_value(r.value, r.metric),
+                fmt_interval(r.ci95, r.metric),
+                r.n if r.n is not None else "—",
+                fmt_params(r.params),
+            ]
+            for r in report.rows
+        ]
         out += table(["probe", "label", "model", "metric", "value", "95% CI", "n", "params"], rows, "llllrrrl")
         out += ["", "</details>", ""]
     return "\n".join(out).rstrip() + "\n"

@@ -8,7 +8,6 @@ function returns PNG bytes; nothing is written here (the caller writes atomicall
 from __future__ import annotations
 
 import io
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -99,19 +98,40 @@ def robustness_curve(report: Report) -> bytes | None:
             value = np.array([r.value for r in rows], dtype=float)
             colour = role_colour(role, roles)
             name = role if len(labels) == 1 else f"{role} · {label}"
-            ax.plot(eps, value, styles[labels.index(label) % len(styles)], color=colour, marker="o", markersize=4,
-                    linewidth=2, label=name)
+            ax.plot(
+                eps,
+                value,
+                styles[labels.index(label) % len(styles)],
+                color=colour,
+                marker="o",
+                markersize=4,
+                linewidth=2,
+                label=name,
+            )
             with_ci = [r for r in rows if r.ci95 is not None]
             if len(with_ci) >= 2:
-                ax.fill_between([r.eps for r in with_ci], [r.ci95[0] for r in with_ci], [r.ci95[1] for r in with_ci],
-                                color=colour, alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    [r.eps for r in with_ci],
+                    [r.ci95[0] for r in with_ci],
+                    [r.ci95[1] for r in with_ci],
+                    color=colour,
+                    alpha=0.15,
+                    linewidth=0,
+                )
                 top = max(top, max(r.ci95[1] for r in with_ci))
             top = max(top, float(value.max()))
         tm = report.threat_model_eps()
         if tm is not None:
             ax.axvline(tm, color="#57606a", linestyle=":", linewidth=1)
-            ax.annotate("threat model", (tm, 1.0), xytext=(4, -2), textcoords="offset points", fontsize=8,
-                        color="#57606a", va="top")
+            ax.annotate(
+                "threat model",
+                (tm, 1.0),
+                xytext=(4, -2),
+                textcoords="offset points",
+                fontsize=8,
+                color="#57606a",
+                va="top",
+            )
         _percent_axis(ax, top)
         ax.set_xlim(left=0)
         ax.set_xlabel("ε (perturbation budget)")
@@ -150,11 +170,20 @@ def attack_bars(report: Report) -> bytes | None:
             if not xs:
                 continue
             bars = ax.bar(xs, heights, width * 0.92, color=role_colour(role, roles), label=role, zorder=2)
-            ax.errorbar(xs, heights, yerr=[lower, upper], fmt="none", ecolor="#24292f", elinewidth=1, capsize=3, zorder=3)
+            ax.errorbar(
+                xs, heights, yerr=[lower, upper], fmt="none", ecolor="#24292f", elinewidth=1, capsize=3, zorder=3
+            )
             for bar, height, up in zip(bars, heights, upper):
-                ax.annotate(f"{height * 100:.0f}%", (bar.get_x() + bar.get_width() / 2, height + up),
-                            xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=8,
-                            color="#424a53")
+                ax.annotate(
+                    f"{height * 100:.0f}%",
+                    (bar.get_x() + bar.get_width() / 2, height + up),
+                    xytext=(0, 2),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                    color="#424a53",
+                )
         ax.set_xticks(positions, [title for title, _ in groups])
         _percent_axis(ax, 1.08)
         ax.set_ylabel("accuracy")
@@ -206,8 +235,13 @@ def examples_grid(examples: Examples, max_examples: int = 10) -> bytes:
 
     rows: list[tuple[str, np.ndarray, list[tuple[str, str]]]] = []
     clean = [_upscale(examples.clean[c], size) for c in range(k)]
-    rows.append(("clean", _strip(clean, [plain] * k, border, gap),
-                 [(f"label {examples.class_name(examples.labels[c])}", RIGHT) for c in range(k)]))
+    rows.append(
+        (
+            "clean",
+            _strip(clean, [plain] * k, border, gap),
+            [(f"label {examples.class_name(examples.labels[c])}", RIGHT) for c in range(k)],
+        )
+    )
     for role in roles:
         titles, frames = [], []
         adv, before = examples.pred_adv.get(role), examples.pred_clean.get(role)
@@ -217,7 +251,9 @@ def examples_grid(examples: Examples, max_examples: int = 10) -> bytes:
                 frames.append(plain)
                 continue
             wrong = bool(examples.labels[c] >= 0 and adv[c] != examples.labels[c])
-            text = (f"{examples.class_name(before[c])} → " if before is not None else "pred ") + examples.class_name(adv[c])
+            text = (f"{examples.class_name(before[c])} → " if before is not None else "pred ") + examples.class_name(
+                adv[c]
+            )
             titles.append((text, WRONG if wrong else RIGHT))
             frames.append(WRONG if wrong else plain)
         cells = [_upscale(examples.adv[role][c], size) for c in range(k)]
@@ -237,9 +273,22 @@ def examples_grid(examples: Examples, max_examples: int = 10) -> bytes:
             ax.text(-gap, box / 2, label, ha="right", va="center", fontsize=9, fontweight="bold")
             for c, (text, colour) in enumerate(titles):
                 if text:
-                    ax.text(c * (box + gap) + box / 2, -border, text, ha="center", va="bottom", fontsize=9, color=colour,
-                            fontweight="bold" if colour == WRONG else "normal")
+                    ax.text(
+                        c * (box + gap) + box / 2,
+                        -border,
+                        text,
+                        ha="center",
+                        va="bottom",
+                        fontsize=9,
+                        color=colour,
+                        fontweight="bold" if colour == WRONG else "normal",
+                    )
         figure.subplots_adjust(hspace=0.35)
-        figure.suptitle(f"Clean and adversarial examples ({examples.attack}); perturbation colour scale ±{scale:.3g}",
-                        x=0.02, ha="left", fontsize=12, fontweight="bold")
+        figure.suptitle(
+            f"Clean and adversarial examples ({examples.attack}); perturbation colour scale ±{scale:.3g}",
+            x=0.02,
+            ha="left",
+            fontsize=12,
+            fontweight="bold",
+        )
         return _png(figure)

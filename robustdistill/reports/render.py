@@ -12,7 +12,6 @@ from robustdistill.reports import plots as plotting
 from robustdistill.reports.data import Report, load_examples
 from robustdistill.reports.html import render_html, render_index_html
 from robustdistill.reports.markdown import render_markdown
-from robustdistill.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +31,8 @@ def _file_mode() -> int:
 
 
 def _write_bytes(target: Path, payload: bytes) -> None:
+    from robustdistill.utils import atomic_path  # lazy: robustdistill.utils imports torch
+
     with atomic_path(target) as tmp:
         tmp.write_bytes(payload)
         tmp.chmod(_file_mode())
@@ -67,18 +68,19 @@ def render(run_dir: str | os.PathLike[str]) -> list[Path]:
     markdown = render_markdown(report, links, examples_note)
     html = render_html(report, pngs, examples_note)
 
-    plot_paths = []
+    plot_paths, stale = [], []
     for key, png in pngs.items():
         target = run_dir / "plots" / PLOTS[key][0]
         if png is None:
-            if target.exists():  # a plot from an earlier render this run no longer has data for
-                target.unlink()
+            stale.append(target)
             continue
         _write_bytes(target, png)
         plot_paths.append(target)
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     _write_text(md_path, markdown)
     _write_text(html_path, html)
+    for target in stale:  # plots of an earlier render that this run no longer has data for
+        target.unlink(missing_ok=True)
     log.info("wrote %s and %s", md_path, html_path)
     return [md_path, html_path, *plot_paths]
 
@@ -94,7 +96,9 @@ def render_index(entries: Sequence[Mapping[str, Any]], out: str | os.PathLike[st
     return out
 
 
-def index_entry(run_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str], name: str | None = None) -> dict[str, Any]:
+def index_entry(
+    run_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str], name: str | None = None
+) -> dict[str, Any]:
     """The :func:`render_index` entry for a rendered run: verdict, flag count and the student's clean and robust
     accuracies (one per attack) read from its report.json; ``report`` is relative to ``index_dir``."""
     run_dir = Path(run_dir)
@@ -106,7 +110,9 @@ def index_entry(run_dir: str | os.PathLike[str], index_dir: str | os.PathLike[st
         row = entry.cells.get("student")
         if row is None or row.value is None:
             continue
-        key = "clean" if entry.probe == "clean" and entry.metric == "accuracy" else entry.short_title().replace("\n", " ")
+        key = (
+            "clean" if entry.probe == "clean" and entry.metric == "accuracy" else entry.short_title().replace("\n", " ")
+        )
         summary.setdefault(key, row.value)
     return {
         "name": name or run_dir.name,

@@ -12,10 +12,24 @@ from robustdistill.reports import index_entry, render, render_index
 
 def test_render_index_links_every_entry(tmp_path: Path) -> None:
     entries = [
-        {"name": "kd-student", "report": "kd/report.html", "teacher": "digits-standard", "student": "digits-kd",
-         "passed": True, "flags": 0, "summary": {"clean": 0.97, "pgd": 0.05}},
-        {"name": "dd <student>", "report": "defensive distillation/report.html", "teacher": "digits-standard",
-         "student": "digits-dd", "passed": False, "flags": 2, "summary": {"clean": 0.9, "median_l2": 0.84}},
+        {
+            "name": "kd-student",
+            "report": "kd/report.html",
+            "teacher": "digits-standard",
+            "student": "digits-kd",
+            "passed": True,
+            "flags": 0,
+            "summary": {"clean": 0.97, "pgd": 0.05},
+        },
+        {
+            "name": "dd <student>",
+            "report": "defensive distillation/report.html",
+            "teacher": "digits-standard",
+            "student": "digits-dd",
+            "passed": False,
+            "flags": 2,
+            "summary": {"clean": 0.9, "median_l2": 0.84},
+        },
         {"name": "broken", "report": "broken/report.html"},  # whatever the runner could not fill in
     ]
     out = render_index(entries, tmp_path / "demo" / "index.html", title="robustdistill demo")

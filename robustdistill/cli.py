@@ -33,6 +33,23 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from robustdistill.demo import run_demo
+
+    result = run_demo(args.out, quick=args.quick)
+    header = f"{'student':<32} {'clean':>7} {'FGSM':>7} {'PGD':>7} {'CW':>7} {'AutoAttack':>10}  verdict"
+    print(header)
+    print("-" * len(header))
+    for row in result.table:
+        cells = [f"{row[k]:.3f}" if row[k] is not None else "-" for k in ("clean", "fgsm", "pgd", "cw", "autoattack")]
+        verdict = "PASS" if row["passed"] else "FAIL"
+        if row["untrusted"]:
+            verdict += " (gradient masking: robust accuracy untrusted)"
+        print(f"{row['student']:<32} {cells[0]:>7} {cells[1]:>7} {cells[2]:>7} {cells[3]:>7} {cells[4]:>10}  {verdict}")
+    print(f"\nreports: {result.index}  ({result.seconds:.0f} s, peak memory {result.peak_memory_mb:.0f} MB)")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     from robustdistill import attacks, trainers
     from robustdistill.models import ARCHITECTURES
@@ -74,9 +91,24 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished epoch")
     train.set_defaults(handler=_train)
 
+    demo = sub.add_parser(
+        "demo",
+        help="train digits teachers and students, audit each student, write reports",
+        description="On the built-in digits: train (or reuse, verified by sha256) a clean teacher, a robust teacher, "
+        "a KD student, a PGD-AT student and a defensively distilled student; audit each student against its "
+        "teacher; write one report per student and an index page.",
+    )
+    demo.add_argument("--out", default="reports/demo", metavar="DIR", help="where the reports go (default reports/demo)")
+    demo.add_argument("--quick", action="store_true", help="a smoke run: few epochs, 100 test points (under a minute)")
+    demo.set_defaults(handler=_demo)
+
     lister = sub.add_parser("list", help="list attacks, trainers and architectures", description="List what is registered.")
     lister.add_argument("family", nargs="?", choices=["attacks", "trainers", "architectures"], help="only this family")
     lister.set_defaults(handler=_list)
+
+    from robustdistill.audits.commands import add_commands
+
+    add_commands(sub)
     return parser
 
 

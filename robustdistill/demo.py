@@ -1,0 +1,173 @@
+"""``robustdistill demo``: the product's main job on built-in data.
+
+Trains (or reuses, verified by sha256) a clean teacher, a robust teacher, a KD student, a PGD-AT student and a
+defensively distilled student on the built-in digits; audits each student against its teacher with the digits
+suite; writes one report per student and ``reports/demo/index.html`` linking them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from robustdistill.errors import UserInputError
+from robustdistill.utils import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+# Quick mode trains each model for a few epochs and audits a sample of the test split (a smoke run, < 60 s).
+QUICK_EPOCHS = {"standard": 8, "trades": 6, "kd": 8, "pgd-at": 6, "defensive-distillation": 8}
+QUICK_SAMPLES = 100
+
+
+@dataclass(frozen=True)
+class Model:
+    """One checkpoint the demo trains: a recipe plus overrides."""
+
+    name: str
+    method: str
+    recipe: str
+    overrides: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """One audit: a student against its teacher."""
+
+    name: str
+    teacher: str  # a Model name, or "<model>-teacher" for a teacher a trainer wrote next to its student
+    student: str
+    title: str
+
+
+MODELS = (
+    Model("clean-teacher", "standard", "defenses/digits-standard.toml"),
+    Model("robust-teacher", "trades", "defenses/digits-trades.toml"),
+    Model("kd-student", "kd", "defenses/digits-kd.toml", ("teacher_recipe=''",)),  # teacher set at run time
+    Model("pgd-at-student", "pgd-at", "defenses/digits-pgd-at.toml", ("arch=cnn-tiny",)),
+    Model("defensive-distillation-student", "defensive-distillation", "defenses/digits-defensive-distillation.toml"),
+)
+
+PIPELINES = (
+    Pipeline("kd-student", "clean-teacher", "kd-student", "Hinton KD student of the clean teacher"),
+    Pipeline("pgd-at-student", "robust-teacher", "pgd-at-student", "PGD-AT tiny student vs the TRADES teacher"),
+    Pipeline(
+        "defensive-distillation-student",
+        "defensive-distillation-student-teacher",
+        "defensive-distillation-student",
+        "Defensively distilled student (T = 100) vs its teacher",
+    ),
+)
+
+
+@dataclass
+class DemoResult:
+    index: Path
+    reports: dict[str, Path] = field(default_factory=dict)
+    table: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+
+
+def _recipe_key(model: Model, overrides: list[str]) -> str:
+    text = Path(model.recipe).read_text() if Path(model.recipe).is_file() else ""
+    return hashlib.sha256(json.dumps([model.method, text, overrides]).encode()).hexdigest()
+
+
+def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledger: dict[str, Any]) -> Path:
+    """Reuse a checkpoint only if its sha256 is the one recorded when the demo trained it, from the same recipe."""
+    from robustdistill import trainers
+    from robustdistill.models import checkpoint_sha256
+
+    out = checkpoints / model.name
+    key = _recipe_key(model, overrides)
+    entry = ledger.get(model.name)
+    if entry and entry.get("recipe") == key and (out / "config.json").exists():
+        if checkpoint_sha256(out) == entry.get("sha256"):
+            log.info("reusing %s (sha256 %s verified)", out, entry["sha256"][:12])
+            return out
+        log.warning("%s does not match the sha256 recorded when it was trained: training it again", out)
+    log.info("training %s (%s, %s)", model.name, model.method, model.recipe)
+    trainer = trainers.create(model.method, recipe=model.recipe, overrides=overrides)
+    resume = out.with_name(out.name + ".partial").exists()
+    trainers_out = trainer.fit(out, resume=resume)
+    ledger[model.name] = {"recipe": key, "sha256": checkpoint_sha256(trainers_out)}
+    # Trainers that write a companion teacher (defensive distillation) get it recorded too.
+    companion = out.with_name(out.name + "-teacher")
+    if companion.exists():
+        ledger[companion.name] = {"recipe": key, "sha256": checkpoint_sha256(companion)}
+    write_json_atomic(checkpoints / "ledger.json", ledger)
+    return trainers_out
+
+
+def run_demo(out: str | Path = "reports/demo", *, quick: bool = False, checkpoints: str | Path | None = None,
+             suite: str | Path = "audits/demo.toml") -> DemoResult:
+    """Train or reuse the demo's models, audit every student against its teacher, and write the index page."""
+    from robustdistill.audits import audit
+    from robustdistill.reports import index_entry, render_index
+
+    started = time.perf_counter()
+    out = Path(out)
+    if not Path(suite).is_file():
+        raise UserInputError("suite", f"file not found: {suite}", "run the demo from the repository root")
+    checkpoints = Path(checkpoints) if checkpoints else Path("checkpoints") / ("demo-quick" if quick else "demo")
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    ledger_path = checkpoints / "ledger.json"
+    ledger: dict[str, Any] = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+
+    paths: dict[str, Path] = {}
+    for model in MODELS:
+        overrides = list(model.overrides)
+        if model.method == "kd":
+            overrides.append(f"teacher={paths['clean-teacher']}")
+        if quick:
+            overrides.append(f"epochs={QUICK_EPOCHS[model.method]}")
+            overrides.append("lr_milestones=[]")
+        paths[model.name] = _train_or_reuse(model, overrides, checkpoints, ledger)
+        companion = paths[model.name].with_name(paths[model.name].name + "-teacher")
+        if companion.exists():
+            paths[companion.name] = companion
+
+    result = DemoResult(index=out / "index.html")
+    entries = []
+    for pipeline in PIPELINES:
+        run_dir = out / pipeline.name
+        log.info("auditing %s against %s", pipeline.student, pipeline.teacher)
+        report = audit(
+            suite,
+            teacher=paths[pipeline.teacher],
+            student=paths[pipeline.student],
+            out=run_dir,
+            resume=run_dir.exists(),
+            samples=QUICK_SAMPLES if quick else None,
+        )
+        result.reports[pipeline.name] = run_dir / "report.html"
+        entry = index_entry(run_dir, out, name=pipeline.title)
+        entries.append(entry)
+        result.table.append({"student": pipeline.name, "passed": report.passed, "untrusted": report.untrusted,
+                             **_headline(report)})
+    render_index(entries, out / "index.html", title="robustdistill demo: digits teachers and students")
+    result.seconds = time.perf_counter() - started
+    result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def _headline(report: Any) -> dict[str, float | None]:
+    """The student's clean, FGSM, PGD, CW and AutoAttack accuracies (the demo's table)."""
+    wanted = {"clean": "accuracy", "fgsm": "robust_accuracy", "pgd": "robust_accuracy", "cw": "robust_accuracy",
+              "autoattack": "robust_accuracy"}
+    found: dict[str, float | None] = dict.fromkeys(wanted)
+    for row in report.rows:
+        if row["model"] != "student" or row["probe"] not in ("clean", "attack"):
+            continue
+        name = "clean" if row["probe"] == "clean" else str(row["params"].get("attack", ""))
+        name = "cw" if name.startswith("cw") else name
+        if name in wanted and row["metric"] == wanted[name] and found[name] is None:
+            found[name] = row["value"]
+    return found

@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["UserInputError", "__version__", "attacks", "load_model"]
+__all__ = ["UserInputError", "__version__", "attacks", "audit", "load_model"]
 
 from robustdistill.errors import UserInputError
 
 if TYPE_CHECKING:
     from robustdistill import attacks
+    from robustdistill.audits import audit
     from robustdistill.models import load_model
 
 
@@ -26,6 +27,10 @@ def __getattr__(name: str) -> Any:
         from robustdistill.models import load_model
 
         return load_model
+    if name == "audit":
+        from robustdistill.audits import audit
+
+        return audit
     if name == "attacks":
         import robustdistill.attacks as attacks
 

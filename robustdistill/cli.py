@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,10 +53,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     from robustdistill import attacks, trainers
+    from robustdistill.audits import PROBES
     from robustdistill.models import ARCHITECTURES
 
     families: dict[str, list[tuple[str, object]]] = {
         "attacks": attacks.ATTACKS.items(),
+        "probes": PROBES.items(),
         "trainers": trainers.TRAINERS.items(),
         "architectures": ARCHITECTURES.items(),
     }
@@ -76,6 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("ROBUSTDISTILL_THREADS", "1")),
+        metavar="N",
+        help="CPU threads for torch (default 1, or $ROBUSTDISTILL_THREADS: for small models more threads are slower, "
+        "and much slower on a busy machine; raise it for large models on many cores)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     train = sub.add_parser(
@@ -102,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="a smoke run: few epochs, 100 test points (under a minute)")
     demo.set_defaults(handler=_demo)
 
-    lister = sub.add_parser("list", help="list attacks, trainers and architectures", description="List what is registered.")
-    lister.add_argument("family", nargs="?", choices=["attacks", "trainers", "architectures"], help="only this family")
+    lister = sub.add_parser("list", help="list attacks, probes, trainers and architectures", description="List what is registered.")
+    lister.add_argument("family", nargs="?", choices=["attacks", "probes", "trainers", "architectures"], help="only this family")
     lister.set_defaults(handler=_list)
 
     from robustdistill.audits.commands import add_commands
@@ -125,6 +136,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    if args.threads < 1:
+        print("robustdistill: error: --threads: must be >= 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    import torch
+
+    torch.set_num_threads(args.threads)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -132,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"robustdistill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("robustdistill: interrupted; finished epochs are kept, continue with --resume", file=sys.stderr)
+        print("robustdistill: interrupted; finished work (epochs, probes) is kept: rerun with --resume", file=sys.stderr)
         return 130
 
 

@@ -164,7 +164,7 @@ def _headline(report: Any) -> dict[str, float | None]:
               "autoattack": "robust_accuracy"}
     found: dict[str, float | None] = dict.fromkeys(wanted)
     for row in report.rows:
-        if row["model"] != "student" or row["probe"] not in ("clean", "attack"):
+        if row["model"] != "student":
             continue
         name = "clean" if row["probe"] == "clean" else str(row["params"].get("attack", ""))
         name = "cw" if name.startswith("cw") else name

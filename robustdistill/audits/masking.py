@@ -26,8 +26,10 @@ ITERATIVE = frozenset({"pgd", "apgd-ce", "apgd-t", "autoattack", "cw-linf", "fab
 # softmax cannot fool them, so they are the yardstick for CE-gradient attacks.
 SCALE_INVARIANT = frozenset({"autoattack", "apgd-t", "cw-linf", "fab-t", "square"})
 BLACK_BOX = frozenset({"square"})
-# A CE-gradient attack may trail the strongest attack by a few points on any model; beyond this it is masking.
-STRONG_GAP = 0.10
+# A cross-entropy attack may trail a margin/DLR attack of the same budget by several points on a healthy model (up
+# to ~13 on a briefly adversarially trained digits CNN); defensive distillation opens a gap of ~80.
+LOSS_TOLERANCE = 0.20
+TOLERANCE = 0.05
 
 
 def flag(model: str, check: str, evidence: str) -> dict[str, Any]:
@@ -36,6 +38,12 @@ def flag(model: str, check: str, evidence: str) -> dict[str, Any]:
 
 def pct(mask: np.ndarray) -> str:
     return f"{100 * float(mask.mean()) if mask.size else 0.0:.1f}%"
+
+
+def white_box_robust(results: Mapping[str, np.ndarray], scaled: Mapping[float, np.ndarray]) -> np.ndarray:
+    """Points still correct under every gradient attack the masking probe ran at the threat model's eps."""
+    masks = [mask for key, mask in results.items() if key not in ("worst_case", "large_eps")] + list(scaled.values())
+    return np.logical_and.reduce(masks)
 
 
 def probe_checks(
@@ -50,6 +58,7 @@ def probe_checks(
     steps: int,
     more_steps: int,
     restarts: int,
+    loss_tolerance: float = 0.20,
 ) -> list[dict[str, Any]]:
     """The masking probe's checks on one model, from per-point "still correct" masks."""
     flags: list[dict[str, Any]] = []
@@ -62,14 +71,15 @@ def probe_checks(
                           f"{pct(results['single_step'])} at eps={eps:g} (+{100 * diff:.1f} points, {disc} "
                           f"discordant of {n}): the gradient misleads the iterative attack"))
     # (b) black-box beats white-box
-    if "square" in results:
-        white = results["single_step"] & pgd & results["pgd_more_steps"] & results["pgd_restarts"]
-        only_black = white & ~results["square"]
+    if "worst_case" in results:
+        # Points every white-box variant missed (the large-eps one aside) and Square then broke.
+        only_black = white_box_robust(results, scaled) & ~results["worst_case"]
         count = int(only_black.sum())
         if count > max(tolerance * n, 2):
             flags.append(flag(role, "black_box_beats_white_box",
-                              f"Square (black-box) broke {count} of {n} points that FGSM, PGD-{steps}, PGD-{more_steps} "
-                              f"and PGD-{steps} x{restarts} restarts all missed at eps={eps:g}"))
+                              f"Square (black-box) broke {count} of {n} points that every gradient attack (FGSM, "
+                              f"PGD-{steps} on CE and on the CW margin, PGD-{more_steps}, {restarts} restarts, rescaled "
+                              f"logits) missed at eps={eps:g}"))
     # (c) no saturation at a very large eps
     large = results["large_eps"]
     if float(large.mean()) > large_eps_max_accuracy:
@@ -87,7 +97,7 @@ def probe_checks(
     # (e) logit rescaling and loss choice
     moved = []
     for scale, mask in scaled.items():
-        worse, diff, _ = paired_excess(pgd, mask, tolerance=tolerance)
+        worse, diff, _ = paired_excess(pgd, mask, tolerance=loss_tolerance)
         if worse:
             moved.append(f"logits x{scale:g}: {pct(mask)}")
     if moved:
@@ -95,7 +105,7 @@ def probe_checks(
                           f"CE-PGD-{steps} robust accuracy {pct(pgd)} drops when the logits are rescaled ("
                           + "; ".join(moved) + f") at eps={eps:g}: saturated softmax gradients, not robustness "
                           "(the signature of defensive distillation)"))
-    worse, diff, disc = paired_excess(pgd, results["cw_loss"], tolerance=tolerance)
+    worse, diff, disc = paired_excess(pgd, results["cw_loss"], tolerance=loss_tolerance)
     if worse:
         flags.append(flag(role, "loss_sensitive",
                           f"PGD-{steps} on the CW margin loss reaches {pct(results['cw_loss'])} robust accuracy, "
@@ -130,9 +140,10 @@ def cross_checks(
     attacks: Sequence[AttackResult],
     curves: Sequence[tuple[str, list[tuple[float, np.ndarray]]]],
     *,
-    tolerance: float = 0.03,
+    tolerance: float = TOLERANCE,
+    loss_tolerance: float = LOSS_TOLERANCE,
 ) -> list[dict[str, Any]]:
-    """Checks across a model's attack and curve probes."""
+    """Checks across a model's attack and curve probes (tolerances from the suite's masking probe, if any)."""
     flags: list[dict[str, Any]] = []
     for single in (a for a in attacks if a.attack in SINGLE_STEP):
         for iterative in (a for a in attacks if a.attack in ITERATIVE and a.same_threat(single)):
@@ -164,7 +175,7 @@ def cross_checks(
     for strong in (a for a in attacks if a.attack in SCALE_INVARIANT and a.attack not in BLACK_BOX):
         ce_iterative = [a for a in attacks if a.loss == "ce" and a.attack in ITERATIVE and a.attack not in SCALE_INVARIANT]
         for ce in (a for a in ce_iterative if a.same_threat(strong)):
-            worse, diff, disc = paired_excess(ce.robust, strong.robust, tolerance=STRONG_GAP)
+            worse, diff, disc = paired_excess(ce.robust, strong.robust, tolerance=loss_tolerance)
             if worse:
                 flags.append(flag(role, "loss_sensitive",
                                   f"{ce.label} (cross-entropy gradients) leaves {pct(ce.robust)} robust accuracy, "

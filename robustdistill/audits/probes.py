@@ -32,7 +32,7 @@ from torch import nn
 from robustdistill import attacks
 from robustdistill.audits import masking
 from robustdistill.audits.schema import PROBE_NAME_PATTERN, ThreatModel, user_error
-from robustdistill.audits.stats import pack_mask, proportion_row, wilson
+from robustdistill.audits.stats import proportion_row
 from robustdistill.errors import UserInputError
 from robustdistill.registry import Registry
 
@@ -40,10 +40,6 @@ log = logging.getLogger(__name__)
 
 PROBES: Registry[type["Probe"]] = Registry("probe")
 
-# Attack families, by registry name, for the masking checks.
-SINGLE_STEP = frozenset({"fgsm"})
-ITERATIVE = frozenset({"pgd", "apgd-ce", "apgd-t", "autoattack", "cw-linf", "fab-t"})
-BLACK_BOX = frozenset({"square"})
 # Preference for the attack whose examples go in the report's example grid (strongest first).
 EXAMPLE_PREFERENCE = ("autoattack", "apgd-t", "apgd-ce", "fab-t", "cw-linf", "pgd", "cw-l2", "square", "fgsm")
 
@@ -345,6 +341,7 @@ class AttackProbe(Probe):
     metrics = ("robust_accuracy", "success_rate", "median_l2")
     retainable = True
     config: AttackConfig
+    # AutoAttack also reports robust_accuracy_after_<stage> per component (cumulative, as the official code).
 
     def default_name(self) -> str:
         return self.config.attack
@@ -389,9 +386,14 @@ class AttackProbe(Probe):
         broken_by = getattr(atk, "audit_broken_by", None)
         if broken_by and len(broken_by) == ctx.n:
             # AutoAttack: which component broke each point (the black-box Square finding what the gradient
-            # attacks missed is a masking signal).
-            for component in ("apgd-ce", "apgd-t", "fab-t", "square"):
-                masks[f"broken_by_{component.replace('-', '_')}"] = np.array([b == component for b in broken_by])
+            # attacks missed is a masking signal), and robust accuracy after each stage.
+            still = clean.copy()
+            for component in getattr(atk, "attacks", ()):
+                broke = np.array([b == component for b in broken_by])
+                masks[f"broken_by_{component.replace('-', '_')}"] = broke
+                still &= ~broke
+                rows.append(accuracy_row(self.name, role, f"robust_accuracy_after_{component.replace('-', '_')}",
+                                         still.copy(), {**params, "stage": component}))
         result = UnitResult(rows, masks={role: masks})
         if ctx.examples_probe == self.name and ctx.artifacts is not None and ctx.example_idx is not None:
             result.artifacts.append(save_examples(ctx, role, self.name, x_adv, adv_pred))
@@ -576,7 +578,8 @@ class MaskingConfig(ProbeConfig):
     large_eps_max_accuracy: float = Field(0.1, ge=0, le=1)
     scales: list[float] = Field(default_factory=lambda: [0.01, 100.0])
     square_queries: int = Field(1000, ge=0)
-    tolerance: float = Field(0.03, ge=0, le=1)
+    tolerance: float = Field(masking.TOLERANCE, ge=0, le=1)
+    loss_tolerance: float = Field(masking.LOSS_TOLERANCE, ge=0, le=1)
 
 
 @PROBES.register("masking")
@@ -588,14 +591,15 @@ class MaskingProbe(Probe):
     be moved to flat grey); (d) accuracy still falling as steps or restarts grow (PGD-``steps`` vs
     PGD-``more_steps`` vs ``restarts`` restarts); (e) numbers that change when the logits are rescaled (CE-PGD on
     the logits x ``scales``) or when the CE loss is swapped for the CW margin (defensive distillation's
-    signature). Differences count only beyond ``tolerance`` and two paired standard errors.
+    signature). Differences count only beyond two paired standard errors and ``tolerance`` (``loss_tolerance`` for
+    (e): on a healthy adversarially trained model the CW margin can beat cross-entropy by several points).
     """
 
     kind = "masking"
     config_class = MaskingConfig
     metrics = ("single_step_robust_accuracy", "pgd_robust_accuracy", "pgd_more_steps_robust_accuracy",
                "pgd_restarts_robust_accuracy", "large_eps_robust_accuracy", "scaled_logits_robust_accuracy",
-               "cw_loss_robust_accuracy", "square_robust_accuracy", "checks_failed")
+               "cw_loss_robust_accuracy", "worst_case_robust_accuracy", "checks_failed")
     config: MaskingConfig
 
     def validate(self) -> None:
@@ -649,10 +653,21 @@ class MaskingProbe(Probe):
         scaled = {scale: robust_under(pgd(cfg.steps), ScaledLogits(model, scale)) for scale in cfg.scales}
         model.eval()
         if cfg.square_queries:
-            results["square"] = robust_under(attacks.create("square", eps=eps, norm=norm, n_queries=cfg.square_queries, seed=seed))
+            # Square only where every gradient attack failed: the points it could add (check b), at a fraction of
+            # the queries. The per-point worst case over all of this probe's attacks is reported with it.
+            white = masking.white_box_robust(results, scaled)
+            worst = white.copy()
+            idx = torch.as_tensor(np.nonzero(white)[0], dtype=torch.long)
+            if idx.numel():
+                square = attacks.create("square", eps=eps, norm=norm, n_queries=cfg.square_queries, seed=seed)
+                x_sub, y_sub = ctx.x[idx], ctx.y[idx]
+                x_adv = run_attack(square, model, x_sub, y_sub, ctx.batch_size)
+                worst[idx.numpy()] = (predict(model, x_adv, ctx.batch_size) == y_sub).numpy()
+            results["worst_case"] = worst
 
         flags = masking.probe_checks(role, results, scaled, cfg.tolerance, cfg.large_eps_max_accuracy, eps, large,
-                                     steps=cfg.steps, more_steps=cfg.more_steps, restarts=cfg.restarts)
+                                     steps=cfg.steps, more_steps=cfg.more_steps, restarts=cfg.restarts,
+                                     loss_tolerance=cfg.loss_tolerance)
         base = self.row_params()
         describe = {
             "single_step": {"attack": "fgsm" if norm == "linf" else "pgd", "steps": 1, "eps": eps},
@@ -661,7 +676,8 @@ class MaskingProbe(Probe):
             "pgd_restarts": {"attack": "pgd", "steps": cfg.steps, "restarts": cfg.restarts, "eps": eps, "loss": "ce"},
             "large_eps": {"attack": "pgd", "steps": max(cfg.steps, 20), "eps": large, "loss": "ce"},
             "cw_loss": {"attack": "pgd", "steps": cfg.steps, "eps": eps, "loss": "cw"},
-            "square": {"attack": "square", "n_queries": cfg.square_queries, "eps": eps},
+            "worst_case": {"attacks": "all of the above except large_eps, then square", "n_queries": cfg.square_queries,
+                           "eps": eps},
         }
         rows = [accuracy_row(self.name, role, f"{key}_robust_accuracy", mask, {**base, "check": describe[key]})
                 for key, mask in results.items()]
@@ -670,7 +686,7 @@ class MaskingProbe(Probe):
                                      {**base, "check": {"attack": "pgd", "steps": cfg.steps, "eps": eps, "loss": "ce",
                                                         "logit_scale": scale}}))
         rows.append(value_row(self.name, role, "checks_failed", float(len(flags)), ctx.n, base))
-        masks = {key: mask for key, mask in results.items()}
+        masks = {key: mask for key, mask in results.items()} | {f"scaled_x{s:g}": m for s, m in scaled.items()}
         return UnitResult(rows, masks={role: masks}, flags=flags)
 
 
@@ -684,8 +700,4 @@ def default_examples_probe(probes: list[Probe]) -> str | None:
     return candidates[0].name if candidates else None
 
 
-def mask_count(mask: np.ndarray) -> tuple[int, int]:
-    return int(mask.sum()), int(mask.size)
-
-
-__all__ = ["PROBES", "EvalContext", "Probe", "ProbeConfig", "UnitResult", "build_probe", "wilson", "pack_mask"]
+__all__ = ["PROBES", "AttackSpec", "EvalContext", "Probe", "ProbeConfig", "UnitResult", "build_probe", "resolve_attack"]

@@ -470,8 +470,11 @@ def build_report(run_dir: str | Path) -> Report:
     checkpoints = last.get("checkpoints", {})
     roles = list(checkpoints)
     rows.extend(retention_rows(last, roles, retainable, correct, int(last["seed"])))
+    settings = next((p for p in last["suite"].get("probes", []) if p.get("kind") == "masking"), {})
+    tolerances = {"tolerance": settings.get("tolerance", masking.TOLERANCE),
+                  "loss_tolerance": settings.get("loss_tolerance", masking.LOSS_TOLERANCE)}
     for role in roles:
-        flags.extend(masking.cross_checks(role, attacks.get(role, []), curves.get(role, [])))
+        flags.extend(masking.cross_checks(role, attacks.get(role, []), curves.get(role, []), **tolerances))
     flags = masking.dedupe(flags)
     untrusted = {f["model"]: [] for f in flags if f.get("kind") == masking.KIND}
     for item in flags:

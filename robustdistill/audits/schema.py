@@ -59,9 +59,6 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ROLE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*$")
 PROBE_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 RESERVED_ROLES = frozenset({"teacher", "student", "retention"})
-SUITE_KEYS = ("name", "description", "seed", "samples", "device", "batch_size", "examples", "pipeline", "data",
-              "threat_model", "probes", "gates")
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Error helpers
@@ -136,7 +133,7 @@ class Top(Strict):
     seed: int = 0
     samples: int | None = Field(None, ge=1)
     device: str = "auto"
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(512, ge=1)
     examples: str | None = None
     pipeline: dict[str, Any] = Field(default_factory=dict)
     data: dict[str, Any] = Field(default_factory=dict)

@@ -58,7 +58,10 @@ class TemperatureTeacherTrainer(Trainer):
 
 @TRAINERS.register("defensive-distillation")
 class DefensiveDistillationTrainer(Trainer):
-    """Stage 2: the student learns the teacher's softmax(t / T) with its own softmax(s / T); deployed at T = 1."""
+    """Defensive distillation (Papernot et al. 2016): teacher and student trained at temperature T, deployed at T = 1.
+
+    Stage 1 trains the teacher at T (unless one is given); stage 2 trains the student on softmax(t / T) with its
+    own softmax(s / T)."""
 
     config_class = DefensiveDistillationConfig
     method = "defensive-distillation"

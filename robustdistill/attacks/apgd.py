@@ -9,7 +9,8 @@ A line-by-line port of the official code (fra31/auto-attack, autoattack/autopgd_
 APGDAttack_targeted) rather than torchattacks' APGD, which is an older copy that seeds the global torch RNG, flips
 the model to eval mode, defaults to 10 iterations and, in APGD-T, uses the first sample's step size for the whole
 L2 batch. Here randomness comes from the generator the base class passes, and the model stays in the mode the
-base class set.
+base class set. Checked against the official code on the digits model: with the same seed, APGD-CE and APGD-T
+give bit-for-bit the official adversarial examples, L-inf and L2.
 """
 
 from __future__ import annotations
@@ -52,14 +53,15 @@ APGD_LOSSES: dict[str, APGDLoss] = {"ce": ce_loss, "dlr": dlr_loss, "dlr-targete
 MIN_CLASSES = {"ce": 2, "dlr": 3, "dlr-targeted": 4}
 
 
-def _unit(t: torch.Tensor, norm: Norm) -> torch.Tensor:
-    flat = t.flatten(1)
-    size = flat.abs().amax(dim=1) if norm == "linf" else flat.norm(dim=1)
-    return t / (size.view(-1, *([1] * (t.ndim - 1))) + 1e-12)
-
-
+# The norms are computed exactly as the official code does (sum of squares, then sqrt), so that results match it
+# bit for bit.
 def _l2(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+    return (t**2).flatten(1).sum(-1).sqrt().view(-1, *([1] * (t.ndim - 1)))
+
+
+def _unit(t: torch.Tensor, norm: Norm) -> torch.Tensor:
+    size = t.abs().flatten(1).amax(dim=1).view(-1, *([1] * (t.ndim - 1))) if norm == "linf" else _l2(t)
+    return t / (size + 1e-12)
 
 
 def _loss_and_grad(

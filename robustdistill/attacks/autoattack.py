@@ -7,6 +7,9 @@ iterations), FAB-T (9 target classes, 100 iterations), Square (5000 queries), ru
 points still robust; a point's result is the first adversarial example found for it (per-point worst case).
 Unlike torchattacks' AutoAttack: 100 iterations (not 10), an explicit seed (not ``time.time()``), the number of
 target classes from the model's output (not ``n_classes=10``), and a record of which attack broke each point.
+Checked against the official AutoAttack with the same seed on the digits model: the same robust accuracy (all
+four components on 64 test points; APGD-CE, APGD-T and FAB-T on 200 points at L-inf 0.125 and 0.06 and L2 1.0),
+and the same examples up to float rounding of the final projection (~1e-9). Square draws its seed from ours.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ class AutoAttack(Attack):
         n_queries: Square queries (default 5000, official).
         n_target_classes: targets of APGD-T and FAB-T, capped at (number of classes - 1) (default 9, official).
         attacks: which of "apgd-ce", "apgd-t", "fab-t", "square" to run, in order (default all four: standard).
-        seed: seeds every component (they draw from one generator in turn).
+        seed: seeds every component (each starts from the same seeded RNG state, as in the official code).
     Inputs (N, C, H, W) in [0, 1]; returns x_adv of the same shape and dtype.
 
     After a call: ``last_success`` (bool per point, from the base class); ``last_broken_by``, a list with one
@@ -92,6 +95,9 @@ class AutoAttack(Attack):
         broken_by: list[str | None] = [None if bool(r) else "clean" for r in robust]
         accuracy = {"clean": robust.float().mean().item() if n else 0.0}
         adv = x.clone()
+        # Every component starts from the same RNG state, as the official code reseeds each one with the seed:
+        # with a fresh generator, APGD-CE, APGD-T and FAB-T give exactly the official examples.
+        start_state = generator.get_state()
         for name in self.attacks:
             if name == "apgd-t" and num_classes < 4:
                 log.warning("AutoAttack: skipping APGD-T, its DLR loss needs >= 4 classes (the model has %d)",
@@ -101,6 +107,7 @@ class AutoAttack(Attack):
             if idx.numel() == 0:
                 accuracy[name] = 0.0
                 continue
+            generator.set_state(start_state)
             x_sub = self._component(name).perturb(model, x[idx], y[idx], generator)
             x_sub = project(x_sub.detach(), x[idx], self.eps, self.norm)
             with torch.no_grad():

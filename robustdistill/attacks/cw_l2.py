@@ -6,7 +6,7 @@ with ``eps`` set, only adversarial examples with L2 norm <= eps count (the L2 ep
 Done as in the paper and Carlini's reference code (nn_robust_attacks/l2_attack.py), not as torchattacks' CW:
 
 - tanh change of variables, x' = (tanh(w) + 1) / 2, started from the clean image (arctanh scaled by 0.999999 so
-  that pixels at exactly 0 or 1 stay movable; torchattacks starts them at +-inf, where the gradient is zero);
+  that pixels at exactly 0 or 1 can move, if slowly; torchattacks starts them at +-inf, where they never move);
 - Adam, learning rate 0.01, on ||x' - x||_2^2 + c * f(x'), f(x') = max(Z_y - max_{i != y} Z_i, -kappa) on the
   logits Z, with the true class masked out by -inf (correct when every logit is negative; torchattacks masks it
   with 0, so on such a model its f is constantly 0 and the attack never moves);
@@ -44,7 +44,11 @@ class CWL2(Attack):
     Args:
         eps: optional L2 radius; None (default) = unbounded, the paper's minimum-norm attack. With eps set, only
             adversarial examples with ||x_adv - x||_2 <= eps are kept.
-        steps: Adam iterations per search step (default 100 for speed; the paper's reference uses 10000).
+        steps: Adam iterations per search step (default 1000; Carlini's reference code uses 10000 with a
+            batch-level early abort, which this implementation does not do). Fewer steps are much faster but weaker
+            on images with many pixels at exactly 0 or 1 (digits, MNIST): in tanh space such pixels start far out
+            on the flat part of tanh and Adam moves them only about lr per step. On the digits model, 9 x 100
+            steps gave a median L2 of 0.62 and 9 x 1000 steps 0.44 (torchattacks' CW, 9000 steps at c=1: 0.59).
         binary_search_steps: search steps over c per sample (default 9, the paper's).
         initial_const: first c (default 1e-3, the paper's).
         lr: Adam learning rate (default 0.01, the paper's).
@@ -57,7 +61,7 @@ class CWL2(Attack):
     def __init__(
         self,
         eps: float | None = None,
-        steps: int = 100,
+        steps: int = 1000,
         binary_search_steps: int = 9,
         initial_const: float = 1e-3,
         lr: float = 0.01,
@@ -102,14 +106,15 @@ class CWL2(Attack):
                 (w.grad,) = torch.autograd.grad(loss, w)
                 # Record before the step: x_adv and logits belong together (the reference code does the same).
                 with torch.no_grad():
-                    shifted = logits.detach().clone()
-                    shifted.scatter_add_(1, y[:, None], torch.full((n, 1), self.kappa, device=x.device))
-                    fooled = shifted.argmax(1) != y
+                    scores = logits.detach()
+                    if self.kappa:  # the reference's compare(): the true class must lose by more than kappa
+                        scores = scores.scatter_add(1, y[:, None], torch.full_like(scores[:, :1], self.kappa))
+                    fooled = scores.argmax(1) != y
                     l2 = l2sq.detach().sqrt()
                     better = fooled & (l2 < best_l2) & (l2 <= self.eps)
                     best_l2 = torch.where(better, l2, best_l2)
                     best = torch.where(better.view(view), x_adv.detach(), best)
-                    found |= fooled & (l2 <= self.eps)
+                    found |= fooled  # the search over c ignores eps: it steers towards the smallest L2
                 optimizer.step()
             # Binary search on c, per sample (Carlini's reference update rule).
             with torch.no_grad():

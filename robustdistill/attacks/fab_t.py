@@ -9,7 +9,8 @@ unchanged.
 Uses torchattacks' FAB, whose boundary projections and targeted run are identical to the official code
 (fra31/auto-attack, autoattack/fab_base.py and fab_projections.py), with the official settings instead of
 torchattacks' defaults: 100 iterations (not 10), the number of targets from the model's output (not
-``n_classes=10``), our seed (not the global RNG), and the model left in the mode our base class set.
+``n_classes=10``), our seed (not the global RNG), and the model left in the mode our base class set. Checked on
+the digits model: bit-for-bit the official FABAttack_PT (targeted) examples, L-inf and L2.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
@@ -437,7 +438,10 @@ def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note
     return page(f"{report.suite_name} — robustdistill report", "\n".join(parts))
 
 
-NOT_FRACTIONS = ("l2", "linf", "norm", "loss", "time", "second", "eps", "dist", "count", "n_", "queries", "steps")
+# Words of a metric name that say its value is not a fraction. Matched as whole words of the snake_case name, so
+# an attack called "cw-linf" still reads as an accuracy while "median_linf" does not.
+NOT_FRACTIONS = frozenset({"l2", "linf", "norm", "loss", "time", "seconds", "eps", "dist", "distance", "count", "n",
+                           "queries", "steps"})
 
 
 def fmt_summary(key: str, value: Any) -> str:
@@ -446,7 +450,8 @@ def fmt_summary(key: str, value: Any) -> str:
     number = to_float(value)
     if number is None or isinstance(value, bool):
         return fmt_value(value, key)
-    if is_fraction(key) or (0.0 <= number <= 1.0 and not any(w in key.lower() for w in NOT_FRACTIONS)):
+    words = set(re.split(r"[_\s]+", key.lower()))
+    if is_fraction(key) or (0.0 <= number <= 1.0 and not words & NOT_FRACTIONS):
         return fmt_value(number, "accuracy")
     return fmt_value(number, key)
 

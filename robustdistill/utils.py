@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustdistill.errors import UserInputError
+
 
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch.Generator seeded the same way for explicit use."""
@@ -83,3 +85,15 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
 
 def write_json_atomic(target: str | os.PathLike[str], payload: Any) -> None:
     write_text_atomic(target, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserInputError("device", f"unknown device {name!r}", "use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("device", "CUDA is not available on this machine", "use device = 'cpu' or 'auto'")
+    return device

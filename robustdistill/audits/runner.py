@@ -34,7 +34,7 @@ from robustdistill.audits.schema import Gate, Suite, load_suite
 from robustdistill.audits.stats import bootstrap_ratio_ci, pack_mask, unpack_mask
 from robustdistill.audits.store import RunStore
 from robustdistill.errors import UserInputError
-from robustdistill.utils import atomic_path, seed_everything, write_json_atomic
+from robustdistill.utils import atomic_path, resolve_device, seed_everything, write_json_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,18 +203,6 @@ def git_revision() -> str:
 
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserInputError("device", f"unknown device {name!r}", "use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("device", "CUDA is not available on this machine", "use device = 'cpu' or 'auto'")
-    return device
 
 
 def load_models(suite: Suite, modules: Mapping[str, nn.Module], device: torch.device) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]]]:

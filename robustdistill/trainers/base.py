@@ -28,7 +28,7 @@ from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, checkpoint_sha256, save_checkpoint
 from robustdistill.registry import Registry
 from robustdistill.trainers.config import TrainConfig, config_to_dict
-from robustdistill.utils import atomic_path, seed_everything
+from robustdistill.utils import atomic_path, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,6 @@ def derived_seed(*parts: int | str) -> int:
     """A stable 63-bit seed from several parts (so each epoch and batch has its own reproducible stream)."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserInputError("device", f"unknown device {name!r}", "use auto, cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserInputError("device", "CUDA is not available on this machine", "use device = 'cpu' or 'auto'")
-    return device
 
 
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:

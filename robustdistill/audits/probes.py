@@ -476,8 +476,22 @@ class PairAttackConfig(ProbeConfig):
     params: dict[str, Any] = Field(default_factory=lambda: {"steps": 20})
 
 
+class PairAttackProbe(Probe):
+    """A probe over the teacher-student pair that runs one attack (shared by transfer and agreement)."""
+
+    config_class = PairAttackConfig
+    pair = True
+    config: PairAttackConfig
+
+    def validate(self) -> None:
+        self.spec_ = resolve_attack(self.config.attack, self.config.params, self.threat_model, self.seed, self.where)
+
+    def params(self) -> dict[str, Any]:
+        return self.spec_.describe()
+
+
 @PROBES.register("transfer")
-class TransferProbe(Probe):
+class TransferProbe(PairAttackProbe):
     """Transfer: adversarial examples crafted on the teacher evaluated on the student, and the reverse.
 
     Rows (``model`` is the model evaluated, ``params.source`` the one attacked): ``transfer_accuracy`` (points the
@@ -487,16 +501,7 @@ class TransferProbe(Probe):
     """
 
     kind = "transfer"
-    config_class = PairAttackConfig
     metrics = ("transfer_accuracy", "transfer_success_rate")
-    pair = True
-    config: PairAttackConfig
-
-    def validate(self) -> None:
-        self.spec_ = resolve_attack(self.config.attack, self.config.params, self.threat_model, self.seed, self.where)
-
-    def params(self) -> dict[str, Any]:
-        return self.spec_.describe()
 
     def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
         rows: list[dict[str, Any]] = []
@@ -515,7 +520,7 @@ class TransferProbe(Probe):
 
 
 @PROBES.register("agreement")
-class AgreementProbe(Probe):
+class AgreementProbe(PairAttackProbe):
     """Teacher-student top-1 agreement on clean inputs and on adversarial inputs.
 
     Rows per model M of the pair: ``agreement_clean`` (same top-1 on clean inputs) and ``agreement_adv`` (same top-1
@@ -523,16 +528,7 @@ class AgreementProbe(Probe):
     """
 
     kind = "agreement"
-    config_class = PairAttackConfig
     metrics = ("agreement_clean", "agreement_adv")
-    pair = True
-    config: PairAttackConfig
-
-    def validate(self) -> None:
-        self.spec_ = resolve_attack(self.config.attack, self.config.params, self.threat_model, self.seed, self.where)
-
-    def params(self) -> dict[str, Any]:
-        return self.spec_.describe()
 
     def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
         a, b = roles

@@ -86,24 +86,29 @@ def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledge
     from robustdistill.models import checkpoint_sha256
 
     out = checkpoints / model.name
+    companion = out.with_name(out.name + "-teacher")
     key = _recipe_key(model, overrides)
-    entry = ledger.get(model.name)
-    if entry and entry.get("recipe") == key and (out / "config.json").exists():
-        if checkpoint_sha256(out) == entry.get("sha256"):
-            log.info("reusing %s (sha256 %s verified)", out, entry["sha256"][:12])
+    recorded = {name: ledger[name] for name in (out.name, companion.name) if name in ledger}
+    # The student and any teacher its trainer wrote beside it must both be the checkpoints trained here.
+    mismatched = [name for name, entry in recorded.items()
+                  if not (checkpoints / name).exists() or checkpoint_sha256(checkpoints / name) != entry.get("sha256")]
+    if recorded.get(out.name, {}).get("recipe") == key and (out / "config.json").exists():
+        if not mismatched:
+            log.info("reusing %s (sha256 %s verified)", out, recorded[out.name]["sha256"][:12])
             return out
-        log.warning("%s does not match the sha256 recorded when it was trained: training it again", out)
+        log.warning("%s does not match the sha256 recorded when it was trained: training it again", ", ".join(mismatched))
+    if companion.name in mismatched:
+        shutil.rmtree(companion, ignore_errors=True)  # otherwise its trainer would reuse the altered teacher
     log.info("training %s (%s, %s)", model.name, model.method, model.recipe)
     trainer = trainers.create(model.method, recipe=model.recipe, overrides=overrides)
     resume = out.with_name(out.name + ".partial").exists()
-    trainers_out = trainer.fit(out, resume=resume)
-    ledger[model.name] = {"recipe": key, "sha256": checkpoint_sha256(trainers_out)}
+    trained = trainer.fit(out, resume=resume)
+    ledger[model.name] = {"recipe": key, "sha256": checkpoint_sha256(trained)}
     # Trainers that write a companion teacher (defensive distillation) get it recorded too.
-    companion = out.with_name(out.name + "-teacher")
     if companion.exists():
         ledger[companion.name] = {"recipe": key, "sha256": checkpoint_sha256(companion)}
     write_json_atomic(checkpoints / "ledger.json", ledger)
-    return trainers_out
+    return trained
 
 
 def run_demo(out: str | Path = "reports/demo", *, quick: bool = False, checkpoints: str | Path | None = None,

@@ -7,6 +7,7 @@ record exactly how to rebuild the run (the pattern of Inspect's registry).
 from __future__ import annotations
 
 import difflib
+import inspect
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -43,10 +44,12 @@ class Registry(Generic[T]):
     def create(self, name: str, **params: Any) -> T:
         factory = self.get(name)
         try:
-            instance = factory(**params)
+            inspect.signature(factory).bind(**params)
         except TypeError as exc:
-            # A misspelt or unsupported keyword: name it rather than show a constructor traceback.
+            # A misspelt or unsupported keyword: name it rather than show a constructor traceback. Binding first
+            # keeps a TypeError raised inside the constructor (a bug) from being reported as the user's mistake.
             raise UserInputError(f"{self.family} {name}", str(exc), "check the parameter names with `robustdistill list`") from None
+        instance = factory(**params)
         try:
             setattr(instance, "spec", {"name": name, "params": dict(params)})
         except AttributeError:

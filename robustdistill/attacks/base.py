@@ -88,13 +88,16 @@ class Attack:
         *,
         mode: ModelMode = "eval",
         generator: torch.Generator | None = None,
+        record_success: bool = True,
     ) -> torch.Tensor:
         """Attack ``model`` at (x, y).
 
         ``mode`` sets BatchNorm/dropout behaviour during the attack; ``generator`` replaces the attack's own
-        seeded generator (trainers pass one that advances from batch to batch).
+        seeded generator (trainers pass one that advances from batch to batch); ``record_success=False`` skips
+        the extra forward pass that fills ``last_success`` (training does not need it).
         """
         self._check_inputs(x, y)
+        self.last_success = None  # never leave a previous call's result behind
         was_training = model.training
         if mode == "eval":
             model.eval()
@@ -109,7 +112,7 @@ class Attack:
             x_adv = project(x_adv.detach(), x.detach().float(), self.eps, self.norm)
             # Success is measured in eval mode only: a train-mode forward would move BatchNorm statistics.
             # It is measured on the float32 result the model can take, before the cast back to x's dtype.
-            if not model.training:
+            if record_success and not model.training:
                 with torch.no_grad():
                     self.last_success = model(x_adv).argmax(1) != y
         finally:

@@ -117,7 +117,8 @@ class Trainer:
 
     def adversarial(self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """PGD on the cross-entropy against ``model``, BatchNorm in the configured mode (Madry et al. 2018)."""
-        return self.training_attack()(model, x, y, mode=self.config.attack_bn_mode, generator=generator)
+        attack = self.training_attack()
+        return attack(model, x, y, mode=self.config.attack_bn_mode, generator=generator, record_success=False)
 
     def build_model(self, train: ImageSplit) -> Classifier:
         cfg = self.config
@@ -151,9 +152,9 @@ class Trainer:
             robust_correct = 0
             for start in range(0, len(x), 256):
                 xb, yb = x[start : start + 256], y[start : start + 256]
-                x_adv = attack(model, xb, yb)
-                with torch.no_grad():
-                    robust_correct += int((model(x_adv).argmax(1) == yb).sum())
+                attack(model, xb, yb)  # eval mode: last_success holds each point's outcome
+                assert attack.last_success is not None
+                robust_correct += int((~attack.last_success).sum())
             metrics["val_robust_accuracy"] = robust_correct / max(1, len(x))
         return metrics
 

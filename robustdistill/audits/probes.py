@@ -240,6 +240,7 @@ class Probe:
     derived: ClassVar[bool] = False    # computed from other probes' results, runs nothing
     multi_row: ClassVar[bool] = False  # several rows per (model, metric): not gateable
     retainable: ClassVar[bool] = False
+    needs_threat_model: ClassVar[bool] = True  # attacks inputs within the suite's threat model
 
     def __init__(self, config: ProbeConfig, threat_model: ThreatModel, seed: int, where: str) -> None:
         self.config = config
@@ -275,6 +276,10 @@ class Probe:
         if self.pair:
             return [("teacher", role) for role in roles if role != "teacher"]
         return [(role,) for role in roles]
+
+    def check_models(self, models: Mapping[str, nn.Module], checkpoints: Mapping[str, Mapping[str, Any]]) -> None:
+        """Check what depends on the loaded models (e.g. recorded training members) before anything is written;
+        raise UserInputError naming the field."""
 
     def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
         raise NotImplementedError
@@ -314,6 +319,7 @@ class CleanProbe(Probe):
     kind = "clean"
     metrics = ("accuracy",)
     retainable = True
+    needs_threat_model = False
 
     def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
         (role,) = roles
@@ -561,6 +567,7 @@ class RetentionProbe(Probe):
     metrics = ("robust_accuracy_retention", "accuracy_retention")
     derived = True
     multi_row = True
+    needs_threat_model = False
     config: RetentionConfig
 
 
@@ -695,5 +702,8 @@ def default_examples_probe(probes: list[Probe]) -> str | None:
                 return probe.name
     return candidates[0].name if candidates else None
 
+
+# The membership-inference probes live with the privacy attacks; importing them registers them here.
+from robustdistill.attacks.privacy import probes as _privacy_probes  # noqa: E402,F401
 
 __all__ = ["PROBES", "AttackSpec", "EvalContext", "Probe", "ProbeConfig", "UnitResult", "build_probe", "resolve_attack"]

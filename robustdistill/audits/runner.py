@@ -141,6 +141,7 @@ class Report:
         lines.append(f"{'':<{width}}  " + "  ".join(f"{h:>10}" for h in header))
         for label, cells in table:
             lines.append(f"{label:<{width}}  " + "  ".join(f"{c:>10}" for c in cells))
+        lines.extend(self._privacy_summary(roles))
         if self.untrusted:
             lines.append("* not to be trusted: gradient masking flagged for " + ", ".join(self.untrusted))
         for item in self.flags:
@@ -158,6 +159,39 @@ class Report:
             verdict = f"FAIL ({failed} of {len(self.gates)} gate(s) failed)" if failed else "FAIL (incomplete)"
         lines.append(f"verdict: {verdict}")
         return "\n".join(lines)
+
+
+    def _privacy_summary(self, roles: list[str]) -> list[str]:
+        """Membership inference: per probe and ground truth, each model's AUC and TPR at 0.1% and 1% FPR."""
+        probes = [p["name"] for p in self.suite.get("probes", []) if str(p.get("kind", "")).startswith("mia-")]
+        if not probes:
+            return []
+        metrics = (("auc", "AUC"), ("tpr_at_0_1pct_fpr", "TPR@0.1%"), ("tpr_at_1pct_fpr", "TPR@1%"))
+        table: list[tuple[str, list[str]]] = []
+        for name in probes:
+            for prefix, view in (("", "own members"), ("teacher_members_", "teacher's members")):
+                cells = []
+                for role in roles:
+                    for metric, _ in metrics:
+                        row = next((r for r in self.rows if r["probe"] == name and r["model"] == role
+                                    and r["metric"] == prefix + metric), None)
+                        if row is None:
+                            cells.append("-")
+                        elif row["value"] is None:
+                            cells.append("n/r")
+                        else:
+                            cells.append(f"{row['value']:.3f}" if metric == "auc" else _pct(row["value"]))
+                if any(c != "-" for c in cells):
+                    table.append((f"{name} ({view})", cells))
+        width = max([len(label) for label, _ in table] + [len("membership inference")])
+        group = 3 * 8 + 2
+        lines = [f"{'membership inference':<{width}}  " + " ".join(f"{role:^{group}}" for role in roles),
+                 f"{'':<{width}}  " + " ".join(" ".join(f"{label:>8}" for _, label in metrics) for _ in roles)]
+        lines += [f"{label:<{width}}  " + " ".join(" ".join(f"{c:>8}" for c in cells[i:i + 3])
+                                                   for i in range(0, len(cells), 3)) for label, cells in table]
+        if any("n/r" in cells for _, cells in table):
+            lines.append("n/r: not resolvable (too few non-members for that false-positive rate)")
+        return lines
 
 
 def _pct(value: Any) -> str:
@@ -335,6 +369,8 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
         module.eval()
     data = load_split(suite.data, suite.split).subset(suite.samples, seed=suite.seed)
     check_compatible(models, data.x, data.num_classes, suite.data.kind)
+    for probe in suite.probes:
+        probe.check_models(models, checkpoints)
     examples = suite.examples or default_examples_probe(suite.probes)
     units = plan_units(suite, checkpoints, data.fingerprint, examples)
     rng = np.random.default_rng(suite.seed)
@@ -468,7 +504,9 @@ def build_report(run_dir: str | Path) -> Report:
     for item in flags:
         if item["model"] in untrusted:
             untrusted[item["model"]].append(item["check"])
-    gates = [evaluate_gate(Gate(**g), rows, untrusted) for g in last.get("gates", [])]
+    # Gradient masking makes robust accuracy untrustworthy; it says nothing about membership leakage.
+    not_robustness = {p["name"] for p in last["suite"].get("probes", []) if str(p.get("kind", "")).startswith("mia-")}
+    gates = [evaluate_gate(Gate(**g), rows, untrusted, not_robustness) for g in last.get("gates", [])]
     manifest = {
         "robustdistill": last["robustdistill"], "torch": last["torch"], "git": last["git"], "seed": last["seed"],
         "checkpoints": checkpoints, "started": first["started"], "finished": now(),
@@ -513,7 +551,8 @@ def retention_rows(manifest: Mapping[str, Any], roles: list[str], retainable: li
 CLEAN_METRICS = frozenset({"accuracy", "agreement_clean", "accuracy_retention"})
 
 
-def evaluate_gate(gate: Gate, rows: list[dict[str, Any]], untrusted: Mapping[str, list[str]]) -> dict[str, Any]:
+def evaluate_gate(gate: Gate, rows: list[dict[str, Any]], untrusted: Mapping[str, list[str]],
+                  not_robustness: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     if gate.is_retention:
         matches = [r for r in rows if r["probe"] == "retention" and r["model"] == gate.role
                    and r["params"].get("of") == gate.measure]
@@ -533,7 +572,7 @@ def evaluate_gate(gate: Gate, rows: list[dict[str, Any]], untrusted: Mapping[str
         entry |= {"status": "missing", "note": "undefined (e.g. the teacher's accuracy is 0)"}
         return entry
     ok = value >= gate.threshold if gate.op == ">=" else value <= gate.threshold
-    robust = row["metric"] not in CLEAN_METRICS
+    robust = row["metric"] not in CLEAN_METRICS and row["probe"] not in not_robustness
     flagged = [role for role in involved if role in untrusted]
     if robust and flagged:
         checks = sorted({c for role in flagged for c in untrusted[role]})

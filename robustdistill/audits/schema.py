@@ -443,8 +443,13 @@ def load_suite(
                                      f"{threat_model.norm} {threat_model.eps:g}, {path} says {other.norm} {other.eps:g}",
                                      "set [threat_model] in the suite, or use one preset")
     else:
-        raise UserInputError("threat_model", "is missing", "add [threat_model] norm = 'linf', eps = ... or "
-                             "use = 'attacks/<preset>.toml'")
+        from robustdistill.audits.probes import PROBES
+
+        kinds = [table.get("kind") for _, table in expanded]
+        if any(kind not in PROBES or PROBES.get(kind).needs_threat_model for kind in kinds):
+            raise UserInputError("threat_model", "is missing", "add [threat_model] norm = 'linf', eps = ... or "
+                                 "use = 'attacks/<preset>.toml'")
+        threat_model = ThreatModel(norm="linf", eps=0.0)  # no probe attacks inputs (clean, privacy)
     for path, other in preset_threats:
         if other != threat_model:
             log.warning("suite threat model %s %g replaces %s's %s %g", threat_model.norm, threat_model.eps, path,

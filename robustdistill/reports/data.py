@@ -1,4 +1,5 @@
-"""Reading a finished run for rendering: report.json (DESIGN.md, "report.json") and artifacts/examples.npz.
+"""Reading a finished run for rendering: report.json (DESIGN.md, "report.json"), artifacts/examples.npz and the
+membership-inference ROC curves artifacts/roc-<probe>-<role>.npz.
 
 Reading is tolerant on purpose: a row the renderer does not understand is still shown in the full results
 table, never a reason to fail. Only a missing or unparseable report.json is an error (a :class:`UserInputError`).
@@ -23,8 +24,35 @@ log = logging.getLogger(__name__)
 #: Probes whose rows go in their own section rather than the teacher-vs-student table.
 SPECIAL_PROBES = frozenset({"curve", "transfer", "retention", "agreement", "masking"})
 #: Metric name parts that mean "a fraction in [0, 1]", shown as a percentage.
-FRACTION_WORDS = ("accuracy", "rate", "agreement", "retention", "fraction", "precision", "recall", "coverage")
+FRACTION_WORDS = ("accuracy", "rate", "agreement", "retention", "fraction", "precision", "recall", "coverage", "tpr")
 ROLE_ORDER = ("teacher", "student")
+
+#: Probe kinds whose rows form the membership-inference (privacy) section.
+MIA_KINDS = frozenset({"mia-loss", "mia-confidence", "mia-lira"})
+#: Metrics of the privacy table, with their column titles (the line breaks are for the narrow HTML columns).
+MIA_METRICS = {
+    "auc": "AUC",
+    "balanced_accuracy": "Balanced\naccuracy",
+    "tpr_at_0_1pct_fpr": "TPR @\n0.1% FPR",
+    "tpr_at_1pct_fpr": "TPR @\n1% FPR",
+}
+#: A non-teacher model attacked with the teacher's members: the same metrics under this prefix.
+TEACHER_MEMBERS = "teacher_members_"
+VIEWS = {"own": "own members", "teacher": "teacher's members"}
+#: Plot key of a membership-inference probe's ROC: ROC_KEY + probe name.
+ROC_KEY = "roc:"
+NOT_RESOLVABLE = "not resolvable"
+PRIVACY_INTRO = (
+    "Membership inference asks whether someone who can query a model can tell if a given example was in its "
+    "training set; any success beyond guessing leaks private training data. Each attack scores known members and "
+    "non-members, and the table shows how well that score separates them. AUC and balanced accuracy average over "
+    "all thresholds: an AUC near 0.5 means no measurable leakage. The true-positive rate at a low false-positive "
+    "rate matters most: an attack that confidently picks out even a few members is a real breach although its "
+    "average-case numbers look harmless (Carlini et al. 2022, “Membership Inference Attacks From First "
+    "Principles”, which introduced LiRA). Rows on the teacher's members attack the student (and any other model) "
+    "with the teacher's training examples: leakage there means distillation passed the teacher's membership "
+    "signal on."
+)
 
 
 def role_sort_key(role: str) -> tuple[int, str]:
@@ -78,6 +106,12 @@ def fmt_ci(value: Any, ci95: tuple[float, float] | None, metric: str = "") -> st
     return f"{number:.3f} ± {half:.3f}"
 
 
+def fmt_row(row: Row) -> str:
+    """:func:`fmt_value`, except that a TPR the probe could not resolve reads "not resolvable": a blank or 0 there
+    would read as "the attack found nothing" when the run simply had too few non-members to measure it."""
+    return NOT_RESOLVABLE if row.unresolvable else fmt_value(row.value, row.metric)
+
+
 def fmt_interval(ci95: tuple[float, float] | None, metric: str = "") -> str:
     if ci95 is None:
         return "—"
@@ -124,6 +158,14 @@ class Row:
     @property
     def eps(self) -> float | None:
         return to_float(self.params.get("eps"))
+
+    @property
+    def unresolvable(self) -> bool:
+        return self.value is None and (self.params.get("resolvable") is False or "tpr_at_" in self.metric)
+
+    @property
+    def note(self) -> str:
+        return str(self.params.get("note") or "")
 
     @classmethod
     def parse(cls, raw: Any) -> Row:
@@ -357,8 +399,10 @@ class Report:
         """Rows of the teacher-vs-student table: every accuracy-like metric measured outside the special probes,
         keyed by (probe, label, metric, shared params); columns are the roles that have any of them."""
         groups: dict[tuple[str, str, str, str], ComparisonRow] = {}
+        # An attack's balanced accuracy at telling members apart is no accuracy of the model.
+        skip = SPECIAL_PROBES | set(self.mia_probes())
         for row in self.rows:
-            if row.probe in SPECIAL_PROBES or not row.metric.endswith("accuracy") or row.model == "?":
+            if row.probe in skip or not row.metric.endswith("accuracy") or row.model == "?":
                 continue
             shared = {k: v for k, v in row.params.items() if k not in ("source", "target", "model", "seed")}
             key = (row.probe, row.label, row.metric, json.dumps(shared, sort_keys=True, default=str))
@@ -398,6 +442,65 @@ class Report:
                 if cells:
                     groups.append((entry.short_title(), cells))
         return groups
+
+    # --- membership inference ---------------------------------------------------------------------------------
+    def mia_probes(self) -> dict[str, str]:
+        """Membership-inference probes that have rows: name -> kind, in suite order. The kind is read from the
+        suite's probe list; a row's params "attack" (also the kind) stands in where a report.json lacks the suite."""
+        kinds: dict[str, str] = {}
+        probes = self.suite.get("probes")
+        for probe in probes if isinstance(probes, list) else []:
+            if isinstance(probe, Mapping) and probe.get("kind") in MIA_KINDS:
+                kinds[str(probe.get("name") or probe["kind"])] = str(probe["kind"])
+        found: dict[str, str] = {}
+        for row in self.rows:
+            attack = row.params.get("attack")
+            kind = kinds.get(row.probe) or (str(attack) if attack in MIA_KINDS else None)
+            if kind is not None:
+                found.setdefault(row.probe, kind)
+        order = [name for name in kinds if name in found] + [name for name in found if name not in kinds]
+        return {name: found[name] for name in order}
+
+    def privacy(self) -> tuple[list[str], list[PrivacyRow]]:
+        """Rows of the privacy table, one per (probe, view), own members first; columns are the roles."""
+        probes = self.mia_probes()
+        entries: dict[tuple[str, str], PrivacyRow] = {}
+        for row in self.rows:
+            if row.probe not in probes or row.model == "?":
+                continue
+            view, metric = "own", row.metric
+            if metric.startswith(TEACHER_MEMBERS):
+                view, metric = "teacher", metric[len(TEACHER_MEMBERS) :]
+            if metric not in MIA_METRICS:
+                continue  # still listed under all results
+            entry = entries.setdefault((row.probe, view), PrivacyRow(row.probe, probes[row.probe], view, {}))
+            entry.cells.setdefault(row.model, {}).setdefault(metric, row)
+        ordered = sorted(entries.values(), key=lambda e: (list(probes).index(e.probe), e.view != "own"))
+        return order_roles(role for entry in ordered for role in entry.cells), ordered
+
+
+@dataclass
+class PrivacyRow:
+    probe: str
+    kind: str
+    view: str  # a key of VIEWS
+    cells: dict[str, dict[str, Row]]  # role -> metric (unprefixed) -> row
+
+    def title(self) -> str:
+        return self.probe if self.probe == self.kind else f"{self.probe} ({self.kind})"
+
+    def sizes(self) -> str:
+        """``members / non-members``; per role when the roles were attacked with sets of different sizes."""
+        found: dict[str, str] = {}
+        for role, metrics in self.cells.items():
+            for row in metrics.values():
+                members, others = to_float(row.params.get("n_members")), to_float(row.params.get("n_nonmembers"))
+                if members is not None and others is not None:
+                    found[role] = f"{int(members)} / {int(others)}"
+                    break
+        if len(set(found.values())) == 1:
+            return next(iter(found.values()))
+        return " · ".join(f"{role} {found[role]}" for role in order_roles(found)) or "—"
 
 
 @dataclass
@@ -521,3 +624,94 @@ def load_examples(path: Path) -> tuple[Examples | None, str]:
     classes = arrays.get("classes")
     class_names = [str(c) for c in np.asarray(classes).reshape(-1)] if classes is not None else None
     return Examples(clean, labels, attack_name, adv, pred_clean, pred_adv, class_names), ""
+
+
+# --- artifacts/roc-<probe>-<role>.npz --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class RocCurve:
+    role: str
+    view: str  # a key of VIEWS
+    fpr: np.ndarray
+    tpr: np.ndarray
+    auc: float | None  # from report.json, so the legend and the table agree
+
+
+@dataclass
+class Privacy:
+    """Everything the privacy section shows: the table, and per probe its ROC curves and notes on missing ones."""
+
+    roles: list[str]
+    rows: list[PrivacyRow]
+    curves: dict[str, list[RocCurve]]
+    notes: dict[str, list[str]]
+
+    @property
+    def probes(self) -> list[str]:
+        return list(dict.fromkeys(row.probe for row in self.rows))
+
+    def footnote(self, row: Row) -> int | None:
+        """The 1-based number of an unresolvable row's note among :meth:`footnotes`."""
+        notes = self.footnotes()
+        return notes.index(row.note) + 1 if row.unresolvable and row.note in notes else None
+
+    def footnotes(self) -> list[str]:
+        """The distinct notes of the unresolvable cells, numbered by position (1-based) in the tables."""
+        notes = [
+            row.note
+            for entry in self.rows
+            for metrics in entry.cells.values()
+            for row in metrics.values()
+            if row.unresolvable and row.note
+        ]
+        return list(dict.fromkeys(notes))
+
+
+def _curve(arrays: Mapping[str, np.ndarray], view: str) -> tuple[np.ndarray, np.ndarray] | None:
+    fpr, tpr = arrays.get(f"fpr_{view}"), arrays.get(f"tpr_{view}")
+    if fpr is None or tpr is None:
+        return None
+    fpr, tpr = np.asarray(fpr, dtype=float).reshape(-1), np.asarray(tpr, dtype=float).reshape(-1)
+    keep = np.isfinite(fpr) & np.isfinite(tpr) if fpr.shape == tpr.shape else np.zeros(0, dtype=bool)
+    if keep.sum() < 2:
+        return None
+    order = np.lexsort((tpr[keep], fpr[keep]))
+    return np.clip(fpr[keep][order], 0.0, 1.0), np.clip(tpr[keep][order], 0.0, 1.0)
+
+
+def load_privacy(report: Report, run_dir: Path) -> Privacy | None:
+    """The privacy section's content, or None when the run has no membership-inference rows. A missing or
+    unreadable ROC file costs its lines (with a note), never the report."""
+    roles, rows = report.privacy()
+    if not rows:
+        return None
+    curves: dict[str, list[RocCurve]] = {}
+    notes: dict[str, list[str]] = {}
+    for probe in dict.fromkeys(row.probe for row in rows):
+        views = {(role, row.view): row.cells[role] for row in rows if row.probe == probe for role in row.cells}
+        curves[probe], notes[probe] = [], []
+        for role in order_roles(role for role, _ in views):
+            name = f"artifacts/roc-{probe}-{role}.npz"
+            path = run_dir / name
+            if not path.is_file():
+                notes[probe].append(f"no ROC curve for {role}: {name} is missing")
+                continue
+            try:
+                with np.load(path, allow_pickle=False) as npz:
+                    arrays = {key: npz[key] for key in npz.files}
+            except Exception as error:  # noqa: BLE001 - any unreadable file is a note, not an error
+                log.warning("cannot read %s: %s", path, error)
+                notes[probe].append(f"no ROC curve for {role}: {name} could not be read ({type(error).__name__})")
+                continue
+            for view in VIEWS:
+                if (role, view) not in views:
+                    continue
+                curve = _curve(arrays, view)
+                if curve is None:
+                    notes[probe].append(f"no ROC curve for {role} ({VIEWS[view]}): {name} has no usable "
+                                        f"fpr_{view} / tpr_{view} arrays")
+                    continue
+                auc = views[(role, view)].get("auc")
+                curves[probe].append(RocCurve(role, view, *curve, auc.value if auc is not None else None))
+    return Privacy(roles, rows, curves, notes)

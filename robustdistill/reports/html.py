@@ -12,12 +12,19 @@ from html import escape
 from typing import Any
 
 from robustdistill.reports.data import (
+    MIA_METRICS,
+    NOT_RESOLVABLE,
+    PRIVACY_INTRO,
+    ROC_KEY,
+    VIEWS,
+    Privacy,
     Report,
     Row,
     fmt_ci,
     fmt_interval,
     fmt_param,
     fmt_params,
+    fmt_row,
     fmt_value,
     humanise,
     is_fraction,
@@ -68,6 +75,12 @@ tbody tr:nth-child(even) { background: var(--zebra); }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td .detail { display: block; color: var(--muted); font-size: 12px; }
 table.compact td, table.compact th { padding: 4px 8px; font-size: 13px; }
+th.group { text-align: center; border-bottom: 1px solid var(--line); }
+th.group, .group-start { border-left: 1px solid var(--line); }
+table.privacy th { vertical-align: bottom; }
+table.privacy td:first-child { white-space: nowrap; }
+td.num .wrap { white-space: normal; }
+ol.footnotes { margin: 6px 0 0; padding-left: 20px; color: var(--muted); font-size: 13px; }
 .pill { display: inline-block; padding: 1px 10px; border-radius: 999px; font-weight: 700; font-size: 12px;
   letter-spacing: .03em; white-space: nowrap; }
 .pill.pass { color: var(--pass); background: var(--pass-bg); }
@@ -167,8 +180,77 @@ def _figure(png: bytes | None, alt: str, caption: str, missing: str) -> str:
     return f'<figure><img alt="{esc(alt)}" src="{data_uri(png)}"><figcaption>{esc(caption)}</figcaption></figure>'
 
 
-def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note: str = "") -> str:
-    """``plots``: "curve", "attacks", "examples" -> PNG bytes (or None when there is nothing to plot)."""
+def _privacy_cell(row: Row | None, privacy: Privacy) -> str:
+    """The value alone, its interval and n in the tooltip: with a column per role and metric the table would
+    not fit with "± half-width" in every cell."""
+    if row is None:
+        return '<span class="note">—</span>'
+    if row.unresolvable:
+        number = privacy.footnote(row)
+        return (
+            f'<span class="note wrap" title="{esc(row.note or NOT_RESOLVABLE)}">{NOT_RESOLVABLE}</span>'
+            + (f"<sup>{number}</sup>" if number else "")
+        )
+    tip = [f"95% CI {fmt_interval(row.ci95, row.metric)}"] if row.ci95 is not None else []
+    tip += [f"n = {row.n}"] if row.n is not None else []
+    return f'<span title="{esc(", ".join(tip))}">{esc(fmt_value(row.value, row.metric))}</span>'
+
+
+def _privacy_section(privacy: Privacy, plots: Mapping[str, bytes | None]) -> str:
+    """The membership-inference table (a column group per role), its footnotes, then one ROC plot per probe."""
+    num, start = ' class="num"', ' class="num group-start"'  # a role's first column draws the group's edge
+    titles = [esc(title).replace("\n", "<br>") for title in MIA_METRICS.values()]
+    head = (
+        '<tr><th rowspan="2">Probe</th><th rowspan="2">Attacked with</th>'
+        + "".join(f'<th class="group" colspan="{len(MIA_METRICS)}">{esc(role)}</th>' for role in privacy.roles)
+        + "</tr><tr>"
+        + "".join(
+            f"<th{start if i == 0 else num}>{title}</th>" for _ in privacy.roles for i, title in enumerate(titles)
+        )
+        + "</tr>"
+    )
+    # The set sizes go in the caption when every row shares them (the usual case), else under each row's view.
+    sizes = {entry.sizes() for entry in privacy.rows}
+    body = []
+    for entry in privacy.rows:
+        kind = f'<span class="detail">{esc(entry.kind)}</span>' if entry.kind != entry.probe else ""
+        size = "" if len(sizes) == 1 else f'<span class="detail">members / non-members {esc(entry.sizes())}</span>'
+        cells = [f"<td>{esc(entry.probe)}{kind}</td>", f"<td>{esc(VIEWS[entry.view])}{size}</td>"]
+        for role in privacy.roles:
+            for i, metric in enumerate(MIA_METRICS):
+                value = _privacy_cell(entry.cells.get(role, {}).get(metric), privacy)
+                cells.append(f"<td{start if i == 0 else num}>{value}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    content = [
+        f"<p>{esc(PRIVACY_INTRO)}</p>",
+        f'<div class="scroll"><table class="compact privacy"><thead>{head}</thead><tbody>{"".join(body)}</tbody>'
+        "</table></div>",
+        '<p class="note">'
+        + (f"Members / non-members: {esc(next(iter(sizes)))} for every row. " if len(sizes) == 1 else "")
+        + "Hover a value for its 95% confidence interval and n.</p>",
+    ]
+    footnotes = privacy.footnotes()
+    if footnotes:
+        content.append('<ol class="footnotes">' + "".join(f"<li>{esc(n)}</li>" for n in footnotes) + "</ol>")
+    for probe in privacy.probes:
+        content.append(
+            _figure(
+                plots.get(ROC_KEY + probe),
+                f"Log-log ROC curves of membership inference attack {probe}, one line per model and member set",
+                "True-positive against false-positive rate, both on log axes so the low-FPR corner is readable. Solid: "
+                "each model attacked with its own members; dashed: with the teacher's members; dotted: chance.",
+                f"No ROC curves for {probe}.",
+            )
+        )
+        content += [f'<p class="note">{esc(probe)}: {esc(note)}.</p>' for note in privacy.notes.get(probe, [])]
+    return _section("privacy", "Membership inference (privacy)", "\n".join(content))
+
+
+def render_html(
+    report: Report, plots: Mapping[str, bytes | None], examples_note: str = "", privacy: Privacy | None = None
+) -> str:
+    """``plots``: "curve", "attacks", "examples" and ROC_KEY + probe -> PNG bytes (or None when there is nothing
+    to plot); ``privacy``: the membership-inference section, left out when None."""
     masked = set(report.masked_roles)
     roles = report.roles
     checkpoints = report.checkpoints
@@ -195,6 +277,7 @@ def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note
         ("curves", "Robustness curve"),
         ("attacks", "Per attack"),
         ("examples", "Examples"),
+        *([("privacy", "Privacy")] if privacy is not None else []),
         ("flags", "Flags"),
         ("results", "All results"),
         ("manifest", "Manifest"),
@@ -353,6 +436,9 @@ def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note
         )
     )
 
+    if privacy is not None:
+        parts.append(_privacy_section(privacy, plots))
+
     # --- flags ------------------------------------------------------------------------------------------------
     content = []
     if report.flags:
@@ -389,7 +475,7 @@ def render_html(report: Report, plots: Mapping[str, bytes | None], examples_note
                     esc(r.label),
                     esc(r.model),
                     esc(r.metric),
-                    esc(fmt_value(r.value, r.metric)),
+                    esc(fmt_row(r)),
                     esc(fmt_interval(r.ci95, r.metric)),
                     esc(r.n if r.n is not None else "—"),
                     f'<span class="mono">{params}</span>',

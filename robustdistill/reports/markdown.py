@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from robustdistill.reports.data import Report, fmt_ci, fmt_interval, fmt_params, fmt_value, humanise, role_sort_key
+from robustdistill.reports.data import (
+    MIA_METRICS,
+    NOT_RESOLVABLE,
+    PRIVACY_INTRO,
+    VIEWS,
+    Privacy,
+    Report,
+    Row,
+    fmt_ci,
+    fmt_interval,
+    fmt_params,
+    fmt_row,
+    fmt_value,
+    humanise,
+    role_sort_key,
+)
 
 SHA_CHARS = 12
 
@@ -32,8 +47,50 @@ def verdict_line(report: Report) -> str:
     return line
 
 
-def render_markdown(report: Report, plots: dict[str, str], examples_note: str = "") -> str:
-    """``plots``: caption -> path relative to the run directory."""
+SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def privacy_section(privacy: Privacy, roc_plots: Mapping[str, str]) -> list[str]:
+    """The membership-inference table (one column per role and metric), its footnotes and the ROC plots."""
+
+    def value(row: Row | None) -> str:
+        if row is None:
+            return "—"
+        if row.unresolvable:
+            number = privacy.footnote(row)
+            return NOT_RESOLVABLE + (str(number).translate(SUPERSCRIPT) if number else "")
+        return fmt_ci(row.value, row.ci95, row.metric)
+
+    out = ["## Membership inference (privacy)", "", PRIVACY_INTRO, ""]
+    header = ["probe", "attacked with", "members / non-members"]
+    header += [f"{role} {title}".replace("\n", " ") for role in privacy.roles for title in MIA_METRICS.values()]
+    rows = [
+        [entry.title(), VIEWS[entry.view], entry.sizes()]
+        + [value(entry.cells.get(role, {}).get(metric)) for role in privacy.roles for metric in MIA_METRICS]
+        for entry in privacy.rows
+    ]
+    out += table(header, rows, "lll" + "r" * (len(header) - 3))
+    out += ["", "Values are point estimates ± half the 95% confidence interval where the run computed one.", ""]
+    for number, note in enumerate(privacy.footnotes(), 1):
+        out += [f"{str(number).translate(SUPERSCRIPT)} {note}", ""]
+    for probe in privacy.probes:
+        if probe in roc_plots:
+            out += [f"![Membership inference ROC ({probe})]({roc_plots[probe]})", ""]
+        out += [f"_{probe}: {note}._" for note in privacy.notes.get(probe, [])]
+        if privacy.notes.get(probe):
+            out.append("")
+    return out
+
+
+def render_markdown(
+    report: Report,
+    plots: dict[str, str],
+    examples_note: str = "",
+    privacy: Privacy | None = None,
+    roc_plots: Mapping[str, str] | None = None,
+) -> str:
+    """``plots``: caption -> path relative to the run directory; ``roc_plots``: membership-inference probe ->
+    path of its ROC plot, shown in the privacy section (present only when ``privacy`` is)."""
     out: list[str] = []
     roles = report.roles
     subtitle = " vs ".join(f"`{r}`" for r in roles) if roles else ""
@@ -97,6 +154,9 @@ def render_markdown(report: Report, plots: dict[str, str], examples_note: str = 
         ]
         out += table(["crafted on", "evaluated on", "attack", "metric", "value"], rows, "llllr") + [""]
 
+    if privacy is not None:
+        out += privacy_section(privacy, roc_plots or {})
+
     out += ["## Flags", ""]
     if report.flags:
         for flag in report.flags:
@@ -139,7 +199,7 @@ def render_markdown(report: Report, plots: dict[str, str], examples_note: str = 
                 r.label,
                 r.model,
                 r.metric,
-                fmt_value(r.value, r.metric),
+                fmt_row(r),
                 fmt_interval(r.ci95, r.metric),
                 r.n if r.n is not None else "—",
                 fmt_params(r.params),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustdistill.reports.data import Examples, Report, Row, order_roles
+from robustdistill.reports.data import VIEWS, Examples, Report, RocCurve, Row, order_roles
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -189,6 +189,49 @@ def attack_bars(report: Report) -> bytes | None:
         ax.set_ylabel("accuracy")
         ax.set_title("Accuracy per attack", loc="left")
         _legend(ax, len(roles))
+        return _png(figure)
+
+
+#: Lowest FPR and TPR on the log axes; zeros are clipped below it so their lines run off the edge.
+ROC_FLOOR = 1e-3
+
+
+def roc_curve(probe: str, kind: str, curves: list[RocCurve]) -> bytes | None:
+    """Log-log ROC of one membership-inference probe: solid lines attack each model with its own members, dashed
+    ones with the teacher's. Log axes because the low-FPR corner is where an attack is a real threat
+    (Carlini et al. 2022) and a linear plot squeezes it into the origin."""
+    import matplotlib
+    from matplotlib.ticker import FuncFormatter
+
+    if not curves:
+        return None
+    roles = order_roles(curve.role for curve in curves)
+    with matplotlib.rc_context(_style()):
+        figure = _figure(6.0, 4.6)
+        ax = figure.add_subplot()
+        ax.plot([ROC_FLOOR, 1], [ROC_FLOOR, 1], ":", color="#57606a", linewidth=1.2, label="chance")
+        for curve in curves:
+            auc = f" (AUC {curve.auc:.3f})" if curve.auc is not None else ""
+            ax.plot(
+                np.maximum(curve.fpr, ROC_FLOOR / 100),
+                np.maximum(curve.tpr, ROC_FLOOR / 100),
+                "-" if curve.view == "own" else "--",
+                color=role_colour(curve.role, roles),
+                linewidth=2,
+                label=f"{curve.role}, {VIEWS[curve.view]}{auc}",
+            )
+        percent = FuncFormatter(lambda value, _: f"{value * 100:g}%")  # 0.1%, 1%... as the table's columns
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(percent)
+        ax.yaxis.set_major_formatter(percent)
+        ax.set_xlim(ROC_FLOOR, 1)
+        ax.set_ylim(ROC_FLOOR, 1)
+        ax.set_xlabel("false-positive rate (non-members flagged as members)")
+        ax.set_ylabel("true-positive rate (members found)")
+        ax.set_title(f"Membership inference ROC: {probe}" + (f" ({kind})" if kind != probe else ""), loc="left")
+        # Below the diagonal, where ROC curves rarely go; a light frame for where they do.
+        ax.legend(loc="lower right", fontsize=9, frameon=True, framealpha=0.85, edgecolor="none")
         return _png(figure)
 
 

@@ -1,15 +1,17 @@
-"""Rendering a finished run: report.json (+ artifacts/examples.npz) -> report.md, report.html, plots/*.png."""
+"""Rendering a finished run: report.json (+ artifacts/examples.npz, artifacts/roc-*.npz) -> report.md, report.html,
+plots/*.png."""
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from robustdistill.reports import plots as plotting
-from robustdistill.reports.data import Report, load_examples
+from robustdistill.reports.data import ROC_KEY, Privacy, Report, load_examples, load_privacy
 from robustdistill.reports.html import render_html, render_index_html
 from robustdistill.reports.markdown import render_markdown
 
@@ -21,6 +23,14 @@ PLOTS = {
     "attacks": ("accuracy_per_attack.png", "Clean and robust accuracy per attack"),
     "examples": ("examples.png", "Clean and adversarial examples"),
 }
+
+
+def plot_file(key: str) -> tuple[str, str]:
+    """(file name under plots/, caption) of a plot key: PLOTS, or ROC_KEY + probe for plots/roc-<probe>.png."""
+    if key in PLOTS:
+        return PLOTS[key]
+    probe = key.removeprefix(ROC_KEY)
+    return f"roc-{re.sub(r'[^A-Za-z0-9._-]+', '_', probe)}.png", f"Membership inference ROC ({probe})"
 
 
 def _file_mode() -> int:
@@ -42,7 +52,7 @@ def _write_text(target: Path, text: str) -> None:
     _write_bytes(target, text.encode("utf-8"))
 
 
-def build_plots(report: Report, run_dir: Path) -> tuple[dict[str, bytes | None], str]:
+def build_plots(report: Report, run_dir: Path, privacy: Privacy | None = None) -> tuple[dict[str, bytes | None], str]:
     """All plots as PNG bytes (None where the run has nothing to plot) and the note on missing examples."""
     examples, note = load_examples(run_dir / "artifacts" / "examples.npz")
     pngs: dict[str, bytes | None] = {
@@ -50,12 +60,16 @@ def build_plots(report: Report, run_dir: Path) -> tuple[dict[str, bytes | None],
         "attacks": plotting.attack_bars(report),
         "examples": plotting.examples_grid(examples) if examples is not None else None,
     }
+    if privacy is not None:
+        kinds = {row.probe: row.kind for row in privacy.rows}
+        for probe in privacy.probes:
+            pngs[ROC_KEY + probe] = plotting.roc_curve(probe, kinds[probe], privacy.curves[probe])
     return pngs, note
 
 
 def render(run_dir: str | os.PathLike[str]) -> list[Path]:
-    """Render ``run_dir/report.json`` (and ``artifacts/examples.npz`` when present) into ``report.md``,
-    ``report.html`` (self-contained) and the PNGs under ``plots/`` that report.md links.
+    """Render ``run_dir/report.json`` (and ``artifacts/examples.npz``, ``artifacts/roc-*.npz`` when present) into
+    ``report.md``, ``report.html`` (self-contained) and the PNGs under ``plots/`` that report.md links.
 
     Everything is computed in memory first and each file is written atomically, plots first and report.html
     last: if anything fails, the previous report.md and report.html are left exactly as they were. Returns the
@@ -63,14 +77,22 @@ def render(run_dir: str | os.PathLike[str]) -> list[Path]:
     """
     run_dir = Path(run_dir)
     report = Report.load(run_dir / "report.json")
-    pngs, examples_note = build_plots(report, run_dir)
-    links = {PLOTS[key][1]: f"plots/{PLOTS[key][0]}" for key, png in pngs.items() if png is not None}
-    markdown = render_markdown(report, links, examples_note)
-    html = render_html(report, pngs, examples_note)
+    privacy = load_privacy(report, run_dir)
+    pngs, examples_note = build_plots(report, run_dir, privacy)
+    links, roc_links = {}, {}
+    for key, png in pngs.items():
+        if png is not None:
+            name, caption = plot_file(key)
+            if key.startswith(ROC_KEY):  # shown in the privacy section, not under plots
+                roc_links[key.removeprefix(ROC_KEY)] = f"plots/{name}"
+            else:
+                links[caption] = f"plots/{name}"
+    markdown = render_markdown(report, links, examples_note, privacy, roc_links)
+    html = render_html(report, pngs, examples_note, privacy)
 
     plot_paths, stale = [], []
     for key, png in pngs.items():
-        target = run_dir / "plots" / PLOTS[key][0]
+        target = run_dir / "plots" / plot_file(key)[0]
         if png is None:
             stale.append(target)
             continue
@@ -79,6 +101,7 @@ def render(run_dir: str | os.PathLike[str]) -> list[Path]:
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     _write_text(md_path, markdown)
     _write_text(html_path, html)
+    stale += [path for path in (run_dir / "plots").glob("roc-*.png") if path not in plot_paths]
     for target in stale:  # plots of an earlier render that this run no longer has data for
         target.unlink(missing_ok=True)
     log.info("wrote %s and %s", md_path, html_path)
@@ -125,4 +148,4 @@ def index_entry(
     }
 
 
-__all__ = ["PLOTS", "build_plots", "index_entry", "render", "render_index"]
+__all__ = ["PLOTS", "ROC_KEY", "build_plots", "index_entry", "plot_file", "render", "render_index"]

@@ -160,6 +160,8 @@ class Trainer:
 
     def selection_score(self, metrics: dict[str, float]) -> float:
         kind = self.config.select_metric
+        if kind == "last":
+            return float(metrics["epoch"])  # the final epoch scores highest: no selection
         if kind == "clean" or "val_robust_accuracy" not in metrics:
             return metrics["val_clean_accuracy"]
         if kind == "robust":
@@ -188,11 +190,34 @@ class Trainer:
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
         return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
 
-    def fit(self, out: str | Path, *, resume: bool = False, on_epoch_end: EpochCallback | None = None) -> Path:
+    def training_split(self) -> tuple[ImageSplit, ImageSplit]:
+        """(the points trained on, the whole train split): all of it, or the configured subset or its rest."""
+        cfg = self.config
+        full = load_split(cfg.data, "train")
+        if cfg.train_fraction >= 1.0:
+            if cfg.train_subset_rest:
+                raise UserInputError("train_subset_rest", "the rest of the whole train split is empty",
+                                     "set train_fraction below 1, or train_subset_rest = false")
+            return full, full
+        n = max(1, int(round(cfg.train_fraction * len(full))))
+        chosen = full.subset(n, seed=cfg.train_subset_seed)
+        if not cfg.train_subset_rest:
+            return chosen, full
+        keep = ~torch.isin(full.indices, chosen.indices)
+        if not bool(keep.any()):
+            raise UserInputError("train_fraction", "leaves no points for train_subset_rest", "lower train_fraction")
+        rest = ImageSplit(full.x[keep], full.y[keep], full.indices[keep], full.classes, "train",
+                          hashlib.sha256(f"{chosen.fingerprint}\nrest".encode()).hexdigest())
+        return rest, full
+
+    def fit(self, out: str | Path, *, resume: bool = False, on_epoch_end: EpochCallback | None = None,
+            train_data: ImageSplit | None = None) -> Path:
         """Train, keeping the best epoch on val, and write the checkpoint directory ``out``.
 
         Progress after each finished epoch is kept in ``<out>.partial/``; ``resume=True`` continues from there
-        and ends with the same weights as an uninterrupted run with the same seed.
+        and ends with the same weights as an uninterrupted run with the same seed. ``train_data`` replaces the
+        recipe's training points (shadow models of a membership-inference audit train on given subsets);
+        validation stays on the recipe's val split.
         """
         cfg = self.config
         out = Path(out)
@@ -201,7 +226,11 @@ class Trainer:
             raise UserInputError("--resume", f"an interrupted run is kept in {work}", f"add --resume to continue it, or delete {work} to start over")
         self.check_inputs()
         seed_everything(cfg.seed)
-        train, val = load_split(cfg.data, "train"), load_split(cfg.data, "val")
+        if train_data is not None:
+            train = full = train_data
+        else:
+            train, full = self.training_split()
+        val = load_split(cfg.data, "val")
         self.prepare(train)
         model = self.build_model(train).to(self.device)
         optimizer, scheduler = self.make_optimizer(model)
@@ -230,17 +259,21 @@ class Trainer:
                 on_epoch_end(epoch + 1, record)
         model.load_state_dict(best_weights)
         model.eval()
-        path = save_checkpoint(model, out, provenance=self.provenance(train, state))
+        path = save_checkpoint(model, out, provenance=self.provenance(train, state, full))
         shutil.rmtree(work, ignore_errors=True)
         return path
 
-    def provenance(self, train: ImageSplit, state: TrainState) -> dict[str, Any]:
+    def provenance(self, train: ImageSplit, state: TrainState, full: ImageSplit | None = None) -> dict[str, Any]:
+        """``data.fingerprint`` is the whole train split's (what a membership audit reloads and checks);
+        ``train_members`` are the positions, in the data's source pool, of the points actually trained on."""
         from robustdistill import __version__
 
+        full = train if full is None else full
         return {
             "recipe": {"method": self.method, "config": config_to_dict(self.config)},
             "parents": self.parents,
-            "data": {"spec": train_spec(self.config), "fingerprint": train.fingerprint, "split": "train"},
+            "data": {"spec": train_spec(self.config), "fingerprint": full.fingerprint, "split": full.split,
+                     "n_trained_on": len(train)},
             "train_members": [int(i) for i in train.indices],
             "selection": {"split": "val", "metric": self.config.select_metric, "best_epoch": state.best_epoch, "score": state.best_score},
             "history": state.history,

@@ -21,7 +21,7 @@ from robustdistill.data import DataSpec, parse_spec
 from robustdistill.errors import UserInputError
 
 STRICT = ConfigDict(extra="forbid")
-SelectMetric = Literal["clean", "robust", "mean"]
+SelectMetric = Literal["clean", "robust", "mean", "last"]  # "last": no selection, keep the final epoch
 
 
 @dataclass(config=STRICT)
@@ -30,6 +30,12 @@ class TrainConfig:
     built-in digits (a CIFAR-10 run needs a folder: see defenses/cifar10-*.toml)."""
 
     data: DataSpec = field(default_factory=DataSpec)
+    # Train on part of the train split: a seeded, class-balanced subset of this fraction (``train_subset_rest``:
+    # the points that subset leaves out). Membership-inference experiments train a model on half the data so the
+    # other half are known non-members; provenance records exactly which points were used.
+    train_fraction: float = pydantic.Field(1.0, gt=0, le=1)
+    train_subset_seed: int = 0
+    train_subset_rest: bool = False
     arch: str = "resnet18-cifar"
     arch_params: dict[str, Any] = field(default_factory=dict)
     # Input normalisation applied inside the model (attacks always work in [0, 1] pixel space).

@@ -66,7 +66,8 @@ class DefensiveDistillationTrainer(Trainer):
     config_class = DefensiveDistillationConfig
     method = "defensive-distillation"
 
-    def fit(self, out: str | Path, *, resume: bool = False, on_epoch_end: EpochCallback | None = None) -> Path:
+    def fit(self, out: str | Path, *, resume: bool = False, on_epoch_end: EpochCallback | None = None,
+            train_data: ImageSplit | None = None) -> Path:
         cfg = self.config
         teacher_path = Path(cfg.teacher) if cfg.teacher else Path(out).with_name(Path(out).name + "-teacher")
         if cfg.teacher and not (teacher_path / "config.json").exists():
@@ -75,9 +76,9 @@ class DefensiveDistillationTrainer(Trainer):
             teacher_config = self._teacher_config()
             if not self._is_trained_with(teacher_path, teacher_config):
                 log.info("training the temperature-%g teacher into %s", cfg.temperature, teacher_path)
-                TemperatureTeacherTrainer(teacher_config).fit(teacher_path, resume=resume)
+                TemperatureTeacherTrainer(teacher_config).fit(teacher_path, resume=resume, train_data=train_data)
         self.teacher_path = teacher_path
-        return super().fit(out, resume=resume, on_epoch_end=on_epoch_end)
+        return super().fit(out, resume=resume, on_epoch_end=on_epoch_end, train_data=train_data)
 
     def _teacher_config(self) -> DefensiveDistillationConfig:
         raw = config_to_dict(self.config)

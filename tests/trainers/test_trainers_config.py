@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ def test_threat_model_preset_supplies_eps_unless_the_recipe_sets_it() -> None:
 
 def test_every_digits_recipe_uses_the_digits_threat_model() -> None:
     for recipe in sorted(Path("defenses").glob("digits-*.toml")):
-        method = recipe.stem.removeprefix("digits-")
+        method = tomllib.loads(recipe.read_text())["method"]
         config = trainers.create(method, recipe=recipe).config
         assert config.threat_model is not None and config.threat_model.endswith("attacks/digits-linf.toml")
         assert config.eps == 0.125 and config.data.kind == "digits"

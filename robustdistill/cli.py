@@ -47,6 +47,13 @@ def _demo(args: argparse.Namespace) -> int:
         if row["untrusted"]:
             verdict += " (gradient masking: robust accuracy untrusted)"
         print(f"{row['student']:<32} {cells[0]:>7} {cells[1]:>7} {cells[2]:>7} {cells[3]:>7} {cells[4]:>10}  {verdict}")
+    if result.privacy:
+        print(f"\n{'membership inference (LiRA)':<32} {'AUC':>7} {'TPR@0.1%FPR':>12} {'TPR@1%FPR':>10}")
+        for row in result.privacy:
+            cells = ["-" if row[k] is None else f"{row[k]:.3f}" for k in ("auc", "tpr_at_0_1pct_fpr", "tpr_at_1pct_fpr")]
+            cells[1] = "n/r" if row["tpr_at_0_1pct_fpr"] is None and row["auc"] is not None else cells[1]
+            print(f"{row['model']:<32} {cells[0]:>7} {cells[1]:>12} {cells[2]:>10}")
+        print("n/r: not resolvable (fewer than 1000 non-members)")
     print(f"\nreports: {result.index}  ({result.seconds:.0f} s, peak memory {result.peak_memory_mb:.0f} MB)")
     return 0
 

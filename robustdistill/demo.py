@@ -2,7 +2,8 @@
 
 Trains (or reuses, verified by sha256) a clean teacher, a robust teacher, a KD student, a PGD-AT student and a
 defensively distilled student on the built-in digits; audits each student against its teacher with the digits
-suite; writes one report per student and ``reports/demo/index.html`` linking them.
+suite; then the privacy section: an intentionally overfit teacher and its KD student, audited for membership
+inference (audits/digits-privacy.toml). Writes one report per pipeline and ``reports/demo/index.html`` linking them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 # Quick mode trains each model for a few epochs and audits with audits/demo-quick.toml (a smoke run, < 60 s).
 QUICK_EPOCHS = {"standard": 5, "trades": 3, "kd": 5, "pgd-at": 6, "defensive-distillation": 5}
+PRIVACY_SUITE = "audits/digits-privacy.toml"
+PRIVACY_QUICK_SUITE = "audits/demo-privacy-quick.toml"
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class Pipeline:
     teacher: str  # a Model name, or "<model>-teacher" for a teacher a trainer wrote next to its student
     student: str
     title: str
+    privacy: bool = False  # audited with the privacy suite instead of the robustness one
 
 
 MODELS = (
@@ -52,7 +56,10 @@ MODELS = (
     Model("kd-student", "kd", "defenses/digits-kd.toml", ("teacher_recipe=''",)),  # teacher set at run time
     Model("pgd-at-student", "pgd-at", "defenses/digits-pgd-at.toml", ("arch=cnn-tiny",)),
     Model("defensive-distillation-student", "defensive-distillation", "defenses/digits-defensive-distillation.toml"),
+    Model("overfit-teacher", "standard", "defenses/digits-overfit.toml"),
+    Model("overfit-kd-student", "kd", "defenses/digits-overfit-kd.toml", ("teacher_recipe=''",)),
 )
+TEACHER_OF = {"kd-student": "clean-teacher", "overfit-kd-student": "overfit-teacher"}  # KD teachers set at run time
 
 PIPELINES = (
     Pipeline("kd-student", "clean-teacher", "kd-student", "Hinton KD student of the clean teacher"),
@@ -63,6 +70,8 @@ PIPELINES = (
         "defensive-distillation-student",
         "Defensively distilled student (T = 100) vs its teacher",
     ),
+    Pipeline("privacy", "overfit-teacher", "overfit-kd-student",
+             "Privacy: membership inference on an overfit teacher and its KD student", privacy=True),
 )
 
 
@@ -71,6 +80,7 @@ class DemoResult:
     index: Path
     reports: dict[str, Path] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)
+    privacy: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
 
@@ -130,8 +140,8 @@ def run_demo(out: str | Path = "reports/demo", *, quick: bool = False, checkpoin
     paths: dict[str, Path] = {}
     for model in MODELS:
         overrides = list(model.overrides)
-        if model.method == "kd":
-            overrides.append(f"teacher={paths['clean-teacher']}")
+        if model.name in TEACHER_OF:
+            overrides.append(f"teacher={paths[TEACHER_OF[model.name]]}")
         if quick:
             overrides.append(f"epochs={QUICK_EPOCHS[model.method]}")
             overrides.append("lr_milestones=[]")
@@ -147,7 +157,7 @@ def run_demo(out: str | Path = "reports/demo", *, quick: bool = False, checkpoin
         run_dir = out / pipeline.name
         log.info("auditing %s against %s", pipeline.student, pipeline.teacher)
         report = audit(
-            suite,
+            (PRIVACY_QUICK_SUITE if quick else PRIVACY_SUITE) if pipeline.privacy else suite,
             teacher=paths[pipeline.teacher],
             student=paths[pipeline.student],
             out=run_dir,
@@ -156,6 +166,9 @@ def run_demo(out: str | Path = "reports/demo", *, quick: bool = False, checkpoin
         result.reports[pipeline.name] = run_dir / "report.html"
         entry = index_entry(run_dir, out, name=pipeline.title)
         entries.append(entry)
+        if pipeline.privacy:
+            result.privacy.extend(_privacy_headline(report))
+            continue
         result.table.append({"student": pipeline.name, "passed": report.passed, "untrusted": report.untrusted,
                              **_headline(report)})
     render_index(entries, out / "index.html", title="robustdistill demo: digits teachers and students")
@@ -197,3 +210,17 @@ def _headline(report: Any) -> dict[str, float | None]:
         if name in wanted and row["metric"] == wanted[name] and found[name] is None:
             found[name] = row["value"]
     return found
+
+
+def _privacy_headline(report: Any) -> list[dict[str, Any]]:
+    """LiRA on the overfit teacher, on its student, and on the student with the teacher's members as ground truth."""
+    lines = []
+    for model, prefix, label in (("teacher", "", "overfit teacher"), ("student", "", "KD student"),
+                                 ("student", "teacher_members_", "KD student, teacher's members")):
+        values = {}
+        for metric in ("auc", "tpr_at_0_1pct_fpr", "tpr_at_1pct_fpr"):
+            rows = [r for r in report.rows if r["model"] == model and r["probe"] == "mia-lira"
+                    and r["metric"] == prefix + metric]
+            values[metric] = rows[0]["value"] if rows else None
+        lines.append({"model": label, **values})
+    return lines

@@ -11,6 +11,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = os.path.join(_CACHE, "hf")
+os.environ["ROBUSTDISTILL_CACHE"] = os.path.join(_CACHE, "robustdistill")  # LiRA shadow models
 os.environ["MPLCONFIGDIR"] = os.path.join(_CACHE, "mpl")
 os.environ.setdefault("MPLBACKEND", "Agg")
 

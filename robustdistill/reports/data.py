@@ -360,6 +360,12 @@ class Report:
             return ", ".join(parts)
         return str(tm) if tm else ""
 
+    @property
+    def attacks_inputs(self) -> bool:
+        """Whether any probe perturbs inputs (a privacy-only suite does not, and has no threat model to show)."""
+        kinds = {str(p.get("kind")) for p in self.suite.get("probes", []) if isinstance(p, Mapping)}
+        return not kinds or bool(kinds - {"clean", "retention", "mia-loss", "mia-confidence", "mia-lira"})
+
     def threat_model_eps(self) -> float | None:
         tm = self.suite.get("threat_model")
         return to_float(tm.get("eps")) if isinstance(tm, Mapping) else None

@@ -266,7 +266,7 @@ def render_html(
         p
         for p in [
             ", ".join(pair + list(who.values())),
-            esc(report.threat_model()),
+            esc(report.threat_model()) if report.attacks_inputs else "",
             esc(report.manifest.get("finished") or ""),
         ]
         if p
@@ -274,9 +274,9 @@ def render_html(
     sections = [
         ("summary", "Summary"),
         ("comparison", "Teacher vs student"),
-        ("curves", "Robustness curve"),
-        ("attacks", "Per attack"),
-        ("examples", "Examples"),
+        # A privacy-only suite attacks no inputs: no curve, bars or adversarial examples to show.
+        *([("curves", "Robustness curve"), ("attacks", "Per attack"), ("examples", "Examples")]
+          if report.attacks_inputs else []),
         *([("privacy", "Privacy")] if privacy is not None else []),
         ("flags", "Flags"),
         ("results", "All results"),
@@ -397,7 +397,8 @@ def render_html(
     parts.append(_section("comparison", "Teacher vs student", "\n".join(content)))
 
     # --- plots ------------------------------------------------------------------------------------------------
-    parts.append(
+    plot_sections: list[str] = []
+    plot_sections.append(
         _section(
             "curves",
             "Robustness curve",
@@ -410,7 +411,7 @@ def render_html(
             ),
         )
     )
-    parts.append(
+    plot_sections.append(
         _section(
             "attacks",
             "Per attack",
@@ -422,7 +423,7 @@ def render_html(
             ),
         )
     )
-    parts.append(
+    plot_sections.append(
         _section(
             "examples",
             "Examples",
@@ -435,6 +436,9 @@ def render_html(
             ),
         )
     )
+
+    if report.attacks_inputs:
+        parts.extend(plot_sections)
 
     if privacy is not None:
         parts.append(_privacy_section(privacy, plots))
@@ -526,7 +530,7 @@ def render_html(
 
 # Words of a metric name that say its value is not a fraction. Matched as whole words of the snake_case name, so
 # an attack called "cw-linf" still reads as an accuracy while "median_linf" does not.
-NOT_FRACTIONS = frozenset({"l2", "linf", "norm", "loss", "time", "seconds", "eps", "dist", "distance", "count", "n",
+NOT_FRACTIONS = frozenset({"auc", "l2", "linf", "norm", "loss", "time", "seconds", "eps", "dist", "distance", "count", "n",
                            "queries", "steps"})
 
 

@@ -95,7 +95,8 @@ def render_markdown(
     roles = report.roles
     subtitle = " vs ".join(f"`{r}`" for r in roles) if roles else ""
     out += [f"# Audit report: {report.suite_name}", ""]
-    meta = [p for p in (subtitle, report.threat_model(), str(report.manifest.get("finished") or "")) if p]
+    threat = report.threat_model() if report.attacks_inputs else ""
+    meta = [p for p in (subtitle, threat, str(report.manifest.get("finished") or "")) if p]
     if meta:
         out += [" · ".join(meta), ""]
     out += [verdict_line(report), ""]
@@ -172,7 +173,7 @@ def render_markdown(
         out += ["## Plots", ""]
         for caption, path in plots.items():
             out += [f"![{caption}]({path})", ""]
-        if examples_note:
+        if examples_note and report.attacks_inputs:
             out += [f"_Examples: {examples_note}._", ""]
 
     out += ["## Manifest", ""]

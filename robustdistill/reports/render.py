@@ -137,6 +137,11 @@ def index_entry(
             "clean" if entry.probe == "clean" and entry.metric == "accuracy" else entry.short_title().replace("\n", " ")
         )
         summary.setdefault(key, row.value)
+    # Membership inference: the student's LiRA AUC on its own and on the teacher's members.
+    for row in report.rows:
+        if row.model == "student" and row.probe == "mia-lira" and row.metric in ("auc", "teacher_members_auc"):
+            view = "own members" if row.metric == "auc" else "teacher's members"
+            summary.setdefault(f"LiRA AUC ({view})", row.value)
     return {
         "name": name or run_dir.name,
         "report": os.path.relpath(run_dir / "report.html", Path(index_dir)).replace(os.sep, "/"),

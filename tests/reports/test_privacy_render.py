@@ -113,9 +113,9 @@ def test_privacy_section_in_html_and_markdown(tmp_path: Path) -> None:
 
     assert "<h2>Membership inference (privacy)</h2>" in privacy
     assert '<a href="#privacy">' in html
-    assert html.index('<section id="examples">') < html.index('<section id="privacy">') < html.index(
-        '<section id="flags">'
-    )
+    assert html.index('<section id="privacy">') < html.index('<section id="flags">')
+    # A privacy-only suite perturbs no inputs: no threat model, robustness curve or adversarial examples to show.
+    assert '<section id="examples">' not in html and '<section id="curves">' not in html and "ε =" not in html
     assert "Carlini et al. 2022" in privacy and "AUC near 0.5" in privacy
     # Both views, the roles in order (teacher, student, then the extra one), the sizes, values with their CIs.
     assert "own members" in privacy and "teacher&#x27;s members" in privacy

@@ -323,8 +323,8 @@ class LiraProbe(MembershipProbe):
                           teacher, teacher_key) for k in range(len(design))]
 
     def run_shadows(self, jobs: list[ShadowJob], ctx: EvalContext, truth: membership.GroundTruth, queries: str,
-                    label: str) -> tuple[np.ndarray, list[Path]]:
-        """(S, N, Q) LiRA scores of each shadow on the population, and the shadows' paths."""
+                    label: str, score: bool = True) -> tuple[np.ndarray | None, list[Path]]:
+        """(S, N, Q) LiRA scores of each shadow on the population (None unless ``score``), and the shadows' paths."""
         from robustdistill.models import load_model
 
         root = cache_root(self.config.cache)
@@ -333,13 +333,15 @@ class LiraProbe(MembershipProbe):
         for job in tqdm(jobs, desc=f"{self.name}: {label} shadow models", unit="model", leave=False, disable=None):
             path, fresh = train_shadow(job, root, device)
             trained += fresh
+            paths.append(path)
+            if not score:
+                continue
             model = load_model(path, device=device)
             phi = scores.lira_score(scores.logits_of(model, truth.population.x, queries, ctx.batch_size), truth.population.y)
             out.append(phi.T.numpy())
-            paths.append(path)
         log.info("%s: %d %s shadow models (%d trained, %d from the cache %s)", self.name, len(jobs), label, trained,
                  len(jobs) - trained, root)
-        return np.stack(out), paths
+        return (np.stack(out) if score else None), paths
 
     def score(self, ctx: EvalContext, role: str, truth: membership.GroundTruth, view: View) -> np.ndarray:
         queries = self.queries_for(role)
@@ -348,9 +350,10 @@ class LiraProbe(MembershipProbe):
             shadow_scores, _ = self.run_shadows(self.teacher_jobs(ctx, role, truth, design), ctx, truth, queries, role)
         else:
             _, teacher_paths = self.run_shadows(self.teacher_jobs(ctx, "teacher", truth, design), ctx, truth,
-                                                self.queries_for("teacher"), "teacher")
+                                                self.queries_for("teacher"), "teacher", score=False)
             jobs = self.pipeline_jobs(ctx, role, truth, design, teacher_paths)
             shadow_scores, _ = self.run_shadows(jobs, ctx, truth, queries, f"{role} (pipeline)")
+        assert shadow_scores is not None
         target = scores.lira_score(scores.logits_of(ctx.models[role], truth.population.x, queries, ctx.batch_size),
                                    truth.population.y).T.numpy()
         fit = lira.fit_gaussians(shadow_scores, design, self.fixed_variance)

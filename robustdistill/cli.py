@@ -31,6 +31,14 @@ def _train(args: argparse.Namespace) -> int:
     best = history[selection["best_epoch"] - 1] if selection["best_epoch"] >= 1 else {}
     metrics = ", ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in best.items() if k.startswith("val_"))
     print(f"wrote {path} in {elapsed:.1f}s (best epoch {selection['best_epoch']} on val: {metrics})")
+    from robustdistill.reports.training import write_training_report
+
+    try:
+        report = write_training_report(path)
+    except Exception as exc:  # a plotting problem must not hide a finished checkpoint
+        print(f"training report not written ({type(exc).__name__}: {exc})")
+    else:
+        print(f"training report: {report[1]}")
     return 0
 
 

@@ -111,8 +111,8 @@ def from_specs(role: str, members: Mapping[str, Any], nonmembers: Mapping[str, A
             raise UserInputError(f"{where}.{name}.{exc.field.removeprefix('data.')}", exc.problem, exc.fix) from None
         parts.append((name, loaded))
     (_, m), (_, n) = parts
-    if parse_spec({k: v for k, v in members.items() if k != "split"}).identity() == \
-            parse_spec({k: v for k, v in nonmembers.items() if k != "split"}).identity():
+    member_pool = pool_of(members)
+    if member_pool == pool_of(nonmembers):  # the same images, however each side was split
         overlap = np.intersect1d(m.indices.numpy(), n.indices.numpy())
         if overlap.size:
             raise UserInputError(f"{where}.nonmembers", f"{overlap.size} points are both members and non-members",
@@ -124,6 +124,16 @@ def from_specs(role: str, members: Mapping[str, Any], nonmembers: Mapping[str, A
     population = _concat(parts, f"members {len(m)} + non-members {len(n)}")
     is_member = np.concatenate([np.ones(len(m), dtype=bool), np.zeros(len(n), dtype=bool)])
     return GroundTruth(role, population, is_member, "suite")
+
+
+def pool_of(table: Mapping[str, Any]) -> str:
+    """Which source images a spec + split draws from: split fractions and seeds only choose positions within it
+    (CIFAR-10's test split is its own batch, a separate pool)."""
+    spec = parse_spec({k: v for k, v in table.items() if k != "split"})
+    split = table.get("split", "train")
+    source = spec.model_copy(update={"split_seed": 0, "val_fraction": 0.2, "test_fraction": 0.2})
+    batch = "test-batch" if spec.kind == "cifar10" and split == "test" else "pool"
+    return f"{source.cache_key()}|{batch}"
 
 
 def relation(student: GroundTruth | None, teacher: GroundTruth) -> str:

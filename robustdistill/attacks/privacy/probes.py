@@ -257,6 +257,14 @@ class LiraProbe(MembershipProbe):
             for role in {roles[0], *( ["teacher"] if len(roles) > 1 and "teacher" in self.config.views else [])}:
                 if role not in self.recipes:
                     self.recipes[role] = self.recipe(role)
+        for role, truth in self.truth.items():
+            keep = truth.n_members / len(truth.population)
+            n_in = int(min(max(round(keep * self.config.shadows), 1), self.config.shadows - 1))
+            if min(n_in, self.config.shadows - n_in) < 2:  # a variance needs two scores on each side
+                need = int(np.ceil(2 / min(keep, 1 - keep)))
+                raise UserInputError(f"{self.where}.shadows", f"{self.config.shadows} shadow models leave some points with "
+                                     f"fewer than two IN or OUT models ({truth.n_members} of {len(truth.population)} "
+                                     f"points are the {role}'s members)", f"use at least {need} shadow models")
         own_view = "own" in self.config.views
         self.fixed_teachers = {role: self.fixed_teacher(role) for role, recipe in self.recipes.items()
                                if recipe.is_distillation and (own_view or role == "teacher")}

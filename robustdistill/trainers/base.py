@@ -110,6 +110,14 @@ class Trainer:
     def extra_provenance(self) -> dict[str, Any]:
         return {}
 
+    def extra_state(self) -> dict[str, Any]:
+        """Method state beyond model, optimiser and schedule that --resume must restore (e.g. MTARD's teacher
+        weights): plain floats, lists or tensors, saved in last.pt after every epoch."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned (called when resuming, after the model and optimiser)."""
+
     # --- shared machinery -----------------------------------------------------------------------------
     def training_attack(self, steps: int | None = None) -> PGD:
         cfg = self.config
@@ -232,6 +240,7 @@ class Trainer:
             train, full = self.training_split()
         val = load_split(cfg.data, "val")
         self.prepare(train)
+        seed_everything(cfg.seed)  # training a missing teacher in prepare() must not change the student's init
         model = self.build_model(train).to(self.device)
         optimizer, scheduler = self.make_optimizer(model)
         state = TrainState()
@@ -299,6 +308,7 @@ class Trainer:
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "extra": self.extra_state(),
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
@@ -309,6 +319,7 @@ class Trainer:
             model.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
             scheduler.load_state_dict(payload["scheduler"])
+            self.load_extra_state(payload.get("extra", {}))
         except Exception as exc:  # a state from another recipe or a damaged file
             raise UserInputError("--resume", f"cannot continue from {path}: {exc}".splitlines()[0], f"delete {path.parent} to start over") from None
         torch.set_rng_state(payload["torch_rng"].cpu())

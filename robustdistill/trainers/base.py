@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,7 @@ class Trainer:
         self.config = config
         self.device = resolve_device(config.device)
         self.parents: list[dict[str, str]] = []
+        self.epoch_seconds: list[float] = []  # wall time of each training epoch run by this process (no validation)
 
     # --- hooks for subclasses -------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -253,7 +255,9 @@ class Trainer:
         work.mkdir(parents=True, exist_ok=True)
         for epoch in range(state.epoch, cfg.epochs):
             record: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+            started = time.perf_counter()
             record |= self.train_epoch(model, optimizer, train, epoch)
+            self.epoch_seconds.append(time.perf_counter() - started)  # kept out of history: resume stays identical
             scheduler.step()
             record |= self.validate(model, val)
             score = self.selection_score(record)

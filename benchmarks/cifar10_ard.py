@@ -49,12 +49,14 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--train-fraction", type=float, default=0.2, help="part of the train split per epoch")
     parser.add_argument("--samples", type=int, default=1000, help="test points audited per student")
+    parser.add_argument("--suite", default=str(REPO / "audits" / "cifar10.toml"),
+                        help="audit suite run on each student (its [data] root is replaced by --data-root)")
     parser.add_argument("--out", default=str(REPO / "reports" / "ard-cifar10"))
     parser.add_argument("--checkpoints", default=str(REPO / "checkpoints" / "ard-cifar10"))
     args = parser.parse_args()
 
     from robustdistill import trainers
-    from robustdistill.audits import audit
+    from robustdistill.audits import audit, load_suite
     from robustdistill.reports import index_entry, render_index
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -62,6 +64,9 @@ def main() -> int:
     if unknown:
         print(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}", file=sys.stderr)
         return 2
+    # The suite's [data] root is its own default (data/cifar-10-batches-py): audit the test split of --data-root.
+    suite = load_suite(args.suite).to_dict()
+    suite["data"]["root"] = str(Path(args.data_root).expanduser().resolve())
     rows, entries = [], []
     seconds: dict[str, float] = {}
     for method in methods:
@@ -73,7 +78,7 @@ def main() -> int:
         trainer.fit(out, resume=out.with_name(out.name + ".partial").exists())
         seconds[method] = statistics.median(trainer.epoch_seconds) if trainer.epoch_seconds else time.perf_counter() - started
         run_dir = Path(args.out) / method
-        report = audit(REPO / "audits" / "cifar10.toml", teacher=args.robust_teacher, student=out, out=run_dir,
+        report = audit(suite, teacher=args.robust_teacher, student=out, out=run_dir,
                        samples=args.samples, device=args.device, resume=run_dir.exists())
         entries.append(index_entry(run_dir, args.out, name=method))
         rows.append((method, report))

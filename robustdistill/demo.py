@@ -161,7 +161,7 @@ def run_demo(out: str | Path = "reports/demo", *, quick: bool = False, checkpoin
             teacher=paths[pipeline.teacher],
             student=paths[pipeline.student],
             out=run_dir,
-            resume=_resumable(run_dir, paths[pipeline.teacher], paths[pipeline.student]),
+            resume=resumable(run_dir, paths[pipeline.teacher], paths[pipeline.student]),
         )
         result.reports[pipeline.name] = run_dir / "report.html"
         entry = index_entry(run_dir, out, name=pipeline.title)
@@ -177,7 +177,7 @@ def run_demo(out: str | Path = "reports/demo", *, quick: bool = False, checkpoin
     return result
 
 
-def _resumable(run_dir: Path, teacher: Path, student: Path) -> bool:
+def resumable(run_dir: Path, teacher: Path, student: Path) -> bool:
     """Resume an earlier audit in ``run_dir`` only if it audited these very checkpoints; otherwise start over."""
     from robustdistill.models import checkpoint_sha256
 

@@ -6,21 +6,25 @@
         [--epochs 1] [--train-fraction 0.2] [--samples 1000] [--methods rslad,mtard,pgd-at]
 
 Each method trains a ResNet-18 student with its defenses/cifar10-<method>.toml recipe (PGD-10 at 8/255, SGD 0.1,
-batch 128) for --epochs epochs on --train-fraction of the training split, then audits/cifar10.toml evaluates it on
---samples test points (AutoAttack standard). The table gives clean, PGD-20, CW and AutoAttack accuracy and the
-training epoch time, also as a ratio to PGD-AT's. One epoch is not a trained model: the accuracies are for checking
-that a method runs and what an epoch costs; train with `robustdistill train METHOD --config defenses/cifar10-...toml`
-for the papers' numbers. Teachers: any robustdistill checkpoint or a state dict that `load_model` reads (train them
-with defenses/cifar10-trades.toml and defenses/cifar10-standard.toml, or convert a published WRN-34-10).
+batch 128) for --epochs epochs on --train-fraction of the training split, then audits/cifar10.toml (or --suite; its
+[data] root is replaced by --data-root) evaluates it on --samples test points (AutoAttack standard). The table gives
+clean, PGD-20, CW and AutoAttack accuracy and the training epoch time, also as a ratio to PGD-AT's. One epoch is not
+a trained model: the accuracies are for checking that a method runs and what an epoch costs; train with
+`robustdistill train METHOD --config defenses/cifar10-...toml` for the papers' numbers. A re-run continues: a student
+already trained with the same settings is reused with its recorded epoch times (epoch-seconds.json under
+--checkpoints), an interrupted training resumes, and each audit resumes. Teachers: robustdistill checkpoint
+directories (train them with defenses/cifar10-trades.toml and defenses/cifar10-standard.toml, or convert a published
+WRN-34-10 with `Classifier.from_arch` and `save_checkpoint`): a bare state dict does not name its architecture.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("pgd-at", "trades", "kd", "ard", "rslad", "adaad", "mtard", "b-mtard")
@@ -39,6 +43,64 @@ def overrides_for(method: str, args: argparse.Namespace) -> list[str]:
     return [*common, "arch=resnet18-cifar"]  # pgd-at, trades: the same student architecture
 
 
+def trained_with(out: Path, config: dict[str, object]) -> bool:
+    """Whether ``out`` is a finished checkpoint trained with exactly this config from the teachers now at their
+    paths (its provenance records both)."""
+    from robustdistill.models import checkpoint_sha256
+
+    try:
+        provenance = json.loads((out / "config.json").read_text())["provenance"]
+        return provenance["recipe"]["config"] == config and all(
+            checkpoint_sha256(parent["path"]) == parent["sha256"] for parent in provenance["parents"])
+    except Exception:  # missing, unreadable or from another version: train it again
+        return False
+
+
+def train_student(method: str, args: argparse.Namespace) -> tuple[Path, float | None]:
+    """Train (or reuse, or resume) one student; returns its checkpoint and its median training-epoch seconds.
+
+    A re-run keeps what an earlier run finished: a checkpoint trained with the same settings is reused, an
+    interrupted training (``<method>.partial``) resumes. Epoch times are kept in ``epoch-seconds.json`` after every
+    epoch, so a reused or resumed student still has the times of the epochs an earlier process ran.
+    """
+    from robustdistill import trainers
+    from robustdistill.trainers.config import config_to_dict
+
+    checkpoints = Path(args.checkpoints)
+    out, timings_path = checkpoints / method, checkpoints / "epoch-seconds.json"
+    partial = out.with_name(out.name + ".partial")
+    trainer = trainers.create(method, recipe=REPO / "defenses" / f"cifar10-{method}.toml",
+                              overrides=overrides_for(method, args))
+    timings: dict[str, list[float]] = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    if not partial.exists() and timings.get(method) and trained_with(out, config_to_dict(trainer.config)):
+        print(f"{method}: reusing {out} (same settings; delete it to retrain)", file=sys.stderr, flush=True)
+        return out, statistics.median(timings[method])
+    earlier = list(timings.get(method, [])) if partial.exists() else []  # a fresh run forgets older times
+
+    def record(*_: object) -> None:
+        timings[method] = earlier + trainer.epoch_seconds
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        timings_path.write_text(json.dumps(timings, indent=1))
+
+    record()
+    print(f"training {method} ...", file=sys.stderr, flush=True)
+    trainer.fit(out, resume=partial.exists(), on_epoch_end=record)
+    times = earlier + trainer.epoch_seconds
+    return out, statistics.median(times) if times else None
+
+
+def student_value(report: Any, attack: str | None) -> str:
+    """The student's clean accuracy (``attack=None``) or its robust accuracy under the suite's first attack probe
+    of that attack (not the curve, transfer or masking probes, which use the same attacks)."""
+    kind, metric = ("clean", "accuracy") if attack is None else ("attack", "robust_accuracy")
+    names = [p["name"] for p in report.suite.get("probes", [])
+             if p.get("kind") == kind and (attack is None or p.get("attack") == attack)]
+    if not names:
+        return "-"
+    value = report.value("student", names[0], metric)
+    return "-" if value is None else f"{value:.3f}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-root", required=True, help="your cifar-10-batches-py (or -bin) folder")
@@ -55,7 +117,6 @@ def main() -> int:
     parser.add_argument("--checkpoints", default=str(REPO / "checkpoints" / "ard-cifar10"))
     args = parser.parse_args()
 
-    from robustdistill import trainers
     from robustdistill.audits import audit, load_suite
     from robustdistill.reports import index_entry, render_index
 
@@ -68,16 +129,11 @@ def main() -> int:
     suite = load_suite(args.suite).to_dict()
     suite["data"]["root"] = str(Path(args.data_root).expanduser().resolve())
     rows, entries = [], []
-    seconds: dict[str, float] = {}
+    seconds: dict[str, float | None] = {}
     for method in methods:
-        out = Path(args.checkpoints) / method
-        print(f"training {method} ...", file=sys.stderr, flush=True)
-        trainer = trainers.create(method, recipe=REPO / "defenses" / f"cifar10-{method}.toml",
-                                  overrides=overrides_for(method, args))
-        started = time.perf_counter()
-        trainer.fit(out, resume=out.with_name(out.name + ".partial").exists())
-        seconds[method] = statistics.median(trainer.epoch_seconds) if trainer.epoch_seconds else time.perf_counter() - started
+        out, seconds[method] = train_student(method, args)
         run_dir = Path(args.out) / method
+        print(f"auditing {method} ...", file=sys.stderr, flush=True)
         report = audit(suite, teacher=args.robust_teacher, student=out, out=run_dir,
                        samples=args.samples, device=args.device, resume=run_dir.exists())
         entries.append(index_entry(run_dir, args.out, name=method))
@@ -87,15 +143,11 @@ def main() -> int:
     print("| method | clean | PGD-20 | CW | AutoAttack | epoch (s) | epoch / PGD-AT |")
     print("|---|---|---|---|---|---|---|")
     for method, report in rows:
-        def pick(probe_prefix: str, metric: str = "robust_accuracy") -> str:
-            found = [r["value"] for r in report.rows if r["model"] == "student" and r["metric"] == metric
-                     and (r["probe"] == probe_prefix or str(r["params"].get("attack", "")).startswith(probe_prefix))
-                     and "check" not in r["params"]]
-            return f"{found[0]:.3f}" if found and found[0] is not None else "-"
-
-        ratio = f"{seconds[method] / reference:.2f}" if reference else "-"
-        print(f"| {method} | {pick('clean', 'accuracy')} | {pick('pgd')} | {pick('cw')} | {pick('autoattack')} | "
-              f"{seconds[method]:.1f} | {ratio} |")
+        epoch = seconds[method]
+        ratio = f"{epoch / reference:.2f}" if epoch is not None and reference else "-"
+        print(f"| {method} | {student_value(report, None)} | {student_value(report, 'pgd')} | "
+              f"{student_value(report, 'cw-linf')} | {student_value(report, 'autoattack')} | "
+              f"{'-' if epoch is None else f'{epoch:.1f}'} | {ratio} |")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Real tiny digits models for the audit tests, trained once per session (no mocks stand in for a model).
 
-- ``digits_pair``: a clean teacher (standard, 8 epochs) and a Hinton-KD student of it (8 epochs): seconds.
+- ``digits_pair``: a clean teacher (standard, 8 epochs) and a Hinton-KD student of it (15 epochs): seconds.
 - ``dd_student``: defensive distillation at T = 100 (teacher and student, 10 epochs each): masks gradients.
 - ``pgd_at_student``: Madry PGD adversarial training at the digits threat model (10 epochs): really robust.
 """
@@ -41,7 +41,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digits_pair(one_thread: None, models_dir: Path) -> tuple[Path, Path]:
     teacher = _train("standard", "digits-standard.toml", models_dir / "teacher", ["epochs=8", "val_robust=false"])
-    student = _train("kd", "digits-kd.toml", models_dir / "kd", ["epochs=8", f"teacher={teacher}", "val_robust=false"])
+    student = _train("kd", "digits-kd.toml", models_dir / "kd", ["epochs=15", f"teacher={teacher}", "val_robust=false"])
     return teacher, student
 
 

@@ -249,7 +249,7 @@ def test_digits_run_records_the_balance_and_loads(
         assert "tau_adv" not in history[0]
     student = load_model(out)
     assert student.arch == "cnn-tiny"
-    assert provenance["selection"]["split"] == "val" and provenance["selection"]["metric"] == "mean"
+    assert provenance["selection"]["split"] == "val" and provenance["selection"]["metric"] == "robust"  # digits recipes
 
 
 def _interrupt_and_resume(method: str, overrides: list[str], tmp_path: Path) -> Path:

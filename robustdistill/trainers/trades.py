@@ -8,7 +8,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 from torch import nn
 
-from robustdistill.attacks.base import project
+from robustdistill.trainers.adversarial import maximise
 from robustdistill.trainers.base import TRAINERS, Trainer
 from robustdistill.trainers.config import STRICT, SelectMetric, TrainConfig
 
@@ -47,21 +47,11 @@ class TradesTrainer(Trainer):
         was_training = model.training
         model.train(cfg.attack_bn_mode == "train")
         with torch.no_grad():
-            clean_logits = model(x)
-        noise = torch.randn(x.shape, generator=generator).to(x.device)
-        x_adv = project(x + 0.001 * noise, x, cfg.eps, cfg.norm)
-        for _ in range(cfg.attack_steps):
-            x_adv.requires_grad_(True)
-            loss = kl_batchmean(clean_logits, model(x_adv))
-            (grad,) = torch.autograd.grad(loss, x_adv)
-            if cfg.norm == "linf":
-                step = grad.sign()
-            else:
-                flat = grad.flatten(1)
-                step = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(grad)
-            x_adv = project(x_adv.detach() + cfg.step_size * step, x, cfg.eps, cfg.norm)
+            clean_logits = model(x)  # in the attack's BatchNorm mode, as the target of the KL it maximises
         model.train(was_training)
-        return x_adv.detach()
+        return maximise(model, lambda x_adv: kl_batchmean(clean_logits, model(x_adv)), x, eps=cfg.eps,
+                        step_size=cfg.step_size, steps=cfg.attack_steps, norm=cfg.norm, start="normal",
+                        bn_mode=cfg.attack_bn_mode, generator=generator)
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         x_adv = self.trades_adversarial(model, x, generator)

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from robustdistill.errors import UserInputError
 
@@ -64,6 +65,63 @@ def _demo(args: argparse.Namespace) -> int:
         print("n/r: not resolvable (fewer than 1000 non-members)")
     print(f"\nreports: {result.index}  ({result.seconds:.0f} s, peak memory {result.peak_memory_mb:.0f} MB)")
     return 0
+
+
+def _proard_export(args: argparse.Namespace) -> int:
+    from robustdistill.models.dynamic import SubnetConfig
+    from robustdistill.trainers.proard_family import export_subnet, load_family, size_of
+
+    path = export_subnet(args.family, args.subnet, args.out, calibration_images=args.calibration_images, seed=args.seed)
+    family = load_family(args.family)
+    params, macs = size_of(family, SubnetConfig.parse(args.subnet, family.space))
+    print(f"wrote {path}: sub-network {SubnetConfig.parse(args.subnet, family.space).key()}, {params:,} parameters, {macs:,} MACs")
+    return 0
+
+
+def _proard_select(args: argparse.Namespace) -> int:
+    from robustdistill.trainers.proard_family import export_subnet, select_subnet
+
+    ranked = select_subnet(args.family, budget_params=args.budget_params, budget_macs=args.budget_macs,
+                           evaluations=args.evaluations, samples=args.samples, steps=args.steps, seed=args.seed)
+    print(f"{'sub-network':<40} {'params':>9} {'MACs':>11} {'clean':>6} {'robust':>6}")
+    for candidate in ranked[: args.top]:
+        print(f"{candidate.subnet.key():<40} {candidate.parameters:>9,} {candidate.macs:>11,} {candidate.clean:>6.3f} {candidate.robust:>6.3f}")
+    best = ranked[0]
+    print(f"most robust within budget ({len(ranked)} evaluated; robust = PGD-{args.steps} on {args.samples} val points): {best.subnet.key()}")
+    if args.out:
+        path = export_subnet(args.family, best.subnet.key(), args.out, seed=args.seed)
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_proard(sub: Any) -> None:
+    proard = sub.add_parser("proard", help="export or select sub-networks of a trained ProARD family",
+                            description="Work with a family trained by `robustdistill train proard`.")
+    commands = proard.add_subparsers(dest="proard_command", metavar="ACTION", required=True)
+    export = commands.add_parser("export", help="write one sub-network as a standalone checkpoint",
+                                 description="Extract a sub-network (weights are slices of the family's), re-estimate its "
+                                 "BatchNorm statistics on training images, and save it with provenance.")
+    export.add_argument("family", help="the family checkpoint written by `robustdistill train proard`")
+    export.add_argument("--subnet", required=True, help="'largest', 'smallest', or a key such as d0-1_w0.65-1_e0.2-0.35_k3-3 "
+                        "(as `proard select` prints)")
+    export.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
+    export.add_argument("--calibration-images", type=int, default=4000, metavar="N",
+                        help="training images for the BatchNorm statistics (default 4000, as the paper; capped at the split)")
+    export.add_argument("--seed", type=int, default=0)
+    export.set_defaults(handler=_proard_export)
+    select = commands.add_parser("select", help="find the most robust sub-network within a size budget",
+                                 description="Evolutionary search over the family's space; each candidate's robust "
+                                 "accuracy is estimated with a short PGD on val points after BatchNorm recalibration.")
+    select.add_argument("family", help="the family checkpoint")
+    select.add_argument("--budget-params", type=int, metavar="N", help="at most N parameters")
+    select.add_argument("--budget-macs", type=int, metavar="N", help="at most N multiply-accumulates per input")
+    select.add_argument("--evaluations", type=int, default=40, metavar="N", help="candidates to estimate (default 40)")
+    select.add_argument("--samples", type=int, default=200, metavar="N", help="val points per estimate (default 200)")
+    select.add_argument("--steps", type=int, default=10, metavar="N", help="PGD steps per estimate (default 10)")
+    select.add_argument("--top", type=int, default=5, metavar="N", help="rows to print (default 5)")
+    select.add_argument("--seed", type=int, default=0)
+    select.add_argument("--out", metavar="DIR", help="also export the winner here")
+    select.set_defaults(handler=_proard_select)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -132,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     lister.add_argument("family", nargs="?", choices=["attacks", "probes", "trainers", "architectures"], help="only this family")
     lister.set_defaults(handler=_list)
 
+    _add_proard(sub)
     from robustdistill.audits.commands import add_commands
 
     add_commands(sub)

@@ -177,8 +177,9 @@ def run_demo(out: str | Path = "reports/demo", *, quick: bool = False, checkpoin
     return result
 
 
-def resumable(run_dir: Path, teacher: Path, student: Path) -> bool:
-    """Resume an earlier audit in ``run_dir`` only if it audited these very checkpoints; otherwise start over."""
+def resumable(run_dir: Path, teacher: Path, student: Path, extra: dict[str, Path] | None = None) -> bool:
+    """Resume an earlier audit in ``run_dir`` only if it audited these very checkpoints (teacher, student and any
+    ``extra`` roles); otherwise start over."""
     from robustdistill.models import checkpoint_sha256
 
     results = run_dir / "results.jsonl"
@@ -190,7 +191,8 @@ def resumable(run_dir: Path, teacher: Path, student: Path) -> bool:
         audited = {role: entry["sha256"] for role, entry in manifest["checkpoints"].items()}
     except (ValueError, KeyError, IndexError, TypeError):
         audited = {}
-    if audited == {"teacher": checkpoint_sha256(teacher), "student": checkpoint_sha256(student)}:
+    roles = {"teacher": teacher, "student": student, **(extra or {})}
+    if audited == {role: checkpoint_sha256(path) for role, path in roles.items()}:
         return True
     log.info("%s audited other checkpoints: starting it over", run_dir)
     shutil.rmtree(run_dir)

@@ -705,5 +705,6 @@ def default_examples_probe(probes: list[Probe]) -> str | None:
 
 # The membership-inference probes live with the privacy attacks; importing them registers them here.
 from robustdistill.attacks.privacy import probes as _privacy_probes  # noqa: E402,F401
+from robustdistill.audits import size as _size_probe  # noqa: E402,F401
 
 __all__ = ["PROBES", "AttackSpec", "EvalContext", "Probe", "ProbeConfig", "UnitResult", "build_probe", "resolve_attack"]

@@ -504,8 +504,9 @@ def build_report(run_dir: str | Path) -> Report:
     for item in flags:
         if item["model"] in untrusted:
             untrusted[item["model"]].append(item["check"])
-    # Gradient masking makes robust accuracy untrustworthy; it says nothing about membership leakage.
-    not_robustness = {p["name"] for p in last["suite"].get("probes", []) if str(p.get("kind", "")).startswith("mia-")}
+    # Gradient masking makes robust accuracy untrustworthy; it says nothing about membership leakage or model size.
+    not_robustness = {p["name"] for p in last["suite"].get("probes", [])
+                      if str(p.get("kind", "")).startswith("mia-") or p.get("kind") == "size"}
     gates = [evaluate_gate(Gate(**g), rows, untrusted, not_robustness) for g in last.get("gates", [])]
     manifest = {
         "robustdistill": last["robustdistill"], "torch": last["torch"], "git": last["git"], "seed": last["seed"],

@@ -55,6 +55,15 @@ PRIVACY_INTRO = (
 )
 
 
+#: Probe kinds whose rows give each model's size; with two or more sized models the report gets the size section.
+SIZE_KINDS = frozenset({"size"})
+#: Metrics that count things (shown as whole numbers with thousands separators).
+COUNT_METRICS = frozenset({"parameters", "macs"})
+#: The masking probe's per-point worst case over all of its attacks: marked in the size section when present.
+WORST_CASE_METRIC = "worst_case_robust_accuracy"
+SIZE_TITLE = "Accuracy and robustness against size"
+
+
 def role_sort_key(role: str) -> tuple[int, str]:
     return (ROLE_ORDER.index(role) if role in ROLE_ORDER else len(ROLE_ORDER), role)
 
@@ -90,9 +99,26 @@ def fmt_value(value: Any, metric: str = "") -> str:
         )
     if is_fraction(metric):
         return f"{number * 100:.1f}%"
+    if metric.rsplit(".", 1)[-1].lower() in COUNT_METRICS and number.is_integer():
+        return f"{int(number):,}"
     if abs(number) >= 1e4:
         return f"{number:.4g}"
     return f"{number:.3f}"
+
+
+def fmt_size(value: Any) -> str:
+    """A count in three significant figures with k / M / G (``85.1 k``, ``1.2 M``); '—' if missing."""
+    number = to_float(value)
+    if number is None:
+        return "—"
+    scaled, unit = number, ""
+    for bigger in ("k", "M", "G", "T"):
+        if abs(float(f"{scaled:.3g}")) < 1000:
+            break
+        scaled, unit = scaled / 1000, bigger
+    if not unit:
+        return f"{scaled:.0f}"
+    return f"{scaled:.3g} {unit}"
 
 
 def fmt_ci(value: Any, ci95: tuple[float, float] | None, metric: str = "") -> str:
@@ -364,7 +390,7 @@ class Report:
     def attacks_inputs(self) -> bool:
         """Whether any probe perturbs inputs (a privacy-only suite does not, and has no threat model to show)."""
         kinds = {str(p.get("kind")) for p in self.suite.get("probes", []) if isinstance(p, Mapping)}
-        return not kinds or bool(kinds - {"clean", "retention", "mia-loss", "mia-confidence", "mia-lira"})
+        return not kinds or bool(kinds - {"clean", "retention", "mia-loss", "mia-confidence", "mia-lira", *SIZE_KINDS})
 
     def threat_model_eps(self) -> float | None:
         tm = self.suite.get("threat_model")
@@ -483,6 +509,113 @@ class Report:
             entry.cells.setdefault(row.model, {}).setdefault(metric, row)
         ordered = sorted(entries.values(), key=lambda e: (list(probes).index(e.probe), e.view != "own"))
         return order_roles(role for entry in ordered for role in entry.cells), ordered
+
+
+    # --- accuracy and robustness against size ---------------------------------------------------------------
+    def size_probes(self) -> list[str]:
+        """Size probes that have rows, in suite order; a probe named "size" counts where report.json lacks the
+        suite's probe list."""
+        probes = self.suite.get("probes")
+        names = [
+            str(p.get("name") or p["kind"])
+            for p in (probes if isinstance(probes, list) else [])
+            if isinstance(p, Mapping) and p.get("kind") in SIZE_KINDS
+        ]
+        if not isinstance(probes, list):
+            names = list(SIZE_KINDS)
+        found = {row.probe for row in self.rows if row.metric in COUNT_METRICS}
+        return [name for name in dict.fromkeys(names) if name in found]
+
+    def size(self) -> Size | None:
+        """The size section: every model with a parameter count, smallest first, with its clean accuracy, robust
+        accuracy per attack and (when the suite has a masking probe) per-point worst case. None with fewer than
+        two sized models."""
+        probes = self.size_probes()
+        parameters: dict[str, Row] = {}
+        macs: dict[str, Row] = {}
+        for row in self.rows:
+            if row.probe not in probes or row.value is None:
+                continue
+            if row.metric == "parameters":
+                parameters.setdefault(row.model, row)
+            elif row.metric == "macs":
+                macs.setdefault(row.model, row)
+        if len(parameters) < 2:
+            return None
+        models = [
+            SizeModel(role, row, macs.get(role))
+            for role, row in sorted(parameters.items(), key=lambda kv: (kv[1].value, role_sort_key(kv[0])))
+        ]
+        columns: list[SizeColumn] = []
+        _, entries = self.comparison()
+        for entry in entries:
+            clean = entry.probe == "clean" and entry.metric == "accuracy"
+            if not clean and entry.metric != "robust_accuracy":
+                continue
+            cells = {role: row for role, row in entry.cells.items() if role in parameters and row.value is not None}
+            if cells:
+                title = "clean" if clean else entry.short_title().replace("\n", " ")
+                columns.append(SizeColumn(title, "clean" if clean else "attack", cells, entry.detail()))
+        worst: dict[str, Row] = {}
+        for row in self.rows:
+            if row.metric == WORST_CASE_METRIC and row.model in parameters and row.value is not None:
+                worst.setdefault(row.model, row)
+        if worst:
+            columns.append(SizeColumn("worst case", "worst", worst, "per point, the worst over all of the masking "
+                                      "probe's attacks"))
+        shapes = {json.dumps(row.params.get("input_shape")) for row in macs.values() if row.params.get("input_shape")}
+        shape = ""
+        if len(shapes) == 1:
+            dims = json.loads(next(iter(shapes)))
+            if isinstance(dims, list):
+                shape = " × ".join(str(d) for d in dims)
+        return Size(models, columns, shape)
+
+
+@dataclass
+class SizeModel:
+    role: str
+    parameters: Row
+    macs: Row | None
+
+
+@dataclass
+class SizeColumn:
+    title: str  # "clean", the attack's label, or "worst case"
+    kind: str  # "clean", "attack" or "worst"
+    cells: dict[str, Row]  # role -> row
+    detail: str = ""
+
+    @property
+    def robust(self) -> bool:
+        return self.kind != "clean"
+
+
+@dataclass
+class Size:
+    """The models by size (smallest first) and the accuracy columns shown against it."""
+
+    models: list[SizeModel]
+    columns: list[SizeColumn]
+    input_shape: str  # "1 × 8 × 8" when every MACs row was counted for one shape, else ""
+
+    @property
+    def worst(self) -> SizeColumn | None:
+        return next((c for c in self.columns if c.kind == "worst"), None)
+
+    def intro(self, threat_model: str = "") -> str:
+        shape = f" of shape {self.input_shape}" if self.input_shape else ""
+        robust = any(c.robust for c in self.columns)
+        text = (
+            "The models from smallest to largest: parameters, and multiply-accumulates (MACs) of the conv and linear "
+            f"layers for one input{shape}"
+        )
+        if robust:
+            text += "; robust accuracy under each attack" + (f" at {threat_model}" if threat_model else "")
+        text += "."
+        if self.worst is not None:
+            text += " Worst case: per point, the worst over all of the masking probe's attacks (bold)."
+        return text
 
 
 @dataclass

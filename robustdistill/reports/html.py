@@ -16,15 +16,19 @@ from robustdistill.reports.data import (
     NOT_RESOLVABLE,
     PRIVACY_INTRO,
     ROC_KEY,
+    SIZE_TITLE,
     VIEWS,
     Privacy,
     Report,
     Row,
+    Size,
+    SizeColumn,
     fmt_ci,
     fmt_interval,
     fmt_param,
     fmt_params,
     fmt_row,
+    fmt_size,
     fmt_value,
     humanise,
     is_fraction,
@@ -79,6 +83,8 @@ th.group { text-align: center; border-bottom: 1px solid var(--line); }
 th.group, .group-start { border-left: 1px solid var(--line); }
 table.privacy th { vertical-align: bottom; }
 table.privacy td:first-child { white-space: nowrap; }
+table.size th { vertical-align: bottom; }
+table.size .worst { font-weight: 700; }
 td.num .wrap { white-space: normal; }
 ol.footnotes { margin: 6px 0 0; padding-left: 20px; color: var(--muted); font-size: 13px; }
 .pill { display: inline-block; padding: 1px 10px; border-radius: 999px; font-weight: 700; font-size: 12px;
@@ -246,6 +252,62 @@ def _privacy_section(privacy: Privacy, plots: Mapping[str, bytes | None]) -> str
     return _section("privacy", "Membership inference (privacy)", "\n".join(content))
 
 
+def _size_section(size: Size, threat: str, png: bytes | None, masked: set[str]) -> str:
+    """The models by size, smallest first: parameters, MACs, clean accuracy and robust accuracy per attack (the
+    masking probe's worst case in bold), then the plot of accuracy against parameters."""
+    num = ' class="num"'
+    robust = [c for c in size.columns if c.robust]
+    clean = [c for c in size.columns if not c.robust]
+
+    def head(column: SizeColumn) -> str:
+        klass = "num worst" if column.kind == "worst" else "num"
+        tip = f' title="{esc(column.detail)}"' if column.detail else ""
+        return f'<th class="{klass}"{tip}>{esc(column.title)}</th>'
+
+    rowspan = ' rowspan="2"' if robust else ""
+    header = (
+        f"<tr><th{rowspan}>Model</th><th{rowspan}{num}>Parameters</th><th{rowspan}{num}>MACs</th>"
+        + "".join(f'<th{rowspan}{num}>Clean accuracy</th>' for _ in clean)
+        + (f'<th class="group" colspan="{len(robust)}">Robust accuracy</th></tr><tr>' if robust else "")
+        + "".join(head(c) for c in robust)
+        + "</tr>"
+    )
+    body = []
+    for model in size.models:
+        macs = model.macs
+        exact = esc(fmt_value(model.parameters.value, "parameters"))
+        cells = [
+            f"<td>{esc(model.role)}</td>",
+            f'<td class="num"><span title="{exact} parameters">{esc(fmt_size(model.parameters.value))}</span></td>',
+        ]
+        if macs is not None:
+            exact = esc(fmt_value(macs.value, "macs"))
+            cells.append(f'<td class="num"><span title="{exact} MACs">{esc(fmt_size(macs.value))}</span></td>')
+        else:
+            cells.append('<td class="num"><span class="note">—</span></td>')
+        for column in [*clean, *robust]:
+            found = column.cells.get(model.role)
+            value = _cell_value(found, column.robust and model.role in masked)
+            if column.kind == "worst" and found is not None:
+                value = f'<span class="worst">{value}</span>'
+            cells.append(f"<td{num}>{value}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    content = [
+        f"<p>{esc(size.intro(threat))}</p>",
+        f'<div class="scroll"><table class="size"><thead>{header}</thead><tbody>{"".join(body)}</tbody></table></div>',
+        '<p class="note">Hover a value for its 95% confidence interval and n, a size for the exact count.</p>',
+        _figure(
+            png,
+            "Clean and robust accuracy against the number of parameters, one line per metric, one point per model",
+            "Accuracy against parameters (log scale): one line per metric, the teacher a star"
+            + (", the worst case dashed" if size.worst is not None else "")
+            + ".",
+            "No plot of accuracy against size.",
+        ),
+    ]
+    return _section("size", SIZE_TITLE, "\n".join(content))
+
+
 def render_html(
     report: Report, plots: Mapping[str, bytes | None], examples_note: str = "", privacy: Privacy | None = None
 ) -> str:
@@ -254,6 +316,7 @@ def render_html(
     masked = set(report.masked_roles)
     roles = report.roles
     checkpoints = report.checkpoints
+    size = report.size()
     parts: list[str] = []
 
     # --- header ---------------------------------------------------------------------------------------------
@@ -274,6 +337,7 @@ def render_html(
     sections = [
         ("summary", "Summary"),
         ("comparison", "Teacher vs student"),
+        *([("size", "Size")] if size is not None else []),
         # A privacy-only suite attacks no inputs: no curve, bars or adversarial examples to show.
         *([("curves", "Robustness curve"), ("attacks", "Per attack"), ("examples", "Examples")]
           if report.attacks_inputs else []),
@@ -395,6 +459,9 @@ def render_html(
             "<h3>Agreement and retention</h3>" + html_table(["Metric", "Model", "Params", "Value"], rows, numeric=(3,))
         )
     parts.append(_section("comparison", "Teacher vs student", "\n".join(content)))
+    if size is not None:
+        threat = report.threat_model() if report.attacks_inputs else ""
+        parts.append(_size_section(size, threat, plots.get("size"), masked))
 
     # --- plots ------------------------------------------------------------------------------------------------
     plot_sections: list[str] = []

@@ -10,14 +10,17 @@ from robustdistill.reports.data import (
     MIA_METRICS,
     NOT_RESOLVABLE,
     PRIVACY_INTRO,
+    SIZE_TITLE,
     VIEWS,
     Privacy,
     Report,
     Row,
+    Size,
     fmt_ci,
     fmt_interval,
     fmt_params,
     fmt_row,
+    fmt_size,
     fmt_value,
     humanise,
     role_sort_key,
@@ -82,15 +85,38 @@ def privacy_section(privacy: Privacy, roc_plots: Mapping[str, str]) -> list[str]
     return out
 
 
+def size_section(size: Size, threat: str, plot: str | None) -> list[str]:
+    """The models by size, smallest first, with their clean and robust accuracies (worst case in bold)."""
+    out = [f"## {SIZE_TITLE}", "", size.intro(threat), ""]
+    header = ["model", "parameters", "MACs"]
+    header += [c.title if c.kind != "attack" else f"robust: {c.title}" for c in size.columns]
+    rows = []
+    for model in size.models:
+        macs = model.macs.value if model.macs is not None else None
+        row = [model.role, fmt_size(model.parameters.value), fmt_size(macs)]
+        for column in size.columns:
+            found = column.cells.get(model.role)
+            text = fmt_value(found.value, found.metric) if found is not None else "—"
+            row.append(f"**{text}**" if column.kind == "worst" and found is not None else text)
+        rows.append(row)
+    out += table(header, rows, "l" + "r" * (len(header) - 1)) + [""]
+    if plot:
+        out += [f"![{SIZE_TITLE}]({plot})", ""]
+    return out
+
+
 def render_markdown(
     report: Report,
     plots: dict[str, str],
     examples_note: str = "",
     privacy: Privacy | None = None,
     roc_plots: Mapping[str, str] | None = None,
+    size_plot: str | None = None,
 ) -> str:
     """``plots``: caption -> path relative to the run directory; ``roc_plots``: membership-inference probe ->
-    path of its ROC plot, shown in the privacy section (present only when ``privacy`` is)."""
+    path of its ROC plot, shown in the privacy section (present only when ``privacy`` is); ``size_plot``: path of
+    the accuracy-against-size plot, shown in the size section (present when the report has size rows for two or
+    more models)."""
     out: list[str] = []
     roles = report.roles
     subtitle = " vs ".join(f"`{r}`" for r in roles) if roles else ""
@@ -154,6 +180,10 @@ def render_markdown(
             for r in transfer
         ]
         out += table(["crafted on", "evaluated on", "attack", "metric", "value"], rows, "llllr") + [""]
+
+    size = report.size()
+    if size is not None:
+        out += size_section(size, threat, size_plot)
 
     if privacy is not None:
         out += privacy_section(privacy, roc_plots or {})

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustdistill.reports.data import VIEWS, Examples, Report, RocCurve, Row, order_roles
+from robustdistill.reports.data import VIEWS, Examples, Report, RocCurve, Row, Size, fmt_size, order_roles
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -189,6 +189,63 @@ def attack_bars(report: Report) -> bytes | None:
         ax.set_ylabel("accuracy")
         ax.set_title("Accuracy per attack", loc="left")
         _legend(ax, len(roles))
+        return _png(figure)
+
+
+#: Line colours of the size plot: clean accuracy, then one per attack; the worst case is drawn in WORST_CASE.
+METRIC_COLOURS = ["#1f2328", "#3b6fb6", "#e07b39", "#2e9e6a", "#8e5ac8", "#c6454f", "#b8a21c", "#1aa3b5", "#7a7a7a"]
+WORST_CASE = "#cf222e"
+
+
+def accuracy_vs_size(size: Size | None) -> bytes | None:
+    """Accuracy against parameters (log x axis): one line per metric (clean, each attack's robust accuracy, the
+    worst case dashed), a point per model, the teacher a star; each model's role is written above its points."""
+    import matplotlib
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    if size is None or len(size.models) < 2 or not size.columns:
+        return None
+    xs = {m.role: float(m.parameters.value or 0) for m in size.models}
+    if min(xs.values()) <= 0:
+        return None
+    with matplotlib.rc_context(_style()):
+        figure = _figure(7.2, 4.4)
+        ax = figure.add_subplot()
+        ax.set_xscale("log")
+        top = {role: 0.0 for role in xs}
+        colours = iter(METRIC_COLOURS)
+        for column in size.columns:
+            worst = column.kind == "worst"
+            colour = WORST_CASE if worst else next(colours, "#57606a")
+            points = [(xs[m.role], column.cells[m.role].value, m.role) for m in size.models if m.role in column.cells]
+            if not points:
+                continue
+            label = "clean" if column.kind == "clean" else f"robust: {column.title}"
+            ax.plot([p[0] for p in points], [p[1] for p in points], "--" if worst else "-", color=colour,
+                    linewidth=2.4 if worst else 1.8, label=label, zorder=2)
+            for x, y, role in points:
+                teacher = role == "teacher"
+                ax.plot(x, y, "*" if teacher else "o", color=colour, markersize=13 if teacher else 5.5,
+                        markeredgecolor="#1f2328" if teacher else colour, markeredgewidth=0.8, zorder=3)
+                top[role] = max(top[role], float(y or 0.0))
+        for role, x in xs.items():
+            ax.annotate(role, (x, top[role]), xytext=(0, 8), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=8, color="#424a53", fontweight="bold" if role == "teacher" else "normal")
+        ticks = sorted(set(xs.values()))
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: fmt_size(value)))
+        ax.set_xlim(ticks[0] / 1.5, ticks[-1] * 1.5)
+        _percent_axis(ax, 1.1)
+        ax.set_xlabel("parameters (log scale)")
+        ax.set_ylabel("accuracy")
+        ax.set_title("Accuracy against size", loc="left")
+        handles, _ = ax.get_legend_handles_labels()
+        if "teacher" in xs:
+            handles.append(Line2D([], [], marker="*", linestyle="none", color="#57606a", markeredgecolor="#1f2328",
+                                  markersize=11, label="teacher"))
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=min(len(handles), 4))
         return _png(figure)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from robustdistill.reports import plots as plotting
-from robustdistill.reports.data import ROC_KEY, Privacy, Report, load_examples, load_privacy
+from robustdistill.reports.data import ROC_KEY, SIZE_TITLE, Privacy, Report, load_examples, load_privacy
 from robustdistill.reports.html import render_html, render_index_html
 from robustdistill.reports.markdown import render_markdown
 
@@ -22,7 +22,10 @@ PLOTS = {
     "curve": ("robustness_curve.png", "Robustness curve"),
     "attacks": ("accuracy_per_attack.png", "Clean and robust accuracy per attack"),
     "examples": ("examples.png", "Clean and adversarial examples"),
+    "size": ("accuracy_vs_size.png", SIZE_TITLE),
 }
+#: Plots shown in their own section of report.md rather than under "Plots".
+IN_SECTION = ("size",)
 
 
 def plot_file(key: str) -> tuple[str, str]:
@@ -59,6 +62,7 @@ def build_plots(report: Report, run_dir: Path, privacy: Privacy | None = None) -
         "curve": plotting.robustness_curve(report),
         "attacks": plotting.attack_bars(report),
         "examples": plotting.examples_grid(examples) if examples is not None else None,
+        "size": plotting.accuracy_vs_size(report.size()),
     }
     if privacy is not None:
         kinds = {row.probe: row.kind for row in privacy.rows}
@@ -79,15 +83,17 @@ def render(run_dir: str | os.PathLike[str]) -> list[Path]:
     report = Report.load(run_dir / "report.json")
     privacy = load_privacy(report, run_dir)
     pngs, examples_note = build_plots(report, run_dir, privacy)
-    links, roc_links = {}, {}
+    links, roc_links, section_links = {}, {}, {}
     for key, png in pngs.items():
         if png is not None:
             name, caption = plot_file(key)
             if key.startswith(ROC_KEY):  # shown in the privacy section, not under plots
                 roc_links[key.removeprefix(ROC_KEY)] = f"plots/{name}"
+            elif key in IN_SECTION:
+                section_links[key] = f"plots/{name}"
             else:
                 links[caption] = f"plots/{name}"
-    markdown = render_markdown(report, links, examples_note, privacy, roc_links)
+    markdown = render_markdown(report, links, examples_note, privacy, roc_links, size_plot=section_links.get("size"))
     html = render_html(report, pngs, examples_note, privacy)
 
     plot_paths, stale = [], []

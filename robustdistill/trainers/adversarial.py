@@ -82,3 +82,18 @@ def maximise(
     finally:
         model.train(was_training)
     return x_adv
+
+
+def mixes_samples(model: nn.Module) -> bool:
+    """Whether a train-mode forward pass couples the samples of a batch (BatchNorm's batch statistics)."""
+    return any(isinstance(module, nn.modules.batchnorm._BatchNorm) for module in model.modules())
+
+
+def forward_both(model: nn.Module, first: torch.Tensor, second: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(model(first), model(second)). One pass over the two batches stacked when no layer mixes samples (the same
+    numbers, one pass's overhead saved); two passes otherwise, so BatchNorm sees each batch alone, as in the papers'
+    code."""
+    if mixes_samples(model):
+        return model(first), model(second)
+    both = model(torch.cat([first, second]))
+    return both[: len(first)], both[len(first):]

@@ -15,7 +15,7 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 from torch import nn
 
-from robustdistill.trainers.adversarial import AttackStart, KLReduction, maximise, teacher_student_kl
+from robustdistill.trainers.adversarial import AttackStart, KLReduction, forward_both, maximise, teacher_student_kl
 from robustdistill.trainers.base import TRAINERS
 from robustdistill.trainers.config import STRICT, SelectMetric, TrainConfig
 from robustdistill.trainers.kd import DistillationTrainer
@@ -103,8 +103,7 @@ class ARDTrainer(RobustDistillationTrainer):
             return nn.functional.cross_entropy(model(x_adv), y, reduction="sum")
 
         x_adv = self.attack(model, x, objective, generator)
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
+        teacher_logits = self.teacher_logits(x)
         model.train()
         adv_logits = model(x_adv)
         loss = cfg.alpha * cfg.temperature**2 * self.kl(teacher_logits, adv_logits, cfg.temperature)
@@ -122,16 +121,15 @@ class RSLADTrainer(RobustDistillationTrainer):
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
+        teacher_logits = self.teacher_logits(x)
 
         def objective(x_adv: torch.Tensor) -> torch.Tensor:
             return teacher_student_kl(teacher_logits, model(x_adv), reduction="batchmean") * len(x_adv)
 
         x_adv = self.attack(model, x, objective, generator)
         model.train()
-        adv_logits = model(x_adv)
-        loss = cfg.adv_weight * self.kl(teacher_logits, adv_logits) + (1 - cfg.adv_weight) * self.kl(teacher_logits, model(x))
+        adv_logits, nat_logits = forward_both(model, x_adv, x)
+        loss = cfg.adv_weight * self.kl(teacher_logits, adv_logits) + (1 - cfg.adv_weight) * self.kl(teacher_logits, nat_logits)
         return loss, adv_logits
 
 
@@ -146,18 +144,15 @@ class AdaADTrainer(RobustDistillationTrainer):
         cfg = self.config
 
         def objective(x_adv: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                teacher_adv = self.teacher(x_adv)
+            teacher_adv = self.teacher_logits(x_adv)  # no gradient through the teacher, as in the public code
             return teacher_student_kl(teacher_adv, model(x_adv), reduction="batchmean") * len(x_adv)
 
         x_adv = self.attack(model, x, objective, generator)
-        with torch.no_grad():
-            teacher_adv = self.teacher(x_adv)
+        teacher_adv = self.teacher_logits(x_adv)
         model.train()
         adv_logits = model(x_adv)
         loss = cfg.alpha * self.kl(teacher_adv, adv_logits)
         if cfg.alpha < 1:
-            with torch.no_grad():
-                teacher_clean = self.teacher(x)
+            teacher_clean = self.teacher_logits(x)
             loss = loss + (1 - cfg.alpha) * self.kl(teacher_clean, model(x))
         return loss, adv_logits

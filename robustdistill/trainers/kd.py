@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier
 from robustdistill.trainers.base import TRAINERS, Trainer
 from robustdistill.trainers.config import STRICT, TrainConfig
-from robustdistill.trainers.teachers import ensure_teacher, load_teacher
+from robustdistill.trainers.teachers import ensure_teacher, inference_forward, load_teacher
 
 
 @dataclass(config=STRICT)
@@ -49,6 +50,7 @@ class DistillationTrainer(Trainer):
     """A trainer with one frozen teacher, named by ``teacher`` (or trained from ``teacher_recipe``)."""
 
     teacher: Classifier
+    teacher_logits: Callable[[torch.Tensor], torch.Tensor]
 
     def check_inputs(self) -> None:
         cfg = self.config
@@ -66,6 +68,8 @@ class DistillationTrainer(Trainer):
         self.teacher = load_teacher(path).to(self.device)
         if self.teacher.num_classes != train.num_classes:
             raise UserInputError("teacher", f"the teacher has {self.teacher.num_classes} classes, the data {train.num_classes}", "use a teacher trained on this dataset")
+        # The teacher's outputs for every loss term and attack objective (none needs the teacher's gradient).
+        self.teacher_logits = inference_forward(self.teacher, train.x[: cfg.batch_size].to(self.device))
 
 
 @TRAINERS.register("kd")
@@ -76,7 +80,6 @@ class KDTrainer(DistillationTrainer):
     method = "kd"
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.no_grad():
-            teacher_logits = self.teacher(x)
+        teacher_logits = self.teacher_logits(x)
         logits = model(x)
         return kd_loss(logits, teacher_logits, y, self.config.temperature, self.config.alpha), logits

@@ -33,10 +33,10 @@ from torch import nn
 from robustdistill.data import ImageSplit
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier
-from robustdistill.trainers.adversarial import KLReduction, maximise, teacher_student_kl
+from robustdistill.trainers.adversarial import KLReduction, forward_both, maximise, teacher_student_kl
 from robustdistill.trainers.base import TRAINERS, Trainer
 from robustdistill.trainers.config import STRICT, SelectMetric, TrainConfig
-from robustdistill.trainers.teachers import ensure_teacher, load_teacher
+from robustdistill.trainers.teachers import ensure_teacher, inference_forward, load_teacher
 from robustdistill.utils import seed_everything
 
 log = logging.getLogger(__name__)
@@ -305,6 +305,9 @@ class MTARDTrainer(Trainer):
         self.reset_balance()
         self.clean_teacher = self._teacher("clean_teacher", train)
         self.robust_teacher = self._teacher("robust_teacher", train)
+        example = train.x[: self.config.batch_size].to(self.device)
+        self.clean_teacher_logits = inference_forward(self.clean_teacher, example)
+        self.robust_teacher_logits = inference_forward(self.robust_teacher, example)
         # Training a missing teacher draws from the global random stream: reseed (always, so both cases agree) so
         # that the student starts from the same weights whether its teachers existed or were trained just now.
         seed_everything(self.config.seed)
@@ -333,11 +336,9 @@ class MTARDTrainer(Trainer):
         cfg = self.config
         x_adv = self.student_adversarial(model, x, y, generator)
         model.train()
-        with torch.no_grad():
-            teacher_adv_logits = self.robust_teacher(x_adv)
-            teacher_nat_logits = self.clean_teacher(x)
-        student_adv_logits = model(x_adv)
-        student_nat_logits = model(x)
+        teacher_adv_logits = self.robust_teacher_logits(x_adv)
+        teacher_nat_logits = self.clean_teacher_logits(x)
+        student_adv_logits, student_nat_logits = forward_both(model, x_adv, x)
         tau_adv, tau_nat = self.temperatures()
         loss_adv, loss_nat = mtard_kl_terms(
             student_adv_logits, teacher_adv_logits, student_nat_logits, teacher_nat_logits,

@@ -59,8 +59,6 @@ PRIVACY_INTRO = (
 SIZE_KINDS = frozenset({"size"})
 #: Metrics that count things (shown as whole numbers with thousands separators).
 COUNT_METRICS = frozenset({"parameters", "macs"})
-#: The masking probe's per-point worst case over all of its attacks: marked in the size section when present.
-WORST_CASE_METRIC = "worst_case_robust_accuracy"
 SIZE_TITLE = "Accuracy and robustness against size"
 
 
@@ -528,7 +526,7 @@ class Report:
 
     def size(self) -> Size | None:
         """The size section: every model with a parameter count, smallest first, with its clean accuracy, robust
-        accuracy per attack and (when the suite has a masking probe) per-point worst case. None with fewer than
+        accuracy per attack. None with fewer than
         two sized models."""
         probes = self.size_probes()
         parameters: dict[str, Row] = {}
@@ -556,13 +554,8 @@ class Report:
             if cells:
                 title = "clean" if clean else entry.short_title().replace("\n", " ")
                 columns.append(SizeColumn(title, "clean" if clean else "attack", cells, entry.detail()))
-        worst: dict[str, Row] = {}
-        for row in self.rows:
-            if row.metric == WORST_CASE_METRIC and row.model in parameters and row.value is not None:
-                worst.setdefault(row.model, row)
-        if worst:
-            columns.append(SizeColumn("worst case", "worst", worst, "per point, the worst over all of the masking "
-                                      "probe's attacks"))
+        # The masking probe's "worst case" is the worst over ITS attacks only (AutoAttack can be lower), so it is not
+        # shown here as a worst case: the per-attack columns, AutoAttack among them, are the numbers to read.
         shapes = {json.dumps(row.params.get("input_shape")) for row in macs.values() if row.params.get("input_shape")}
         shape = ""
         if len(shapes) == 1:
@@ -581,8 +574,8 @@ class SizeModel:
 
 @dataclass
 class SizeColumn:
-    title: str  # "clean", the attack's label, or "worst case"
-    kind: str  # "clean", "attack" or "worst"
+    title: str  # "clean" or the attack's label
+    kind: str  # "clean" or "attack"
     cells: dict[str, Row]  # role -> row
     detail: str = ""
 
@@ -599,10 +592,6 @@ class Size:
     columns: list[SizeColumn]
     input_shape: str  # "1 × 8 × 8" when every MACs row was counted for one shape, else ""
 
-    @property
-    def worst(self) -> SizeColumn | None:
-        return next((c for c in self.columns if c.kind == "worst"), None)
-
     def intro(self, threat_model: str = "") -> str:
         shape = f" of shape {self.input_shape}" if self.input_shape else ""
         robust = any(c.robust for c in self.columns)
@@ -613,8 +602,6 @@ class Size:
         if robust:
             text += "; robust accuracy under each attack" + (f" at {threat_model}" if threat_model else "")
         text += "."
-        if self.worst is not None:
-            text += " Worst case: per point, the worst over all of the masking probe's attacks (bold)."
         return text
 
 

@@ -84,7 +84,6 @@ th.group, .group-start { border-left: 1px solid var(--line); }
 table.privacy th { vertical-align: bottom; }
 table.privacy td:first-child { white-space: nowrap; }
 table.size th { vertical-align: bottom; }
-table.size .worst { font-weight: 700; }
 td.num .wrap { white-space: normal; }
 ol.footnotes { margin: 6px 0 0; padding-left: 20px; color: var(--muted); font-size: 13px; }
 .pill { display: inline-block; padding: 1px 10px; border-radius: 999px; font-weight: 700; font-size: 12px;
@@ -253,16 +252,15 @@ def _privacy_section(privacy: Privacy, plots: Mapping[str, bytes | None]) -> str
 
 
 def _size_section(size: Size, threat: str, png: bytes | None, masked: set[str]) -> str:
-    """The models by size, smallest first: parameters, MACs, clean accuracy and robust accuracy per attack (the
-    masking probe's worst case in bold), then the plot of accuracy against parameters."""
+    """The models by size, smallest first: parameters, MACs, clean accuracy and robust accuracy per attack, then the
+    plot of accuracy against parameters."""
     num = ' class="num"'
     robust = [c for c in size.columns if c.robust]
     clean = [c for c in size.columns if not c.robust]
 
     def head(column: SizeColumn) -> str:
-        klass = "num worst" if column.kind == "worst" else "num"
         tip = f' title="{esc(column.detail)}"' if column.detail else ""
-        return f'<th class="{klass}"{tip}>{esc(column.title)}</th>'
+        return f'<th class="num"{tip}>{esc(column.title)}</th>'
 
     rowspan = ' rowspan="2"' if robust else ""
     header = (
@@ -288,8 +286,6 @@ def _size_section(size: Size, threat: str, png: bytes | None, masked: set[str]) 
         for column in [*clean, *robust]:
             found = column.cells.get(model.role)
             value = _cell_value(found, column.robust and model.role in masked)
-            if column.kind == "worst" and found is not None:
-                value = f'<span class="worst">{value}</span>'
             cells.append(f"<td{num}>{value}</td>")
         body.append(f"<tr>{''.join(cells)}</tr>")
     content = [
@@ -299,9 +295,7 @@ def _size_section(size: Size, threat: str, png: bytes | None, masked: set[str]) 
         _figure(
             png,
             "Clean and robust accuracy against the number of parameters, one line per metric, one point per model",
-            "Accuracy against parameters (log scale): one line per metric, the teacher a star"
-            + (", the worst case dashed" if size.worst is not None else "")
-            + ".",
+            "Accuracy against parameters (log scale): one line per metric, the teacher a star.",
             "No plot of accuracy against size.",
         ),
     ]

@@ -86,7 +86,7 @@ def privacy_section(privacy: Privacy, roc_plots: Mapping[str, str]) -> list[str]
 
 
 def size_section(size: Size, threat: str, plot: str | None) -> list[str]:
-    """The models by size, smallest first, with their clean and robust accuracies (worst case in bold)."""
+    """The models by size, smallest first, with their clean and robust accuracies."""
     out = [f"## {SIZE_TITLE}", "", size.intro(threat), ""]
     header = ["model", "parameters", "MACs"]
     header += [c.title if c.kind != "attack" else f"robust: {c.title}" for c in size.columns]
@@ -97,7 +97,7 @@ def size_section(size: Size, threat: str, plot: str | None) -> list[str]:
         for column in size.columns:
             found = column.cells.get(model.role)
             text = fmt_value(found.value, found.metric) if found is not None else "—"
-            row.append(f"**{text}**" if column.kind == "worst" and found is not None else text)
+            row.append(text)
         rows.append(row)
     out += table(header, rows, "l" + "r" * (len(header) - 1)) + [""]
     if plot:

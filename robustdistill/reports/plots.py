@@ -192,14 +192,13 @@ def attack_bars(report: Report) -> bytes | None:
         return _png(figure)
 
 
-#: Line colours of the size plot: clean accuracy, then one per attack; the worst case is drawn in WORST_CASE.
+#: Line colours of the size plot: clean accuracy, then one per attack.
 METRIC_COLOURS = ["#1f2328", "#3b6fb6", "#e07b39", "#2e9e6a", "#8e5ac8", "#c6454f", "#b8a21c", "#1aa3b5", "#7a7a7a"]
-WORST_CASE = "#cf222e"
 
 
 def accuracy_vs_size(size: Size | None) -> bytes | None:
-    """Accuracy against parameters (log x axis): one line per metric (clean, each attack's robust accuracy, the
-    worst case dashed), a point per model, the teacher a star; each model's role is written above its points."""
+    """Accuracy against parameters (log x axis): one line per metric (clean, each attack's robust accuracy), a point
+    per model, the teacher a star; each model's role is written above its points."""
     import matplotlib
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
@@ -216,14 +215,13 @@ def accuracy_vs_size(size: Size | None) -> bytes | None:
         top = {role: 0.0 for role in xs}
         colours = iter(METRIC_COLOURS)
         for column in size.columns:
-            worst = column.kind == "worst"
-            colour = WORST_CASE if worst else next(colours, "#57606a")
+            colour = next(colours, "#57606a")
             points = [(xs[m.role], column.cells[m.role].value, m.role) for m in size.models if m.role in column.cells]
             if not points:
                 continue
             label = "clean" if column.kind == "clean" else f"robust: {column.title}"
-            ax.plot([p[0] for p in points], [p[1] for p in points], "--" if worst else "-", color=colour,
-                    linewidth=2.4 if worst else 1.8, label=label, zorder=2)
+            ax.plot([p[0] for p in points], [p[1] for p in points], "-", color=colour, linewidth=1.8, label=label,
+                    zorder=2)
             for x, y, role in points:
                 teacher = role == "teacher"
                 ax.plot(x, y, "*" if teacher else "o", color=colour, markersize=13 if teacher else 5.5,

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 from robustdistill.reports import plots
 
-STANDARD = {"epoch", "lr", "train_loss", "train_accuracy", "val_clean_accuracy", "val_robust_accuracy"}
+STANDARD = {"epoch", "lr", "train_loss", "train_accuracy", "val_clean_accuracy", "val_robust_accuracy",
+            "stage", "stage_epoch"}  # ProARD's stage is drawn as boundaries, not as a series
+SUBNETS = ("smallest", "largest")  # ProARD validates these sub-networks: one panel per metric, a line each
 
 
 def extra_series(history: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
@@ -33,9 +36,13 @@ def training_figure(provenance: dict[str, Any], title: str) -> bytes:
     history = provenance.get("history") or []
     best = (provenance.get("selection") or {}).get("best_epoch")
     extras = extra_series(history)
-    groups = {}  # one panel per family: w_* together, tau_* together, the rest alone
+    groups = {}  # one panel per family: w_* together, tau_* together, a metric over sub-networks together, the rest alone
     for key in extras:
-        groups.setdefault(key.split("_")[0] if key.split("_")[0] in ("w", "tau") else key, []).append(key)
+        head, _, tail = key.rpartition("_")
+        family = key.split("_")[0] if key.split("_")[0] in ("w", "tau") else head if tail in SUBNETS else key
+        groups.setdefault(family, []).append(key)
+    # Epochs after which a new stage begins (ProARD's progressive stages).
+    stages = [int(r["epoch"]) for previous, r in itertools.pairwise(history) if r.get("stage") != previous.get("stage")]
     panels = 2 + len(groups)
     from matplotlib import rc_context
 
@@ -50,6 +57,8 @@ def training_figure(provenance: dict[str, Any], title: str) -> bytes:
                                    ("val_robust_accuracy", "PGD (val)", "#e07b39")):
             if any(key in r for r in history):
                 ax.plot(epochs, [r.get(key) for r in history], label=label, color=colour)
+        for i, start in enumerate(stages):
+            ax.axvline(start - 0.5, color="#8c959f", linewidth=0.8, label="new stage" if i == 0 else None)
         if best:
             ax.axvline(best, color="#2e9e6a", linestyle=":", label=f"selected (epoch {best})")
         ax.set(title="validation accuracy", xlabel="epoch", ylim=(0, 1.02))
@@ -58,8 +67,11 @@ def training_figure(provenance: dict[str, Any], title: str) -> bytes:
             ax = figure.add_subplot((panels + 2) // 3, min(panels, 3), 3 + i)
             for key in keys:
                 points = extras[key]
-                ax.plot([p[0] for p in points], [p[1] for p in points], label=key)
+                tail = key.rpartition("_")[2]
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=f"{tail} of the stage" if tail in SUBNETS else key)
             name = {"w": "teacher weights", "tau": "teacher temperatures"}.get(family, family)
+            if all(key.rpartition("_")[2] in SUBNETS for key in keys):
+                name = f"{family.removeprefix('val_').replace('_', ' ')} (val) by sub-network"
             ax.set(title=name, xlabel="epoch")
             ax.legend(loc="best")
         figure.suptitle(title, fontweight="bold")

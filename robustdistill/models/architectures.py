@@ -359,3 +359,33 @@ class MobileNetV2Cifar(nn.Module):
 def mobilenetv2_cifar(*, num_classes: int, in_channels: int, input_size: int) -> nn.Module:
     """MobileNetV2 (Sandler et al. 2018) with the CIFAR stride changes, kuangliu/pytorch-cifar names."""
     return MobileNetV2Cifar(num_classes, in_channels)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A BatchNorm CNN for 8x8 digits: what SRe2L / GUARD's recover stage needs (it matches BatchNorm statistics).
+
+
+class SmallBNCNN(nn.Module):
+    """conv-BN-ReLU-maxpool, conv-BN-ReLU, adaptive average pool to 4x4, two fully connected layers."""
+
+    def __init__(self, num_classes: int, in_channels: int, width: int, hidden: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, 2 * width, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(2 * width)
+        self.fc1 = nn.Linear(2 * width * 16, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 2)
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.adaptive_avg_pool2d(out, 4).flatten(1)
+        return self.fc2(F.relu(self.fc1(out)))
+
+
+@ARCHITECTURES.register("cnn-bn")
+def cnn_bn(*, num_classes: int, in_channels: int, input_size: int, width: int = 32, hidden: int = 64) -> nn.Module:
+    """cnn-small with BatchNorm after each conv (about 85k parameters for 1x8x8 input and 10 classes); the
+    squeeze model of SRe2L / GUARD on digits, whose BatchNorm statistics the recover stage matches."""
+    return SmallBNCNN(num_classes, in_channels, width, hidden)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robustdistill.trainers import ard, defensive_distillation, kd, mtard, pgd_at, proard, standard, trades  # noqa: F401  (registration)
+from robustdistill.trainers import ard, defensive_distillation, guard, kd, mtard, pgd_at, proard, standard, trades  # noqa: F401  (registration)
 from robustdistill.trainers.base import TRAINERS, Trainer
 from robustdistill.trainers.config import TrainConfig, load_recipe, read_toml
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from pydantic import Field
@@ -15,7 +14,7 @@ from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier
 from robustdistill.trainers.base import TRAINERS, Trainer
 from robustdistill.trainers.config import STRICT, TrainConfig
-from robustdistill.trainers.teachers import ensure_teacher, inference_forward, load_teacher
+from robustdistill.trainers.teachers import check_teacher, ensure_teacher, inference_forward, load_teacher
 
 
 @dataclass(config=STRICT)
@@ -53,13 +52,7 @@ class DistillationTrainer(Trainer):
     teacher_logits: Callable[[torch.Tensor], torch.Tensor]
 
     def check_inputs(self) -> None:
-        cfg = self.config
-        if not cfg.teacher:
-            raise UserInputError("teacher", "no teacher checkpoint given", "set teacher = 'path/to/checkpoint' in the recipe or --set teacher=PATH")
-        if not Path(cfg.teacher).exists() and not cfg.teacher_recipe:
-            raise UserInputError("teacher", f"no checkpoint at {cfg.teacher}", "train it first, fix the path, or set teacher_recipe to a recipe that trains it")
-        if cfg.teacher_recipe and not Path(cfg.teacher_recipe).is_file():
-            raise UserInputError("teacher_recipe", f"file not found: {cfg.teacher_recipe}", "check the path")
+        check_teacher(self.config.teacher, self.config.teacher_recipe)
 
     def prepare(self, train: ImageSplit) -> None:
         cfg = self.config

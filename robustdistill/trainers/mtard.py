@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,7 +35,7 @@ from robustdistill.models import Classifier
 from robustdistill.trainers.adversarial import KLReduction, forward_both, maximise, teacher_student_kl
 from robustdistill.trainers.base import TRAINERS, Trainer
 from robustdistill.trainers.config import STRICT, SelectMetric, TrainConfig
-from robustdistill.trainers.teachers import ensure_teacher, inference_forward, load_teacher
+from robustdistill.trainers.teachers import check_teacher, ensure_teacher, inference_forward, load_teacher
 from robustdistill.utils import seed_everything
 
 log = logging.getLogger(__name__)
@@ -279,17 +278,8 @@ class MTARDTrainer(Trainer):
 
     # --- inputs and teachers ---
     def check_inputs(self) -> None:
-        cfg = self.config
         for name in ("clean_teacher", "robust_teacher"):
-            path, recipe = getattr(cfg, name), getattr(cfg, f"{name}_recipe")
-            if not path:
-                raise UserInputError(name, "no teacher checkpoint given",
-                                     f"set {name} = 'path/to/checkpoint' in the recipe or --set {name}=PATH")
-            if not Path(path).exists() and not recipe:
-                raise UserInputError(name, f"no checkpoint at {path}",
-                                     f"train it first, fix the path, or set {name}_recipe to a recipe that trains it")
-            if recipe and not Path(recipe).is_file():
-                raise UserInputError(f"{name}_recipe", f"file not found: {recipe}", "check the path")
+            check_teacher(getattr(self.config, name), getattr(self.config, f"{name}_recipe"), field=name)
 
     def _teacher(self, name: str, train: ImageSplit) -> Classifier:
         cfg = self.config

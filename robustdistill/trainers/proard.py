@@ -38,7 +38,7 @@ from robustdistill.models import Classifier, save_checkpoint
 from robustdistill.models.dynamic import DynamicNetwork, SearchSpace, SubnetConfig, recalibrate_batchnorm, space_from
 from robustdistill.trainers.base import TRAINERS, Trainer, TrainState
 from robustdistill.trainers.config import STRICT, SelectMetric, TrainConfig
-from robustdistill.trainers.teachers import ensure_teacher, inference_forward, load_teacher
+from robustdistill.trainers.teachers import check_teacher, ensure_teacher, inference_forward, load_teacher
 from robustdistill.utils import atomic_path, seed_everything
 
 log = logging.getLogger(__name__)
@@ -176,15 +176,7 @@ class ProARDTrainer(Trainer):
 
     # --- inputs ---
     def check_inputs(self) -> None:
-        cfg = self.config
-        if not cfg.teacher:
-            raise UserInputError("teacher", "no teacher checkpoint given",
-                                 "set teacher = 'path' (the largest network trained with TRADES) or --set teacher=PATH")
-        if not Path(cfg.teacher).exists() and not cfg.teacher_recipe:
-            raise UserInputError("teacher", f"no checkpoint at {cfg.teacher}",
-                                 "train it first, fix the path, or set teacher_recipe to a recipe that trains it")
-        if cfg.teacher_recipe and not Path(cfg.teacher_recipe).is_file():
-            raise UserInputError("teacher_recipe", f"file not found: {cfg.teacher_recipe}", "check the path")
+        check_teacher(self.config.teacher, self.config.teacher_recipe, what="the largest network trained with TRADES")
 
     def prepare(self, train: ImageSplit) -> None:
         cfg = self.config

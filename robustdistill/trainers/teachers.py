@@ -16,6 +16,18 @@ from robustdistill.models import Classifier, load_model
 log = logging.getLogger(__name__)
 
 
+def check_teacher(path: str, recipe: str | None, field: str = "teacher", what: str = "path/to/checkpoint") -> None:
+    """Fail fast, before anything is loaded or written, on a teacher that is not given, missing with no recipe to
+    train it, or whose recipe file is missing."""
+    if not path:
+        raise UserInputError(field, "no teacher checkpoint given", f"set {field} = '{what}' in the recipe or --set {field}=PATH")
+    if not Path(path).exists() and not recipe:
+        raise UserInputError(field, f"no checkpoint at {path}",
+                             f"train it first, fix the path, or set {field}_recipe to a recipe that trains it")
+    if recipe and not Path(recipe).is_file():
+        raise UserInputError(f"{field}_recipe", f"file not found: {recipe}", "check the path")
+
+
 def ensure_teacher(path: str, recipe: str | None, field: str = "teacher") -> Path:
     """Return ``path``; if it does not exist and ``recipe`` is given, train the teacher there first."""
     target = Path(path)

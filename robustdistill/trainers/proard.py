@@ -234,11 +234,7 @@ class ProARDTrainer(Trainer):
     # --- validation of sub-networks, each with re-estimated BatchNorm statistics ---
     def subnet_model(self, model: Classifier, subnet: SubnetConfig) -> Classifier:
         """A standalone copy of one sub-network, BatchNorm recalibrated on the calibration images."""
-        network = model.network
-        assert isinstance(network, DynamicNetwork)
-        sub = Classifier(network.extract(subnet), arch="proard-subnet", num_classes=model.num_classes,
-                         input_shape=model.input_shape, arch_params={"space": self.space.to_dict(), "subnet": subnet.to_dict()},
-                         classes=model.classes, mean=model.mean, std=model.std).to(self.device)
+        sub = subnet_classifier(model, subnet)
         assert self.calibration is not None
         recalibrate_batchnorm(sub, self.calibration.to(self.device))
         return sub.eval()
@@ -362,6 +358,17 @@ class ProARDTrainer(Trainer):
             raise UserInputError("--resume", f"{path} is from a run with more stages", f"delete {path.parent} to start over")
         payload["torch_rng"] = payload["torch_rng"].cpu()
         return payload
+
+
+def subnet_classifier(family: Classifier, subnet: SubnetConfig) -> Classifier:
+    """A standalone ``proard-subnet`` copy of one sub-network of a Classifier wrapping a DynamicNetwork (its weights
+    cloned slices, the family's input normalisation and classes), on the family's device; BatchNorm as in the
+    family (recalibrate before evaluating)."""
+    network = family.network
+    assert isinstance(network, DynamicNetwork)
+    return Classifier(network.extract(subnet), arch="proard-subnet", num_classes=family.num_classes,
+                      input_shape=family.input_shape, arch_params={"space": network.space.to_dict(), "subnet": subnet.to_dict()},
+                      classes=family.classes, mean=family.mean, std=family.std).to(next(family.parameters()).device)
 
 
 def family_space(model: Classifier, field: str) -> SearchSpace:

@@ -32,7 +32,7 @@ from robustdistill.models.dynamic import (
     recalibrate_batchnorm,
 )
 from robustdistill.trainers.base import accuracy
-from robustdistill.trainers.proard import family_space
+from robustdistill.trainers.proard import family_space, subnet_classifier
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +88,6 @@ def load_family(path: str | Path, device: str | torch.device = "cpu") -> Family:
     return Family(model.to(device).eval(), space, path, dict(stored.provenance))
 
 
-def subnet_classifier(family: Family, subnet: SubnetConfig) -> Classifier:
-    """A standalone copy of one sub-network (its weights cloned slices of the family's), BatchNorm not yet
-    recalibrated."""
-    model = family.model
-    return Classifier(family.network.extract(subnet), arch="proard-subnet", num_classes=model.num_classes,
-                      input_shape=model.input_shape, arch_params={"space": family.space.to_dict(), "subnet": subnet.to_dict()},
-                      classes=model.classes, mean=model.mean, std=model.std).to(next(model.parameters()).device)
-
-
 def size_of(family: Family, subnet: SubnetConfig) -> tuple[int, int]:
     """(parameters, multiply-accumulates per input) of a sub-network."""
     static = family.network.extract(subnet)
@@ -111,7 +102,7 @@ def export_subnet(family_path: str | Path, subnet: str, out: str | Path, *, cali
     config = SubnetConfig.parse(subnet, family.space)
     train = family.split("train")
     calibration = train.subset(min(calibration_images, len(train)), seed=seed)
-    model = subnet_classifier(family, config)
+    model = subnet_classifier(family.model, config)
     recalibrate_batchnorm(model, calibration.x)
     params, macs = size_of(family, config)
     provenance = {
@@ -157,7 +148,7 @@ class Estimator:
         self.attack = PGD(eps=threat["eps"], alpha=threat["alpha"], steps=steps, norm=threat["norm"], seed=seed)
 
     def __call__(self, candidate: Candidate) -> Candidate:
-        model = subnet_classifier(self.family, candidate.subnet)
+        model = subnet_classifier(self.family.model, candidate.subnet)
         recalibrate_batchnorm(model, self.calibration)
         model.eval()
         candidate.clean = accuracy(model, self.x, self.y)

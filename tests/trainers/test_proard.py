@@ -96,11 +96,11 @@ def test_training_makes_the_small_sub_networks_robust(proard_teacher: Path, fami
     subnet = SubnetConfig.parse(TRAINED_SMALLEST, load_family(family).space)
     from robustdistill.attacks.pgd import PGD
     from robustdistill.models.dynamic import recalibrate_batchnorm
-    from robustdistill.trainers.proard_family import subnet_classifier
+    from robustdistill.trainers.proard import subnet_classifier
 
     def robust(path: Path) -> float:
         fam = load_family(path)  # the teacher is the largest network too: it reads as a family
-        model = subnet_classifier(fam, subnet)
+        model = subnet_classifier(fam.model, subnet)
         recalibrate_batchnorm(model, load_split({"kind": "digits"}, "train").x[:300])
         attack = PGD(eps=0.0625, alpha=0.015625, steps=10, seed=0)
         attack(model.eval(), val.x, val.y)

@@ -1,6 +1,6 @@
 """ProARD on digits: a family of robust students from one training, progressive stages vs random sampling, one table.
 
-    python benchmarks/proard_digits.py            # teacher + 2 families + 6 exports + 2 audits (~25 min, 2 CPUs)
+    python benchmarks/proard_digits.py            # teacher + 2 families + 6 exports + 2 audits (~45 min, 2 CPUs)
     python benchmarks/proard_digits.py --reuse    # reuse checkpoints and finished audit work from an earlier run
 
 The teacher is the largest network of the digits ResNet-style space trained with TRADES

@@ -231,19 +231,7 @@ class Trainer:
         """
         cfg = self.config
         out = Path(out)
-        work = out.with_name(out.name + ".partial")
-        if work.exists() and not resume:
-            raise UserInputError("--resume", f"an interrupted run is kept in {work}", f"add --resume to continue it, or delete {work} to start over")
-        self.check_inputs()
-        seed_everything(cfg.seed)
-        if train_data is not None:
-            train = full = train_data
-        else:
-            train, full = self.training_split()
-        val = load_split(cfg.data, "val")
-        self.prepare(train)
-        seed_everything(cfg.seed)  # training a missing teacher in prepare() must not change the student's init
-        model = self.build_model(train).to(self.device)
+        work, train, full, val, model = self.start_run(out, resume, train_data)
         optimizer, scheduler = self.make_optimizer(model)
         state = TrainState()
         best_weights = copy.deepcopy(model.state_dict())
@@ -275,6 +263,27 @@ class Trainer:
         path = save_checkpoint(model, out, provenance=self.provenance(train, state, full))
         shutil.rmtree(work, ignore_errors=True)
         return path
+
+    def start_run(self, out: Path, resume: bool, train_data: ImageSplit | None
+                  ) -> tuple[Path, ImageSplit, ImageSplit, ImageSplit, Classifier]:
+        """What every fit does before its first epoch: refuse to overwrite an interrupted run without ``resume``,
+        check the inputs, load the data, prepare the method and build the model from the seed. Returns (the
+        ``<out>.partial`` work folder, the points trained on, the whole train split, val, the model)."""
+        cfg = self.config
+        work = out.with_name(out.name + ".partial")
+        if work.exists() and not resume:
+            raise UserInputError("--resume", f"an interrupted run is kept in {work}", f"add --resume to continue it, or delete {work} to start over")
+        self.check_inputs()
+        seed_everything(cfg.seed)
+        if train_data is not None:
+            train = full = train_data
+        else:
+            train, full = self.training_split()
+        val = load_split(cfg.data, "val")
+        self.prepare(train)
+        seed_everything(cfg.seed)  # training a missing teacher in prepare() must not change the student's init
+        model = self.build_model(train).to(self.device)
+        return work, train, full, val, model
 
     def provenance(self, train: ImageSplit, state: TrainState, full: ImageSplit | None = None) -> dict[str, Any]:
         """``data.fingerprint`` is the whole train split's (what a membership audit reloads and checks);

@@ -32,14 +32,14 @@ from pydantic import Field
 from pydantic.dataclasses import dataclass
 from torch import nn
 
-from robustdistill.data import ImageSplit, load_split
+from robustdistill.data import ImageSplit
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, save_checkpoint
 from robustdistill.models.dynamic import DynamicNetwork, SearchSpace, SubnetConfig, recalibrate_batchnorm, space_from
 from robustdistill.trainers.base import TRAINERS, Trainer, TrainState
 from robustdistill.trainers.config import STRICT, SelectMetric, TrainConfig
 from robustdistill.trainers.teachers import check_teacher, ensure_teacher, inference_forward, load_teacher
-from robustdistill.utils import atomic_path, seed_everything
+from robustdistill.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -267,16 +267,7 @@ class ProARDTrainer(Trainer):
         """
         cfg = self.config
         out = Path(out)
-        work = out.with_name(out.name + ".partial")
-        if work.exists() and not resume:
-            raise UserInputError("--resume", f"an interrupted run is kept in {work}", f"add --resume to continue it, or delete {work} to start over")
-        self.check_inputs()
-        seed_everything(cfg.seed)
-        train, full = (train_data, train_data) if train_data is not None else self.training_split()
-        val = load_split(cfg.data, "val")
-        self.prepare(train)
-        seed_everything(cfg.seed)
-        model = self.build_model(train).to(self.device)
+        work, train, full, val, model = self.start_run(out, resume, train_data)
         history: list[dict[str, float]] = []
         stage_best: list[dict[str, Any]] = []
         start_stage, start_epoch, saved = 0, 0, None

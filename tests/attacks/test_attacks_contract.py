@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_attacks_support import accuracy, digits_model, test_points
+from torch import nn
 
 from robustdistill import attacks
 from robustdistill.attacks.base import Attack
@@ -84,9 +85,6 @@ def test_contract(name: str, norm: str, scale: float, seed: int, dtype: torch.dt
     assert bool((distance(x_adv, x, norm) <= eps * (1 + 1e-5) + 1e-6).all())
     assert atk.last_success is not None and atk.last_success.shape == y.shape
     assert accuracy(model, x_adv.float(), y) <= accuracy(model, x.float(), y)
-    # last_success is exactly "the prediction on x_adv is wrong"
-    with torch.no_grad():
-        assert torch.equal(atk.last_success, model(x_adv.float()).argmax(1) != y)
     # same seed, same result (a fresh instance, so nothing is carried over)
     assert torch.equal(build(name, eps, norm, seed)(model, x, y), x_adv)
 
@@ -115,3 +113,71 @@ def test_global_rng_and_model_mode_untouched(name: str) -> None:
     assert torch.equal(torch.random.get_rng_state(), before)
     assert not model.training
     assert all(p.grad is None for p in model.parameters())
+
+
+# --- against facts known without running the model -------------------------------------------------------------------
+
+
+class MeanBrightness(nn.Module):
+    """A hand-made 10-class classifier whose decision is known in closed form: class 0 when the image's mean pixel is
+    above 0.5, class 1 below it (classes 2-9 never win). Linear, so every white-box attack has a useful gradient."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.flatten(1).mean(dim=1, keepdim=True) - 0.5
+        return 10 * torch.cat([m, -m, torch.full((len(x), 8), -1.0, dtype=x.dtype)], dim=1)
+
+
+# Mean brightness 0.5 + SHIFT (a textured image) and a label: 0 and 1 are the correct labels above and below 0.5.
+SHIFT_AND_LABEL = [(0.2, 0), (0.04, 0), (0.01, 0), (-0.01, 1), (-0.04, 1), (-0.2, 1), (0.2, 1), (-0.2, 0), (0.05, 3)]
+
+
+def brightness_points() -> tuple[torch.Tensor, torch.Tensor]:
+    texture = torch.rand(len(SHIFT_AND_LABEL), 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.2 - 0.1
+    texture -= texture.mean(dim=(1, 2, 3), keepdim=True)
+    shifts = torch.tensor([s for s, _ in SHIFT_AND_LABEL]).view(-1, 1, 1, 1)
+    return 0.5 + shifts + texture, torch.tensor([label for _, label in SHIFT_AND_LABEL])
+
+
+def hand_success(x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(whether the hand rule misclassifies each point, whether the point is far enough from the boundary to tell)."""
+    m = x_adv.double().flatten(1).mean(dim=1)
+    predicted = torch.where(m > 0.5, 0, 1)
+    return predicted != y, (m - 0.5).abs() > 1e-4
+
+
+def test_brightness_points_are_what_they_claim() -> None:
+    x, y = brightness_points()
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    wrong, decided = hand_success(x, y)
+    assert bool(decided.all())
+    assert wrong.tolist() == [False, False, False, False, False, False, True, True, True]
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
+def test_success_flags_match_the_hand_decision_rule(name: str, norm: str) -> None:
+    """``last_success`` against the closed-form decision of MeanBrightness on each returned x_adv (not against
+    another forward pass of the same model)."""
+    x, y = brightness_points()
+    eps = 0.1 if norm == "linf" else 0.8  # a uniform shift of 0.1 in L2 over 64 pixels
+    atk = build(name, eps, norm, seed=0)
+    x_adv = atk(MeanBrightness(), x, y)
+    wrong, decided = hand_success(x_adv, y)
+    assert atk.last_success is not None and int(decided.sum()) >= len(y) - 2
+    assert torch.equal(atk.last_success[decided], wrong[decided]), (atk.last_success, wrong)
+    # A point 0.2 from the boundary cannot be moved across it by a mean shift of at most 0.1: never a success.
+    assert not bool(atk.last_success[[0, 5]].any())
+    # Misclassified to begin with: a success whatever the attack does (it may only make it worse).
+    assert bool(atk.last_success[6:].all())
+
+
+def test_fgsm_steps_against_the_sign_of_the_true_class_by_hand() -> None:
+    """FGSM on MeanBrightness: the cross-entropy gradient of every pixel has the sign of d(CE)/d(mean), so x' is x
+    moved by eps, down for label 0 and up for label 1; for label 3 it moves toward the class that wins (above
+    0.5: up). Points cross the boundary only if they were within eps of it."""
+    x, y = brightness_points()
+    eps = 0.03
+    atk = attacks.create("fgsm", eps=eps)
+    x_adv = atk(MeanBrightness(), x, y)
+    direction = torch.tensor([-1, -1, -1, 1, 1, 1, 1, -1, 1], dtype=x.dtype).view(-1, 1, 1, 1)
+    assert torch.allclose(x_adv, (x + eps * direction).clamp(0, 1), atol=1e-6)
+    assert atk.last_success.tolist() == [False, False, True, True, False, False, True, True, True]

@@ -10,7 +10,10 @@ from test_attacks_support import Shifted, digits_model, test_points
 from robustdistill import attacks
 from robustdistill.attacks.cw_l2 import cw_margin
 
-torchattacks = pytest.importorskip("torchattacks")
+
+def peer() -> object:
+    """torchattacks, the peer library, for the tests that compare with it; only those are skipped without it."""
+    return pytest.importorskip("torchattacks")
 
 
 def success(model: torch.nn.Module, x_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -24,12 +27,19 @@ def test_margin_masks_the_true_class_correctly_for_negative_logits() -> None:
     # Z_y - max_{i != y} Z_i: -5 - (-3) = 2 below the boundary ... and 1 above it
     assert torch.allclose(cw_margin(logits, y, kappa=100.0), torch.tensor([-5.0 + 3.0, -1.0 + 2.0]))
     assert torch.allclose(cw_margin(logits, y, kappa=0.0), torch.tensor([0.0, 1.0]))
+
+
+def test_torchattacks_margin_is_flat_for_negative_logits() -> None:
+    torchattacks = peer()
+    logits = torch.tensor([[-5.0, -3.0, -10.0], [-1.0, -8.0, -2.0]])
+    y = torch.tensor([0, 0])
     # torchattacks masks with 0: for all-negative logits both terms are 0, so its loss is flat
     ta = torchattacks.CW(torch.nn.Linear(3, 3))
     assert torch.equal(ta.f(logits, y), torch.zeros(2))
 
 
 def test_cw_l2_breaks_a_model_with_all_negative_logits_where_torchattacks_fails() -> None:
+    torchattacks = peer()
     model = digits_model()
     x, y = test_points(16)
     shifted = Shifted(model, 1000.0)  # the same real model, every logit moved below zero

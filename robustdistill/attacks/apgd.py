@@ -23,6 +23,7 @@ from torch import nn
 
 from robustdistill.attacks.base import ATTACKS, Attack, Norm
 from robustdistill.errors import UserInputError
+from robustdistill.limits import check_restarts, check_steps
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +221,8 @@ def apgd_attack(
 
 
 def check_apgd_params(steps: int, restarts: int, rho: float) -> None:
-    if steps < 1:
-        raise UserInputError("steps", f"must be >= 1, got {steps}")
-    if restarts < 1:
-        raise UserInputError("restarts", f"must be >= 1, got {restarts}")
+    check_steps("steps", steps)
+    check_restarts("restarts", restarts)
     if not 0 < rho <= 1:
         raise UserInputError("rho", f"must be in (0, 1], got {rho}", "the paper uses 0.75")
 

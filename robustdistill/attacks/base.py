@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from robustdistill.errors import UserInputError
+from robustdistill.limits import check_eps, check_finite, check_seed
 from robustdistill.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ ATTACKS: Registry["Attack"] = Registry("attack")
 
 
 def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    check_finite(name, value)
     if not (value > 0 or (allow_zero and value == 0)):
         raise UserInputError(name, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -67,14 +69,15 @@ class Attack:
     """
 
     norm: Norm = "linf"
+    # Minimum-norm attacks (CW-L2) take eps = inf: no bound on the perturbation.
+    unbounded_eps: bool = False
 
     def __init__(self, eps: float, norm: Norm = "linf", seed: int = 0) -> None:
-        check_positive("eps", eps, allow_zero=True)
         if norm not in ("linf", "l2"):
             raise UserInputError("norm", f"unknown norm {norm!r}", "use 'linf' or 'l2'")
-        self.eps = float(eps)
+        self.eps = check_eps("eps", eps, norm, allow_inf=self.unbounded_eps)
         self.norm = norm
-        self.seed = int(seed)
+        self.seed = check_seed("seed", seed)
         self.last_success: torch.Tensor | None = None
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -97,6 +100,7 @@ class Attack:
         the extra forward pass that fills ``last_success`` (training does not need it).
         """
         self._check_inputs(x, y)
+        self._check_radius(x)
         self.last_success = None  # never leave a previous call's result behind
         was_training = model.training
         if mode == "eval":
@@ -125,6 +129,11 @@ class Attack:
             raise UserInputError("x, y", f"shapes {tuple(x.shape)} and {tuple(y.shape)} do not match", "pass x as (N, ...) and y as (N,)")
         if x.numel() and (x.min() < 0 or x.max() > 1):
             raise UserInputError("x", "inputs must be in [0, 1]", "declare normalisation in the model, not the data")
+
+    def _check_radius(self, x: torch.Tensor) -> None:
+        # An L2 radius beyond the diameter of [0, 1]^d is no bound at all: say so rather than report a number.
+        if self.norm == "l2" and self.eps != float("inf") and x.ndim >= 2:
+            check_eps("eps", self.eps, "l2", dims=int(x[0].numel()))
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("last_"))

@@ -25,6 +25,7 @@ from torch import nn
 
 from robustdistill.attacks.base import ATTACKS, Attack, check_positive
 from robustdistill.errors import UserInputError
+from robustdistill.limits import check_lr, check_steps
 
 _TANH_SHRINK = 0.999999  # Carlini's reference: keeps arctanh finite at pixels of exactly 0 or 1.
 _NO_UPPER = 1e10
@@ -58,6 +59,8 @@ class CWL2(Attack):
     (bool per sample) says which samples were fooled and ``last_l2`` holds each returned perturbation's L2 norm.
     """
 
+    unbounded_eps = True
+
     def __init__(
         self,
         eps: float | None = None,
@@ -69,12 +72,10 @@ class CWL2(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(eps=math.inf if eps is None else eps, norm="l2", seed=seed)
-        if steps < 1:
-            raise UserInputError("steps", f"must be >= 1, got {steps}")
-        if binary_search_steps < 1:
-            raise UserInputError("binary_search_steps", f"must be >= 1, got {binary_search_steps}")
+        steps = check_steps("steps", steps)
+        binary_search_steps = check_steps("binary_search_steps", binary_search_steps)
         check_positive("initial_const", initial_const)
-        check_positive("lr", lr)
+        lr = check_lr("lr", lr)
         check_positive("kappa", kappa, allow_zero=True)
         self.steps = int(steps)
         self.binary_search_steps = int(binary_search_steps)

@@ -21,6 +21,7 @@ from torch import nn
 from robustdistill.attacks import _peer
 from robustdistill.attacks.base import ATTACKS, Attack, Norm, check_positive
 from robustdistill.errors import UserInputError
+from robustdistill.limits import check_steps
 
 _NORMS = {"linf": "Linf", "l2": "L2"}
 
@@ -51,8 +52,7 @@ class FABT(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed)
-        if steps < 1:
-            raise UserInputError("steps", f"must be >= 1, got {steps}")
+        steps = check_steps("steps", steps)
         if n_target_classes < 1:
             raise UserInputError("n_target_classes", f"must be >= 1, got {n_target_classes}")
         check_positive("alpha_max", alpha_max)

@@ -12,6 +12,7 @@ from torch import nn
 
 from robustdistill.attacks.base import ATTACKS, LOSSES, Attack, LossFn, Norm, check_positive, gradient, project
 from robustdistill.errors import UserInputError
+from robustdistill.limits import check_restarts, check_steps
 
 
 def random_start(x: torch.Tensor, eps: float, norm: Norm, generator: torch.Generator) -> torch.Tensor:
@@ -80,10 +81,8 @@ class PGD(Attack):
         super().__init__(eps=eps, norm=norm, seed=seed)
         self.alpha = float(alpha) if alpha is not None else self.eps / 4
         check_positive("alpha", self.alpha, allow_zero=eps == 0)
-        if steps < 1:
-            raise UserInputError("steps", f"must be >= 1, got {steps}")
-        if restarts < 1:
-            raise UserInputError("restarts", f"must be >= 1, got {restarts}")
+        steps = check_steps("steps", steps)
+        restarts = check_restarts("restarts", restarts)
         if loss not in LOSSES:
             raise UserInputError("loss", f"unknown loss {loss!r}", f"use one of {sorted(LOSSES)}")
         self.steps = int(steps)

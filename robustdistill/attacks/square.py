@@ -20,6 +20,7 @@ from torch import nn
 from robustdistill.attacks import _peer
 from robustdistill.attacks.base import ATTACKS, Attack, Norm
 from robustdistill.errors import UserInputError
+from robustdistill.limits import MAX_QUERIES, check_int, check_restarts
 
 _NORMS = {"linf": "Linf", "l2": "L2"}
 
@@ -69,12 +70,10 @@ class Square(Attack):
         seed: int = 0,
     ) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed)
-        if n_queries < 1:
-            raise UserInputError("n_queries", f"must be >= 1, got {n_queries}")
+        n_queries = check_int("n_queries", n_queries, 1, MAX_QUERIES)
         if not 0 < p_init <= 1:
             raise UserInputError("p_init", f"must be in (0, 1], got {p_init}", "the paper uses 0.8")
-        if restarts < 1:
-            raise UserInputError("restarts", f"must be >= 1, got {restarts}")
+        restarts = check_restarts("restarts", restarts)
         self.n_queries = int(n_queries)
         self.p_init = float(p_init)
         self.restarts = int(restarts)

@@ -52,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from robustdistill.data import DataSpec, SPLITS, parse_spec
 from robustdistill.errors import UserInputError
+from robustdistill.limits import MAX_SEED, check_eps, read_text
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,7 @@ class Top(Strict):
 
     name: str = "audit"
     description: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     samples: int | None = Field(None, ge=1)
     device: str = "auto"
     batch_size: int = Field(512, ge=1)
@@ -228,11 +229,9 @@ def read_toml(path: Path, where: str) -> dict[str, Any]:
         raise UserInputError(where, f"file not found: {path}", "check the path (relative paths resolve against the "
                              "working directory, then the suite's folder, then its parent)")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(read_text(path, where))
     except tomllib.TOMLDecodeError as exc:
         raise UserInputError(where, f"{path} is not valid TOML: {exc}", "fix the syntax") from None
-    except UnicodeDecodeError:
-        raise UserInputError(where, f"{path} is not a text file", "point at a TOML file") from None
 
 
 def _preset(value: Any, base: Path | None, where: str) -> tuple[Path, dict[str, Any]]:
@@ -253,7 +252,7 @@ def _threat_model_of(raw: Any, where: str, base: Path | None) -> ThreatModel:
             raise UserInputError(f"{where}.use", f"{path} has no [threat_model] table", "point at a preset in attacks/")
         raw = {**dict(table), **raw}
     try:
-        return ThreatModel.model_validate(raw)
+        threat_model = ThreatModel.model_validate(raw)
     except ValidationError as exc:
         raise user_error(exc, where, ThreatModel) from None
 
@@ -268,6 +267,8 @@ def _expand_probes(raw: list[Any], base: Path | None) -> tuple[list[tuple[str, d
             raise UserInputError(where, f"must be a table, got {item!r}", 'e.g. { kind = "attack", attack = "pgd" }')
         if "use" not in item:
             expanded.append((where, dict(item)))
+    check_eps(f"{where}.eps", threat_model.eps, threat_model.norm)  # inf, 1e308: refused here, not inside an attack
+    return threat_model
             continue
         if len(item) != 1:
             extra = sorted(k for k in item if k != "use")
@@ -474,6 +475,7 @@ def load_suite(
             raise UserInputError("examples", f"no attack probe named {examples!r}", f"use one of {', '.join(options)}")
     return Suite(
         name=top.name, seed=top.seed, samples=top.samples, device=top.device, batch_size=top.batch_size,
+    check_eps("threat_model.eps", threat_model.eps, threat_model.norm, dims=data.input_values())
         pipeline=pipeline, data=data, split=split, threat_model=threat_model, probes=probes, gates=gates,
         examples=examples, description=top.description, source=source, raw_gates=raw_gates,
     )

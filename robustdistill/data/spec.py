@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from robustdistill.errors import UserInputError
+from robustdistill.limits import check_seed
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ class DataSpec(BaseModel):
             super().__init__(**data)
         except ValidationError as exc:
             raise user_error_from_validation(exc) from None
+
+    @field_validator("split_seed")
+    @classmethod
+    def _seed_in_range(cls, value: int) -> int:
+        return check_seed(_field("split_seed"), value)
 
     @field_validator("root")
     @classmethod
@@ -105,6 +111,16 @@ class DataSpec(BaseModel):
                         _field(name), f"applies only to imagefolder and hf-disk data, not {self.kind}", "remove it"
                     )
         return self
+
+    def input_values(self) -> int | None:
+        """Values per input (C*H*W) when the spec alone decides it, else None (the files decide)."""
+        if self.kind == "digits":
+            return 64
+        if self.kind == "cifar10":
+            return 3 * 32 * 32
+        if self.image_size is not None and self.channels is not None:
+            return self.channels * self.image_size**2
+        return None
 
     def resolved_root(self) -> Path:
         """The root folder, user-expanded and absolute (raises if the kind needs one and it is unset)."""

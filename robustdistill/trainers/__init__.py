@@ -6,7 +6,7 @@ from pathlib import Path
 
 from robustdistill.trainers import ard, defensive_distillation, guard, kd, mtard, pgd_at, proard, standard, trades  # noqa: F401  (registration)
 from robustdistill.trainers.base import TRAINERS, Trainer
-from robustdistill.trainers.config import TrainConfig, load_recipe, read_toml
+from robustdistill.trainers.config import TrainConfig, check_bounds, load_recipe, read_toml
 
 __all__ = ["TRAINERS", "Trainer", "TrainConfig", "available", "create", "train_from_recipe"]
 
@@ -20,6 +20,8 @@ def create(method: str, config: TrainConfig | None = None, *, recipe: str | Path
     trainer_class = TRAINERS.get(method)
     if config is None:
         config = load_recipe(trainer_class.config_class, recipe, overrides or [], method)
+    else:
+        check_bounds(config)  # a config built in Python gets the same bounds as a recipe
     return trainer_class(config)
 
 

@@ -9,7 +9,7 @@ recipe sets them itself.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import field, fields
+from dataclasses import field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +19,7 @@ from pydantic.dataclasses import dataclass
 
 from robustdistill.data import DataSpec, parse_spec
 from robustdistill.errors import UserInputError
+from robustdistill.limits import MAX_LR, check_eps, check_finite, check_lr, check_seed, check_steps, read_text
 
 STRICT = ConfigDict(extra="forbid")
 SelectMetric = Literal["clean", "robust", "mean", "last"]  # "last": no selection, keep the final epoch
@@ -112,9 +113,9 @@ def read_toml(path: str | Path, field_name: str) -> dict[str, Any]:
     if not path.is_file():
         raise UserInputError(field_name, f"file not found: {path}", "check the path")
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(read_text(path, field_name))
     except tomllib.TOMLDecodeError as exc:
-        raise UserInputError(field_name, f"{path} is not valid TOML: {exc}") from None
+        raise UserInputError(field_name, f"{path} is not valid TOML: {exc}", "fix the syntax") from None
 
 
 def load_threat_model(path: str) -> dict[str, Any]:
@@ -146,7 +147,7 @@ def build_config(config_class: type, raw: dict[str, Any], recipe: Path | None = 
     if data is not None:
         raw["data"] = parse_spec(data)  # raises UserInputError naming data.<field>
     try:
-        return config_class(**raw)
+        config = config_class(**raw)
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"]) or "config"
@@ -154,6 +155,36 @@ def build_config(config_class: type, raw: dict[str, Any], recipe: Path | None = 
             known = ", ".join(f.name for f in fields(config_class))
             raise UserInputError(where, "unknown setting", f"known settings: {known}") from None
         raise UserInputError(where, error["msg"], f"got {error.get('input')!r}") from None
+    check_bounds(config)
+    return config
+
+
+def check_bounds(config: Any, prefix: str = "") -> None:
+    """Bounds that hold for every trainer's config, nested settings included, by field name: no inf or nan,
+    seeds that every RNG accepts, learning rates and attack steps with a ceiling, eps within the input range.
+
+    The field declarations give the lower bounds; these add what pydantic would let through (TOML's inf, 1e308,
+    2**64) and would otherwise fail after the data is loaded, or in the middle of training.
+    """
+    norm = getattr(config, "norm", "linf")
+    for item in fields(config):
+        name, value, where = item.name, getattr(config, item.name), f"{prefix}{item.name}"
+        if is_dataclass(value) and not isinstance(value, type):
+            check_bounds(value, f"{where}.")
+        elif isinstance(value, float):
+            check_finite(where, value)
+        if value is None or isinstance(value, bool):
+            continue
+        if name == "seed" or name.endswith("_seed"):
+            check_seed(where, value)
+        elif name == "lr":
+            check_lr(where, value)
+        elif name.endswith("_lr") and isinstance(value, (int, float)) and value > MAX_LR:
+            raise UserInputError(where, f"must be at most {MAX_LR:g}, got {value:g}")
+        elif (name.endswith("steps") or name == "iterations") and isinstance(value, int):
+            check_steps(where, value)
+        elif name == "eps":
+            check_eps(where, value, norm)
 
 
 def path_fields(config_class: type) -> list[str]:

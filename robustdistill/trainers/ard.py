@@ -66,12 +66,14 @@ class RSLADConfig(RobustDistillationConfig):
 
 @dataclass(config=STRICT)
 class AdaADConfig(RobustDistillationConfig):
-    """AdaAD: x' maximises KL(T(x') || S(x')) - the teacher is queried at every attack step, so the attack looks for
-    where the two disagree - from x + 0.001 N(0, 1), student in eval mode; loss alpha * KL(T(x') || S(x')) +
-    (1 - alpha) * KL(T(x) || S(x)) with alpha = 1; batchmean KL (as public AdaAD code); 200 epochs."""
+    """AdaAD: x' maximises KL(T(x') || S(x')) - the teacher is queried at every attack step and the gradient flows
+    through BOTH models into x', so the attack looks for where the two disagree - from x + 0.001 N(0, 1), student in
+    eval mode; loss alpha * KL(T(x') || S(x')) + (1 - alpha) * KL(T(x) || S(x)) with alpha = 1 and the teacher
+    frozen; 200 epochs. KL reduction: "mean" (over batch x classes), the public code's CIFAR-10 loss
+    (``nn.KLDivLoss()``'s default); its CIFAR-100 branch sums over classes and divides by the batch ("batchmean")."""
 
     alpha: float = Field(1.0, ge=0, le=1)
-    kl_reduction: KLReduction = "batchmean"
+    kl_reduction: KLReduction = "mean"
     epochs: int = Field(200, ge=1)
     lr_milestones: list[int] = Field(default_factory=lambda: [100, 150])
 
@@ -144,8 +146,9 @@ class AdaADTrainer(RobustDistillationTrainer):
         cfg = self.config
 
         def objective(x_adv: torch.Tensor) -> torch.Tensor:
-            teacher_adv = self.teacher_logits(x_adv)  # no gradient through the teacher, as in the public code
-            return teacher_student_kl(teacher_adv, model(x_adv), reduction="batchmean") * len(x_adv)
+            # The eager teacher, not the traced inference graph: as in the public code, the input gradient flows
+            # through the teacher too (its parameters are frozen). Summed over the batch and classes, as there.
+            return teacher_student_kl(self.teacher(x_adv), model(x_adv), reduction="batchmean") * len(x_adv)
 
         x_adv = self.attack(model, x, objective, generator)
         teacher_adv = self.teacher_logits(x_adv)

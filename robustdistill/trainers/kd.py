@@ -61,7 +61,8 @@ class DistillationTrainer(Trainer):
         self.teacher = load_teacher(path).to(self.device)
         if self.teacher.num_classes != train.num_classes:
             raise UserInputError("teacher", f"the teacher has {self.teacher.num_classes} classes, the data {train.num_classes}", "use a teacher trained on this dataset")
-        # The teacher's outputs for every loss term and attack objective (none needs the teacher's gradient).
+        # The teacher's outputs for loss terms and attack objectives that need no gradient through the teacher
+        # (AdaAD's attack, which does, calls the eager self.teacher).
         self.teacher_logits = inference_forward(self.teacher, train.x[: cfg.batch_size].to(self.device))
 
 

@@ -8,16 +8,38 @@ any gate on its robust accuracy instead of passing it. A genuinely robust (PGD-A
 
 from __future__ import annotations
 
+import json
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from robustdistill.audits import audit
 from robustdistill.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-EPS = 0.125  # attacks/digits-linf.toml
+ATTACK_PROBES = ("fgsm", "pgd-20", "cw-linf", "autoattack")
+
+
+def preset_eps() -> float:
+    """The radius of attacks/digits-linf.toml, read from the file itself (not through robustdistill)."""
+    return float(tomllib.loads((REPO / "attacks" / "digits-linf.toml").read_text())["threat_model"]["eps"])
+
+
+def assert_attacks_ran_at_the_presets_eps(run_dir: Path) -> None:
+    """Every attack row of report.json names the preset's eps, and the saved adversarial examples lie inside it."""
+    eps = preset_eps()
+    report = json.loads((run_dir / "report.json").read_text())
+    rows = [r for r in report["results"] if r["probe"] in ATTACK_PROBES and r["metric"] == "robust_accuracy"]
+    assert {r["probe"] for r in rows} == set(ATTACK_PROBES), rows
+    assert all(r["params"]["eps"] == eps and r["params"]["norm"] == "linf" for r in rows), rows
+    with np.load(run_dir / "artifacts" / "examples.npz") as npz:
+        advs = [npz[key] for key in npz.files if key.startswith("adv_")]
+        assert advs, npz.files
+        for adv in advs:
+            assert float(np.abs(adv - npz["clean"]).max()) <= eps + 1e-6
 
 
 def honesty_suite(pgd_at: Path, dd: Path, samples: int = 120) -> dict[str, Any]:
@@ -50,8 +72,14 @@ def honesty_suite(pgd_at: Path, dd: Path, samples: int = 120) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def honesty_report(dd_student: Path, pgd_at_student: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return audit(honesty_suite(pgd_at_student, dd_student), out=tmp_path_factory.mktemp("honesty") / "run",
-                 progress=False)
+    run_dir = tmp_path_factory.mktemp("honesty") / "run"
+    report = audit(honesty_suite(pgd_at_student, dd_student), out=run_dir, progress=False)
+    report.run_dir = run_dir  # for the tests that read the files the audit wrote
+    return report
+
+
+def test_the_suite_runs_the_presets_threat_model(honesty_report: Any) -> None:
+    assert_attacks_ran_at_the_presets_eps(honesty_report.run_dir)
 
 
 def test_defensive_distillation_is_flagged_and_autoattack_sees_through_it(honesty_report: Any) -> None:
@@ -96,5 +124,4 @@ def test_digits_suite_end_to_end(dd_student: Path, pgd_at_student: Path, tmp_pat
     printed = capsys.readouterr().out
     assert code == 1 and "UNTRUSTED" in printed and "FLAG student" in printed
     assert "FLAG teacher" not in printed
-    assert (tmp_path / "run" / "report.json").is_file()
-    assert EPS == 0.125
+    assert_attacks_ran_at_the_presets_eps(tmp_path / "run")

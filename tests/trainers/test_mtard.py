@@ -252,24 +252,34 @@ def test_digits_run_records_the_balance_and_loads(
     assert provenance["selection"]["split"] == "val" and provenance["selection"]["metric"] == "robust"  # digits recipes
 
 
-def _interrupt_and_resume(method: str, overrides: list[str], tmp_path: Path) -> Path:
+def _states_at_epoch_end(trainer: Trainer, into: dict[int, dict[str, float]], stop_after: int | None = None):  # type: ignore[no-untyped-def]
+    """An on_epoch_end callback recording the trainer's balance state (extra_state) after each epoch."""
+
     class Interrupt(KeyboardInterrupt):
         pass
 
-    def stop_after_two(epoch: int, record: dict[str, float]) -> None:
-        if epoch == 2:
+    def record(epoch: int, metrics: dict[str, float]) -> None:
+        into[epoch] = dict(trainer.extra_state())
+        if epoch == stop_after:
             raise Interrupt
 
+    return record, Interrupt
+
+
+def _interrupt_and_resume(method: str, overrides: list[str], tmp_path: Path,
+                          states: dict[int, dict[str, float]] | None = None) -> Path:
+    """Stop a run after epoch 2 (as Ctrl-C would), then continue it with resume=True in a fresh trainer."""
+    states = {} if states is None else states
     recipe = f"defenses/digits-{method}.toml"
-    with pytest.raises(Interrupt):
-        trainers.create(method, recipe=recipe, overrides=overrides).fit(
-            tmp_path / "resumed", on_epoch_end=stop_after_two
-        )
-    return trainers.create(method, recipe=recipe, overrides=overrides).fit(tmp_path / "resumed", resume=True)
+    first = trainers.create(method, recipe=recipe, overrides=overrides)
+    stop, interrupt = _states_at_epoch_end(first, states, stop_after=2)
+    with pytest.raises(interrupt):
+        first.fit(tmp_path / "resumed", on_epoch_end=stop)
+    second = trainers.create(method, recipe=recipe, overrides=overrides)
+    record, _ = _states_at_epoch_end(second, states)
+    return second.fit(tmp_path / "resumed", resume=True, on_epoch_end=record)
 
 
-@pytest.mark.skipif(not hasattr(Trainer, "extra_state"),
-                    reason="needs Trainer.extra_state / load_extra_state in base.py")
 def test_resume_reproduces_an_uninterrupted_run(digits_teachers: tuple[Path, Path], tmp_path: Path) -> None:
     overrides = _overrides(digits_teachers)
     recipe = "defenses/digits-b-mtard.toml"
@@ -282,7 +292,20 @@ def test_resume_reproduces_an_uninterrupted_run(digits_teachers: tuple[Path, Pat
     assert provenance(straight)["teacher_balance"] == provenance(resumed)["teacher_balance"]
 
 
-@pytest.mark.skipif(hasattr(Trainer, "extra_state"), reason="base.py restores the balance state")
-def test_resume_without_the_balance_state_is_refused(digits_teachers: tuple[Path, Path], tmp_path: Path) -> None:
-    with pytest.raises(UserInputError, match="--resume"):
-        _interrupt_and_resume("mtard", _overrides(digits_teachers), tmp_path)
+@pytest.mark.parametrize("method", ["mtard", "b-mtard"])
+def test_resume_restores_the_balance_state(method: str, digits_teachers: tuple[Path, Path], tmp_path: Path) -> None:
+    """After --resume the balance goes on from where the interrupted run left it: MTARD's teacher weights and first
+    losses, and B-MTARD's temperatures too, equal an uninterrupted run's after every epoch (not restarted from
+    0.5 / 0.5 and tau = 1 with new first losses)."""
+    overrides = _overrides(digits_teachers)
+    straight_trainer = trainers.create(method, recipe=f"defenses/digits-{method}.toml", overrides=overrides)
+    straight: dict[int, dict[str, float]] = {}
+    record, _ = _states_at_epoch_end(straight_trainer, straight)
+    straight_trainer.fit(tmp_path / "straight", on_epoch_end=record)
+    resumed: dict[int, dict[str, float]] = {}
+    _interrupt_and_resume(method, overrides, tmp_path, resumed)
+    assert sorted(resumed) == sorted(straight) == [1, 2, 3]
+    fresh = trainers.create(method, recipe=f"defenses/digits-{method}.toml", overrides=overrides).extra_state()
+    moved = ["w_adv", "w_nat"] + (["tau_adv", "tau_nat"] if method == "b-mtard" else [])
+    assert any(straight[2][k] != fresh[k] for k in moved), (straight[2], fresh)  # there is a state to lose
+    assert resumed[3] == straight[3]

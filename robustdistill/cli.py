@@ -24,6 +24,9 @@ def _train(args: argparse.Namespace) -> int:
 
     trainer = trainers.create(args.method, recipe=args.config, overrides=args.set)
     out = Path(args.out) if args.out else Path("checkpoints") / (Path(args.config).stem if args.config else args.method)
+    from robustdistill.reports.training import check_training_report
+
+    check_training_report(out)  # before epoch 1: the report must not overwrite a user's file next to --out
     started = time.perf_counter()
     path = trainer.fit(out, resume=args.resume)
     elapsed = time.perf_counter() - started
@@ -182,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         "a KD student, a PGD-AT student and a defensively distilled student; audit each student against its "
         "teacher; write one report per student and an index page.",
     )
-    demo.add_argument("--out", default="reports/demo", metavar="DIR", help="where the reports go (default reports/demo)")
+    demo.add_argument("--out", metavar="DIR",
+                      help="where the reports go (default reports/demo, or reports/demo-quick with --quick)")
     demo.add_argument("--quick", action="store_true", help="a smoke run: few epochs, 100 test points (under a minute)")
     demo.set_defaults(handler=_demo)
 

@@ -12,13 +12,14 @@ import hashlib
 import json
 import logging
 import resource
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from robustdistill import ownership
 from robustdistill.errors import UserInputError
+from robustdistill.models.checkpoint import remove_checkpoint
 from robustdistill.utils import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 QUICK_EPOCHS = {"standard": 5, "trades": 3, "kd": 5, "pgd-at": 6, "defensive-distillation": 5}
 PRIVACY_SUITE = "audits/digits-privacy.toml"
 PRIVACY_QUICK_SUITE = "audits/demo-privacy-quick.toml"
+KIND, QUICK_KIND = "demo", "demo-quick"  # the report folder's marker: a quick run never writes over a full one
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,8 @@ def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledge
             log.info("reusing %s (sha256 %s verified)", out, recorded[out.name]["sha256"][:12])
             return out
         log.warning("%s does not match the sha256 recorded when it was trained: training it again", ", ".join(mismatched))
-    if companion.name in mismatched:
-        shutil.rmtree(companion, ignore_errors=True)  # otherwise its trainer would reuse the altered teacher
+    if companion.name in mismatched and companion.exists():
+        remove_checkpoint(companion)  # otherwise its trainer would reuse the altered teacher
     log.info("training %s (%s, %s)", model.name, model.method, model.recipe)
     trainer = trainers.create(model.method, recipe=model.recipe, overrides=overrides)
     resume = out.with_name(out.name + ".partial").exists()
@@ -121,18 +123,49 @@ def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledge
     return trained
 
 
-def run_demo(out: str | Path = "reports/demo", *, quick: bool = False, checkpoints: str | Path | None = None,
+def run_demo(out: str | Path | None = None, *, quick: bool = False, checkpoints: str | Path | None = None,
              suite: str | Path | None = None) -> DemoResult:
-    """Train or reuse the demo's models, audit every student against its teacher, and write the index page."""
-    from robustdistill.audits import audit
-    from robustdistill.reports import index_entry, render_index
+    """Train or reuse the demo's models, audit every student against its teacher, and write the index page.
 
+    ``out`` defaults to reports/demo, or reports/demo-quick for ``quick`` (a quick run never writes over a full
+    one's reports). ``out`` must be new, empty, or a demo folder robustdistill wrote in the same mode; it is
+    locked while the demo runs."""
     started = time.perf_counter()
-    out = Path(out)
+    out = Path(out) if out is not None else Path("reports") / ("demo-quick" if quick else "demo")
     suite = suite or ("audits/demo-quick.toml" if quick else "audits/demo.toml")
     if not Path(suite).is_file():
         raise UserInputError("suite", f"file not found: {suite}", "run the demo from the repository root")
     checkpoints = Path(checkpoints) if checkpoints else Path("checkpoints") / ("demo-quick" if quick else "demo")
+    kind = QUICK_KIND if quick else KIND
+    # Before any training: every folder the demo writes is new, empty or robustdistill's own.
+    ownership.claim_out(out, kind, legacy=is_legacy_demo)
+    for pipeline in PIPELINES:
+        ownership.claim_out(out / pipeline.name, ownership.AUDIT, legacy=ownership.is_legacy_audit)
+    ownership.check_location(checkpoints, "checkpoints")
+    ownership.refuse_if_held(out)
+    with ownership.using(out, kind, f"robustdistill demo{' --quick' if quick else ''}", legacy=is_legacy_demo):
+        result = _run_demo(out, quick, checkpoints, suite)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def is_legacy_demo(out: Path) -> bool:
+    """A demo report folder of an earlier version: index.html and the pipelines' audit folders, nothing else."""
+    names = {pipeline.name for pipeline in PIPELINES}
+    for entry in out.iterdir():
+        if entry.name == "index.html" and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.name not in names or not entry.is_dir() or entry.is_symlink():
+            return False
+        if not (ownership.is_empty(entry) or ownership.is_legacy_audit(entry)):
+            return False
+    return True
+
+
+def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> DemoResult:
+    from robustdistill.audits import audit
+    from robustdistill.reports import index_entry, render_index
+
     checkpoints.mkdir(parents=True, exist_ok=True)
     ledger_path = checkpoints / "ledger.json"
     ledger: dict[str, Any] = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
@@ -171,8 +204,11 @@ def run_demo(out: str | Path = "reports/demo", *, quick: bool = False, checkpoin
             continue
         result.table.append({"student": pipeline.name, "passed": report.passed, "untrusted": report.untrusted,
                              **_headline(report)})
-    render_index(entries, out / "index.html", title="robustdistill demo: digits teachers and students")
-    result.seconds = time.perf_counter() - started
+    index = out / "index.html"
+    if index.exists() and not ownership.owns(out, index):
+        raise UserInputError("out", f"{index} exists and was not written by robustdistill", "move it away")
+    render_index(entries, index, title="robustdistill demo: digits teachers and students")
+    ownership.record(out, [index])
     result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -184,7 +220,7 @@ def resumable(run_dir: Path, teacher: Path, student: Path, extra: dict[str, Path
 
     results = run_dir / "results.jsonl"
     if not results.exists():
-        shutil.rmtree(run_dir, ignore_errors=True)
+        start_over(run_dir)
         return False
     try:
         manifest = json.loads(results.read_text().splitlines()[0])
@@ -195,8 +231,19 @@ def resumable(run_dir: Path, teacher: Path, student: Path, extra: dict[str, Path
     if audited == {role: checkpoint_sha256(path) for role, path in roles.items()}:
         return True
     log.info("%s audited other checkpoints: starting it over", run_dir)
-    shutil.rmtree(run_dir)
+    start_over(run_dir)
     return False
+
+
+def start_over(run_dir: Path) -> None:
+    """Remove what an earlier audit wrote in ``run_dir`` (the files its marker lists, or, for a folder of an earlier
+    version, its provably own files); a user's files stay, and a folder that is not robustdistill's is refused."""
+    if not run_dir.exists():
+        return
+    ownership.claim_out(run_dir, ownership.AUDIT, legacy=ownership.is_legacy_audit)
+    ownership.refuse_if_held(run_dir)
+    ownership.adopt(run_dir, ownership.AUDIT, legacy=ownership.is_legacy_audit)
+    ownership.remove_owned(run_dir)
 
 
 def _headline(report: Any) -> dict[str, float | None]:

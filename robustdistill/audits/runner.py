@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustdistill import ownership
 from robustdistill.audits import masking
 from robustdistill.audits.probes import EvalContext, Probe, default_examples_probe
 from robustdistill.audits.schema import Gate, Suite, load_suite
@@ -344,8 +345,9 @@ def audit(
                        device=device, extra=extra)
     run_dir = Path(out) if out is not None else Path("runs") / suite.name
     store = RunStore(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserInputError("out", f"{run_dir} is a file", "choose a directory with --out")
+    # Before any work: a folder robustdistill did not make, a file, or a place that cannot be written is refused.
+    ownership.claim_out(run_dir, ownership.AUDIT, legacy=ownership.is_legacy_audit)
+    ownership.refuse_if_held(run_dir)
     if store.has_results() and not resume:
         raise UserInputError("out", f"{run_dir} already holds an audit's results",
                              "add --resume (resume=True) to continue it, or choose another --out")
@@ -383,11 +385,24 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
         "suite": suite.to_dict(), "gates": [asdict(g) for g in suite.gates], "examples": examples,
         "plan": [u.plan_entry() for u in units],
     }
+    # Everything is validated: from here on the run directory exists, locked by this run until it returns.
+    with ownership.using(run_dir, ownership.AUDIT, f"robustdistill audit {suite.name}", legacy=ownership.is_legacy_audit):
+        return _execute(suite, run_dir, store, resume, progress, render, on_unit, manifest, units, data, models,
+                        examples, example_idx)
+
+
+def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progress: bool | None, render: bool,
+             on_unit: UnitCallback | None, manifest: dict[str, Any], units: list[PlannedUnit], data: Any,
+             models: Mapping[str, nn.Module], examples: str | None, example_idx: np.ndarray) -> Report:
+    """Run the planned units into the locked ``run_dir`` and build (and render) the report."""
+    if store.has_results() and not resume:  # another audit finished into it while this one was validating
+        raise UserInputError("out", f"{run_dir} already holds an audit's results",
+                             "add --resume (resume=True) to continue it, or choose another --out")
     done: set[str] = set()
     if resume and store.has_results():
         done = set(store.read()[1])
-    # Everything is validated: from here on the run directory exists.
     store.start(manifest, resume=resume)
+    ownership.record(run_dir, [store.path])
     ctx = EvalContext(data.x, data.y, models, suite.seed, suite.batch_size, artifacts=run_dir / ARTIFACTS,
                       example_idx=example_idx, examples_probe=examples)
     todo = [u for u in units if u.key not in done]
@@ -410,6 +425,7 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
                 "seconds": round(time.perf_counter() - started, 3), "finished": now(),
             }
             store.append(record)
+            ownership.record(run_dir, [run_dir / ARTIFACTS / name for name in record["artifacts"]])
             log.debug("%s on %s: %.1fs", unit.probe.name, "+".join(unit.roles), record["seconds"])
             bar.update(1)
             if on_unit is not None:
@@ -417,6 +433,7 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
     finally:
         bar.close()
     report = build_report(run_dir)
+    ownership.record(run_dir, [p for p in (run_dir / REPORT, run_dir / ARTIFACTS / EXAMPLES) if p.is_file()])
     if render:
         report.rendered = render_reports(run_dir)
     return report

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from robustdistill import ownership
 from robustdistill.errors import UserInputError
 from robustdistill.models.architectures import infer_arch_params
 from robustdistill.models.classifier import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION, Classifier, HFImageClassifier
@@ -34,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CHECKPOINT_FILES = frozenset({CONFIG_NAME, WEIGHTS_NAME})  # all a robustdistill checkpoint directory holds
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Keys under which training scripts commonly nest the state dict, in the order they are tried.
 STATE_DICT_WRAPPERS = ("state_dict", "model_state_dict", "net", "model")
@@ -90,15 +92,47 @@ def atomic_directory(target: str | os.PathLike[str], *, may_replace: Callable[[P
 
 
 def _is_replaceable_checkpoint(path: Path) -> bool:
-    if path.is_dir() and not any(path.iterdir()):
+    """Empty, or a robustdistill checkpoint holding nothing but the two files save_checkpoint writes: a folder with
+    anything else in it (a user's notes next to a config.json) is never replaced."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    entries = list(path.iterdir())
+    if not entries:
         return True
-    config = path / CONFIG_NAME
-    if not config.is_file():
+    if {p.name for p in entries} != CHECKPOINT_FILES or any(p.is_symlink() or not p.is_file() for p in entries):
         return False
     try:
-        return json.loads(config.read_text()).get("format") == CHECKPOINT_FORMAT
-    except (OSError, json.JSONDecodeError, AttributeError):
+        return json.loads((path / CONFIG_NAME).read_text(encoding="utf-8")).get("format") == CHECKPOINT_FORMAT
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         return False
+
+
+def check_checkpoint_out(target: str | os.PathLike[str], field: str = "out") -> Path:
+    """Before any training: ``target`` can become a checkpoint directory (new and creatable, empty, or a checkpoint
+    robustdistill wrote that may be replaced); otherwise a :class:`UserInputError` and nothing is written."""
+    target = Path(target)
+    ownership.check_location(target, field)
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise UserInputError(field, f"{target} is a file, not a folder",
+                                 "choose a checkpoint directory that does not exist yet")
+        if not _is_replaceable_checkpoint(target):
+            raise UserInputError(field, f"{target} exists and is not a model directory robustdistill wrote "
+                                 f"(only {CONFIG_NAME} and {WEIGHTS_NAME})",
+                                 "choose another output directory; robustdistill replaces only its own checkpoints")
+    return target
+
+
+def remove_checkpoint(target: str | os.PathLike[str]) -> None:
+    """Delete a checkpoint directory robustdistill wrote (only config.json and model.safetensors in it); anything
+    else is refused, never deleted."""
+    target = Path(target)
+    if not _is_replaceable_checkpoint(target):
+        raise UserInputError(str(target), "is not a checkpoint directory robustdistill wrote, so it is not deleted",
+                             "move it away, then run again")
+    for name in CHECKPOINT_FILES:
+        (target / name).unlink(missing_ok=True)
+    target.rmdir()
 
 
 def _safetensors_ready(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from robustdistill import ownership
+from robustdistill.errors import UserInputError
 from robustdistill.reports import plots as plotting
 from robustdistill.reports.data import ROC_KEY, SIZE_TITLE, Privacy, Report, load_examples, load_privacy
 from robustdistill.reports.html import render_html, render_index_html
@@ -96,22 +98,34 @@ def render(run_dir: str | os.PathLike[str]) -> list[Path]:
     markdown = render_markdown(report, links, examples_note, privacy, roc_links, size_plot=section_links.get("size"))
     html = render_html(report, pngs, examples_note, privacy)
 
-    plot_paths, stale = [], []
-    for key, png in pngs.items():
-        target = run_dir / "plots" / plot_file(key)[0]
-        if png is None:
-            stale.append(target)
-            continue
+    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    plots = {run_dir / "plots" / plot_file(key)[0]: png for key, png in pngs.items() if png is not None}
+    # Only files robustdistill wrote here are ever replaced: refuse before writing anything.
+    _check_owned(run_dir, [*plots, md_path, html_path])
+    plot_paths = []
+    for target, png in plots.items():
         _write_bytes(target, png)
         plot_paths.append(target)
-    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+        ownership.record(run_dir, [target])
     _write_text(md_path, markdown)
     _write_text(html_path, html)
-    stale += [path for path in (run_dir / "plots").glob("roc-*.png") if path not in plot_paths]
-    for target in stale:  # plots of an earlier render that this run no longer has data for
-        target.unlink(missing_ok=True)
+    ownership.record(run_dir, [md_path, html_path])
+    # Plots of an earlier render that this run no longer has data for: only those the marker says we wrote.
+    stale = [path for path in (run_dir / "plots").glob("*.png") if path not in plots]
+    ownership.remove_owned(run_dir, stale)
     log.info("wrote %s and %s", md_path, html_path)
     return [md_path, html_path, *plot_paths]
+
+
+def _check_owned(run_dir: Path, targets: Sequence[Path]) -> None:
+    """Refuse to replace a file in ``run_dir`` that robustdistill did not write there (a user's own report.md or
+    plot); a run directory without a marker is adopted only if it provably is an earlier version's audit."""
+    legacy = ownership.read_marker(run_dir) is None and ownership.is_legacy_audit(run_dir)
+    foreign = [t for t in targets if (t.exists() or t.is_symlink()) and not (legacy or ownership.owns(run_dir, t))]
+    if foreign:
+        raise UserInputError("out", f"{foreign[0]} exists and was not written by robustdistill",
+                             "move it away, or write the audit into a new --out")
+    ownership.adopt(run_dir, ownership.AUDIT, legacy=ownership.is_legacy_audit)
 
 
 def render_index(entries: Sequence[Mapping[str, Any]], out: str | os.PathLike[str], title: str) -> Path:

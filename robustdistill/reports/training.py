@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from robustdistill.errors import UserInputError
 from robustdistill.reports import plots
 
 STANDARD = {"epoch", "lr", "train_loss", "train_accuracy", "val_clean_accuracy", "val_robust_accuracy",
@@ -79,24 +80,63 @@ def training_figure(provenance: dict[str, Any], title: str) -> bytes:
         return plots._png(figure)
 
 
+GENERATOR = '<meta name="generator" content="robustdistill training report">'
+# What an earlier version's training report (no generator tag) always holds.
+LEGACY_SIGNATURE = '<img alt="training curves" src="data:image/png;base64,'
+
+
+def report_paths(checkpoint: str | Path) -> tuple[Path, Path]:
+    """(``<checkpoint>.training.png``, ``<checkpoint>.training.html``)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + ".training.png"), checkpoint.with_name(checkpoint.name + ".training.html")
+
+
+def _ours(png_path: Path, html_path: Path) -> tuple[bool, bool]:
+    """Whether the existing .training.png / .training.html are robustdistill's: the page carries our generator tag
+    (or an earlier version's signature), and the PNG is the very image that page embeds."""
+    try:
+        page = html_path.read_text(encoding="utf-8") if html_path.is_file() and not html_path.is_symlink() else ""
+    except (OSError, UnicodeDecodeError):
+        page = ""
+    html_ours = GENERATOR in page or LEGACY_SIGNATURE in page
+    png_ours = False
+    if html_ours and png_path.is_file() and not png_path.is_symlink():
+        png_ours = f"data:image/png;base64,{base64.b64encode(png_path.read_bytes()).decode()}\"" in page
+    return png_ours, html_ours
+
+
+def check_training_report(checkpoint: str | Path) -> None:
+    """Before training: refuse when ``<checkpoint>.training.png`` or ``.html`` exists and robustdistill did not
+    write it (the report would overwrite a user's file)."""
+    from robustdistill import ownership
+
+    paths = report_paths(checkpoint)
+    for path, ours in zip(paths, _ours(*paths), strict=True):
+        ownership.check_location(path, "out")
+        if (path.exists() or path.is_symlink()) and not ours:
+            raise UserInputError("out", f"{path} exists and was not written by robustdistill (the training report "
+                                 "goes there)", "move it away, or choose another --out")
+
+
 def write_training_report(checkpoint: str | Path) -> list[Path]:
-    """Write ``<checkpoint>.training.png`` and ``.training.html`` from the checkpoint's provenance."""
+    """Write ``<checkpoint>.training.png`` and ``.training.html`` from the checkpoint's provenance; a file of the
+    same name that robustdistill did not write is never replaced."""
     from robustdistill.reports.render import _write_bytes, _write_text
 
     checkpoint = Path(checkpoint)
+    check_training_report(checkpoint)
     provenance = json.loads((checkpoint / "config.json").read_text()).get("provenance") or {}
     recipe = provenance.get("recipe") or {}
     title = f"{recipe.get('method', 'training')}: {checkpoint.name}"
     png = training_figure(provenance, title)
-    png_path = checkpoint.with_name(checkpoint.name + ".training.png")
-    html_path = checkpoint.with_name(checkpoint.name + ".training.html")
+    png_path, html_path = report_paths(checkpoint)
     _write_bytes(png_path, png)
     rows = "".join(
         "<tr>" + "".join(f"<td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td>" for v in r.values())
         + "</tr>" for r in provenance.get("history") or [])
     header = "".join(f"<th>{html.escape(k)}</th>" for k in ((provenance.get("history") or [{}])[0]))
     selection = provenance.get("selection") or {}
-    _write_text(html_path, f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+    _write_text(html_path, f"""<!doctype html><html><head><meta charset="utf-8">{GENERATOR}<title>{html.escape(title)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#1f2328}}table{{border-collapse:collapse;font-size:13px}}
 td,th{{border-bottom:1px solid #d0d7de;padding:3px 8px;text-align:right}}img{{max-width:100%}}</style></head><body>
 <h1>{html.escape(title)}</h1>

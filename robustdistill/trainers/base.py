@@ -12,7 +12,6 @@ import copy
 import datetime as dt
 import hashlib
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +22,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustdistill import ownership
 from robustdistill.attacks.pgd import PGD
 from robustdistill.data import ImageSplit, load_split
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, checkpoint_sha256, save_checkpoint
+from robustdistill.models.checkpoint import check_checkpoint_out
 from robustdistill.registry import Registry
 from robustdistill.trainers.config import TrainConfig, config_to_dict
 from robustdistill.utils import atomic_path, resolve_device, seed_everything
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 TRAINERS: Registry[type["Trainer"]] = Registry("trainer")
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+STATE_FILE = "last.pt"  # per-epoch resumable state in <out>.partial/
 
 
 def derived_seed(*parts: int | str) -> int:
@@ -95,6 +97,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.parents: list[dict[str, str]] = []
         self.epoch_seconds: list[float] = []  # wall time of each training epoch run by this process (no validation)
+        self._work_lock: ownership.DirectoryLock | None = None  # held on <out>.partial from start_run to the end
 
     # --- hooks for subclasses -------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -229,14 +232,25 @@ class Trainer:
         recipe's training points (shadow models of a membership-inference audit train on given subsets);
         validation stays on the recipe's val split.
         """
-        cfg = self.config
         out = Path(out)
         work, train, full, val, model = self.start_run(out, resume, train_data)
+        try:
+            path = self._train(out, work, resume, on_epoch_end, train, full, val, model)
+            self.finish_run(work)
+        except BaseException:
+            self.end_run(abandon=not (work / STATE_FILE).exists())
+            raise
+        return path
+
+    def _train(self, out: Path, work: Path, resume: bool, on_epoch_end: EpochCallback | None, train: ImageSplit,
+               full: ImageSplit, val: ImageSplit, model: Classifier) -> Path:
+        """The epochs of :meth:`fit` in the locked work folder, then the checkpoint."""
+        cfg = self.config
         optimizer, scheduler = self.make_optimizer(model)
         state = TrainState()
         best_weights = copy.deepcopy(model.state_dict())
-        if resume and (work / "last.pt").exists():
-            state, best_weights = self._load_state(work / "last.pt", model, optimizer, scheduler)
+        if resume and (work / STATE_FILE).exists():
+            state, best_weights = self._load_state(work / STATE_FILE, model, optimizer, scheduler)
             log.info("resuming %s from %s after epoch %d", self.method, work, state.epoch)
         elif resume:
             log.info("nothing to resume in %s; starting from the first epoch", work)
@@ -254,15 +268,13 @@ class Trainer:
                 best_weights = copy.deepcopy(model.state_dict())
             state.history.append(record)
             state.epoch = epoch + 1
-            self._save_state(work / "last.pt", state, model, optimizer, scheduler, best_weights)
+            self._save_state(work / STATE_FILE, state, model, optimizer, scheduler, best_weights)
             log.info("%s epoch %d/%d %s", self.method, epoch + 1, cfg.epochs, " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, record)
         model.load_state_dict(best_weights)
         model.eval()
-        path = save_checkpoint(model, out, provenance=self.provenance(train, state, full))
-        shutil.rmtree(work, ignore_errors=True)
-        return path
+        return save_checkpoint(model, out, provenance=self.provenance(train, state, full))
 
     def start_run(self, out: Path, resume: bool, train_data: ImageSplit | None
                   ) -> tuple[Path, ImageSplit, ImageSplit, ImageSplit, Classifier]:
@@ -271,6 +283,11 @@ class Trainer:
         ``<out>.partial`` work folder, the points trained on, the whole train split, val, the model)."""
         cfg = self.config
         work = out.with_name(out.name + ".partial")
+        # Before any work (and not at save time, after every epoch): where the checkpoint and the work folder go.
+        check_checkpoint_out(out)
+        ownership.claim_out(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work,
+                            what="the interrupted-run folder")
+        ownership.refuse_if_held(work)
         if work.exists() and not resume:
             raise UserInputError("--resume", f"an interrupted run is kept in {work}", f"add --resume to continue it, or delete {work} to start over")
         self.check_inputs()
@@ -283,7 +300,27 @@ class Trainer:
         self.prepare(train)
         seed_everything(cfg.seed)  # training a missing teacher in prepare() must not change the student's init
         model = self.build_model(train).to(self.device)
+        # The work folder is this run's until it ends: a second training into the same --out is refused.
+        self._work_lock = ownership.acquire(work, f"robustdistill train {self.method}")
+        ownership.adopt(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work)
+        ownership.record(work, [work / STATE_FILE])
         return work, train, full, val, model
+
+    def end_run(self, *, abandon: bool = False) -> None:
+        """Release the work folder's lock. The folder stays for --resume, unless ``abandon``: a run that failed
+        before its first epoch was saved leaves nothing that would block the next one."""
+        lock = self._work_lock
+        if lock is not None and abandon:
+            lock.undo()
+        elif lock is not None:
+            lock.release()
+        self._work_lock = None
+
+    def finish_run(self, work: Path) -> None:
+        """After the checkpoint is saved: remove the work folder's files robustdistill wrote (and the folder, when
+        nothing else is in it); release its lock."""
+        ownership.dispose(work)
+        self.end_run()
 
     def provenance(self, train: ImageSplit, state: TrainState, full: ImageSplit | None = None) -> dict[str, Any]:
         """``data.fingerprint`` is the whole train split's (what a membership audit reloads and checks);

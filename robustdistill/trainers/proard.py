@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -325,7 +324,7 @@ class ProARDTrainer(Trainer):
         state = TrainState(global_epoch, stage_best[-1]["score"], stage_best[-1]["best_epoch"], history)
         self.stage_best = stage_best
         path = save_checkpoint(model, out, provenance=self.provenance(train, state, full))
-        shutil.rmtree(work, ignore_errors=True)
+        self.finish_run(work)  # only the files this run wrote in the work folder; then its lock goes
         return path
 
     def extra_provenance(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ def _audit(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from robustdistill.audits.runner import build_report, render_reports
+    from robustdistill.audits.store import chain_line
     from robustdistill.errors import UserInputError
 
     run_dir = Path(args.run_dir)
@@ -34,6 +35,7 @@ def _report(args: argparse.Namespace) -> int:
     report = build_report(run_dir)
     report.rendered = render_reports(run_dir)
     print(report.summary())
+    print(chain_line(report.manifest))  # whether results.jsonl is still what the run wrote
     print("wrote " + ", ".join(str(p) for p in [run_dir / "report.json", *report.rendered]))
     return 0
 

@@ -18,6 +18,7 @@ import json
 import logging
 import subprocess
 import time
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ from robustdistill.audits import masking
 from robustdistill.audits.probes import EvalContext, Probe, default_examples_probe
 from robustdistill.audits.schema import Gate, Suite, load_suite
 from robustdistill.audits.stats import bootstrap_ratio_ci, pack_mask, unpack_mask
-from robustdistill.audits.store import RunStore
+from robustdistill.audits.store import REPORT, RunStore
 from robustdistill.errors import UserInputError
 from robustdistill.utils import atomic_path, resolve_device, seed_everything, write_json_atomic
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REPORT = "report.json"
 ARTIFACTS = "artifacts"
 EXAMPLES = "examples.npz"
 N_EXAMPLES = 12
@@ -472,7 +472,8 @@ def render_reports(run_dir: Path) -> list[Path]:
 def build_report(run_dir: str | Path) -> Report:
     """Rebuild report.json from results.jsonl (what ``robustdistill report RUN_DIR`` does before rendering)."""
     run_dir = Path(run_dir)
-    manifests, units = RunStore(run_dir).read()
+    stored = RunStore(run_dir).load()  # shapes, plan and duplicates checked; a broken chain fails the verdict
+    manifests, units = stored.manifests, stored.units
     first, last = manifests[0], manifests[-1]
     rows: list[dict[str, Any]] = []
     flags: list[dict[str, Any]] = []
@@ -532,6 +533,7 @@ def build_report(run_dir: str | Path) -> Report:
     }
     if missing:
         manifest["incomplete"] = missing
+    manifest |= stored.evidence()
     report = Report(last["suite"], manifest, rows, gates, flags, run_dir, missing)
     merge_examples(run_dir, last, units, roles)
     write_json_atomic(run_dir / REPORT, report.to_dict())
@@ -616,15 +618,24 @@ def merge_examples(run_dir: Path, manifest: Mapping[str, Any], units: Mapping[st
             files[role] = run_dir / ARTIFACTS / artifact
     if set(files) != set(roles) or not all(p.is_file() for p in files.values()):
         return
+    inside = (run_dir / ARTIFACTS).resolve()
+    for path in files.values():  # the store checked the names; a symbolic link could still lead elsewhere
+        if not path.resolve().is_relative_to(inside):
+            raise UserInputError(str(path), f"leads outside {inside}", "a run reads only its own files; re-run the "
+                                 "audit into a new --out")
     arrays: dict[str, np.ndarray] = {}
-    for role in roles:
-        with np.load(files[role]) as part:
-            if "clean" not in arrays:
-                arrays |= {"clean": part["clean"], "labels": part["labels"], "index": part["index"],
-                           "attack": np.array(name)}
-            arrays[f"adv_{role}"] = part["adv"]
-            arrays[f"pred_clean_{role}"] = part["pred_clean"]
-            arrays[f"pred_adv_{role}"] = part["pred_adv"]
+    try:
+        for role in roles:
+            with np.load(files[role], allow_pickle=False) as part:
+                if "clean" not in arrays:
+                    arrays |= {"clean": part["clean"], "labels": part["labels"], "index": part["index"],
+                               "attack": np.array(name)}
+                arrays[f"adv_{role}"] = part["adv"]
+                arrays[f"pred_clean_{role}"] = part["pred_clean"]
+                arrays[f"pred_adv_{role}"] = part["pred_adv"]
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # damaged examples cost the examples only
+        log.warning("cannot merge the examples of %s (%s: %s): the report shows none", name, type(exc).__name__, exc)
+        return
     with atomic_path(run_dir / ARTIFACTS / EXAMPLES) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)

@@ -711,10 +711,18 @@ def _as_nchw(array: np.ndarray) -> np.ndarray | None:
     return np.clip(np.nan_to_num(array), 0.0, 1.0)
 
 
+def inside_run(path: Path, run_dir: Path) -> bool:
+    """Whether ``path``, followed through any symbolic link, lies inside ``run_dir``: a report reads only its own
+    run's files, never a link to a file elsewhere."""
+    return path.resolve().is_relative_to(run_dir.resolve())
+
+
 def load_examples(path: Path) -> tuple[Examples | None, str]:
     """(examples, "") or (None, why not): a missing or malformed file is a note in the report, not an error."""
     if not path.is_file():
         return None, "this run saved no examples (artifacts/examples.npz)"
+    if not inside_run(path, path.parent.parent):
+        return None, "artifacts/examples.npz leads outside the run directory: not read"
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
@@ -822,6 +830,9 @@ def load_privacy(report: Report, run_dir: Path) -> Privacy | None:
             path = run_dir / name
             if not path.is_file():
                 notes[probe].append(f"no ROC curve for {role}: {name} is missing")
+                continue
+            if not inside_run(path, run_dir):
+                notes[probe].append(f"no ROC curve for {role}: {name} leads outside the run directory: not read")
                 continue
             try:
                 with np.load(path, allow_pickle=False) as npz:

@@ -229,9 +229,7 @@ def test_a_line_of_the_wrong_shape_exits_2_with_a_clear_message(
 def test_an_artifact_linked_outside_the_run_is_refused(failing_run: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """A valid name can still be a symbolic link to a file elsewhere: the run never reads it."""
-    outside = tmp_path / "elsewhere.npz"
-    (failing_run / "artifacts" / "examples-student.npz").rename(outside)
-    (failing_run / "artifacts" / "examples-student.npz").symlink_to(outside)
+    _link_outside(failing_run / "artifacts" / "examples-student.npz", tmp_path / "elsewhere.npz")
     assert main(["report", str(failing_run)]) == 2
     err = capsys.readouterr().err
     assert "leads outside" in err and "Traceback" not in err, err
@@ -265,3 +263,31 @@ def test_a_resumed_run_reports_exactly_as_an_uninterrupted_one(digits_pair: tupl
     assert build_report(tmp_path / "resumed").rows == whole.rows
     with np.load(tmp_path / "resumed" / "artifacts" / "examples.npz") as npz:
         assert {"adv_teacher", "adv_student"} <= set(npz.files)
+
+
+def _link_outside(path: Path, outside: Path) -> None:
+    """Move a run's file elsewhere and leave a symbolic link to it in its place."""
+    path.rename(outside)
+    path.symlink_to(outside)
+
+
+def test_the_report_reads_no_examples_through_a_link_outside_the_run(failing_run: Path, tmp_path: Path) -> None:
+    from robustdistill.reports import render
+
+    _link_outside(failing_run / "artifacts" / "examples.npz", tmp_path / "elsewhere.npz")
+    render(failing_run)
+    assert "examples.npz leads outside the run directory" in (failing_run / "report.md").read_text()
+
+
+def test_the_report_reads_no_roc_curve_through_a_link_outside_the_run(digits_pair: tuple[Path, Path], cheap_suite: Any,
+                                                                      tmp_path: Path) -> None:
+    from robustdistill.reports import render
+
+    teacher, student = digits_pair
+    suite = cheap_suite(teacher, student, samples=60, probes=[{"kind": "clean"}, {"kind": "mia-loss", "views": ["own"]}],
+                        gates={})
+    run = tmp_path / "run"
+    audit(suite, out=run, progress=False, render=False)
+    _link_outside(run / "artifacts" / "roc-mia-loss-student.npz", tmp_path / "elsewhere.npz")
+    render(run)
+    assert "roc-mia-loss-student.npz leads outside the run directory" in (run / "report.md").read_text()

@@ -61,6 +61,7 @@ class EvalContext:
     example_idx: np.ndarray | None = None
     examples_probe: str | None = None
     _clean_pred: dict[str, torch.Tensor] = field(default_factory=dict)
+    non_finite: dict[str, str] = field(default_factory=dict)  # role -> where its logits were first NaN or infinite
 
     @property
     def n(self) -> int:
@@ -68,8 +69,22 @@ class EvalContext:
 
     def clean_pred(self, role: str) -> torch.Tensor:
         if role not in self._clean_pred:
-            self._clean_pred[role] = predict(self.models[role], self.x, self.batch_size)
+            self._clean_pred[role] = self.predict(role, self.x, "clean evaluation inputs")
         return self._clean_pred[role]
+
+    def predict(self, role: str, x: torch.Tensor, inputs: str) -> torch.Tensor:
+        """The role's top-1 predictions on ``x``, noting ``inputs`` (what x is) when any logit is NaN or infinite:
+        the argmax of such a row is arbitrary (NaN counts as the largest), so every number built on it is void."""
+        pred, bad = predict_checked(self.models[role], x, self.batch_size)
+        if bad and role not in self.non_finite:
+            if not bool(torch.isfinite(x).all()):  # an attack's fault rather than the model's: say so
+                inputs += " (the inputs themselves hold NaN or infinite values)"
+            self.non_finite[role] = f"NaN or infinite logits on {bad} of {len(x)} {inputs}"
+        return pred
+
+    def output_flags(self, roles: tuple[str, ...]) -> list[dict[str, Any]]:
+        """A ``non_finite_outputs`` flag for each of ``roles`` seen with NaN or infinite logits in this run."""
+        return [non_finite_flag(role, self.non_finite[role]) for role in roles if role in self.non_finite]
 
 
 @dataclass
@@ -88,11 +103,28 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+NON_FINITE = "non_finite_outputs"
+
+
+def non_finite_flag(role: str, evidence: str) -> dict[str, Any]:
+    """The flag of a model whose outputs are NaN or infinite: every gate on it is invalid and the verdict fails."""
+    return {"kind": NON_FINITE, "model": role, "check": NON_FINITE, "evidence": evidence}
+
+
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def predict_checked(model: nn.Module, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
+    """(top-1 predictions, number of inputs with a NaN or infinite logit)."""
     device = model_device(model)
-    out = [model(x[i : i + batch_size].to(device)).argmax(1).cpu() for i in range(0, len(x), batch_size)]
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+    out, bad = [], 0
+    for i in range(0, len(x), batch_size):
+        logits = model(x[i : i + batch_size].to(device))
+        bad += int((~torch.isfinite(logits)).flatten(1).any(1).sum())
+        out.append(logits.argmax(1).cpu())
+    return (torch.cat(out) if out else torch.empty(0, dtype=torch.long)), bad
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return predict_checked(model, x, batch_size)[0]
 
 
 def run_attack(atk: attacks.Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -212,7 +244,7 @@ def value_row(probe: str, model: str, metric: str, value: float | None, n: int, 
 def attack_outcome(ctx: EvalContext, role: str, x_adv: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """(clean correct, robust correct = clean correct and still correct under attack, adversarial predictions)."""
     clean = (ctx.clean_pred(role) == ctx.y).numpy()
-    adv_pred = predict(ctx.models[role], x_adv, ctx.batch_size)
+    adv_pred = ctx.predict(role, x_adv, "adversarial inputs")
     robust = clean & (adv_pred == ctx.y).numpy()
     return clean, robust, adv_pred
 
@@ -231,7 +263,12 @@ class ProbeConfig(pydantic.BaseModel):
 
 
 class Probe:
-    """Base class. Subclasses set ``kind``, ``config_class``, ``metrics`` and implement :meth:`run`."""
+    """Base class. Subclasses set ``kind``, ``config_class``, ``metrics`` and implement :meth:`run`.
+
+    ``metrics`` lists every metric the kind can emit; :meth:`produces` narrows it to what this configured probe
+    emits for one model (e.g. ``median_l2`` only for L2 attacks). Gates are checked against it when the suite is
+    loaded, and a contract test holds every registered probe's rows to it.
+    """
 
     kind: ClassVar[str] = ""
     config_class: ClassVar[type[ProbeConfig]] = ProbeConfig
@@ -267,8 +304,13 @@ class Probe:
         """JSON params identifying what the probe computes (part of every unit's key)."""
         return {}
 
-    def gate_metrics(self) -> tuple[str, ...]:
-        return () if self.multi_row else self.metrics
+    def produces(self, role: str) -> tuple[str, ...]:
+        """Every metric this probe, as configured, can emit in a row of model ``role``."""
+        return self.metrics
+
+    def gate_metrics(self, role: str) -> tuple[str, ...]:
+        """The metrics of :meth:`produces` with one row per model (a gate needs a single value)."""
+        return () if self.multi_row else self.produces(role)
 
     def units(self, roles: list[str]) -> list[tuple[str, ...]]:
         if self.derived:
@@ -283,6 +325,16 @@ class Probe:
 
     def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
         raise NotImplementedError
+
+    def run_unit(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
+        """:meth:`run`, plus a ``non_finite_outputs`` flag for each model of the unit whose logits were NaN or
+        infinite, on the clean evaluation data or under an attack. The clean pass is cached for the run, so making
+        sure every model of every unit had one costs one forward pass per model, whatever the probe."""
+        result = self.run(ctx, roles)
+        for role in roles:
+            ctx.clean_pred(role)
+        result.flags.extend(ctx.output_flags(roles))
+        return result
 
     def row_params(self, **extra: Any) -> dict[str, Any]:
         params = dict(self.params())
@@ -354,6 +406,12 @@ class AttackProbe(Probe):
 
     def validate(self) -> None:
         self.spec_ = resolve_attack(self.config.attack, self.config.params, self.threat_model, self.seed, self.where)
+        # AutoAttack's components are fixed when it is built: they name its per-stage rows.
+        self.stages = tuple(c.replace("-", "_") for c in getattr(self.spec_.build(), "attacks", ()))
+
+    def produces(self, role: str) -> tuple[str, ...]:
+        metrics = ["robust_accuracy", "success_rate"] + (["median_l2"] if self.norm == "l2" else [])
+        return (*metrics, *(f"robust_accuracy_after_{stage}" for stage in self.stages))
 
     @property
     def attack(self) -> str:
@@ -514,7 +572,7 @@ class TransferProbe(PairAttackProbe):
         masks: dict[str, dict[str, np.ndarray]] = {}
         adv = {role: run_attack(self.spec_.build(), ctx.models[role], ctx.x, ctx.y, ctx.batch_size) for role in roles}
         for source, target in (roles, roles[::-1]):
-            source_fooled = (predict(ctx.models[source], adv[source], ctx.batch_size) != ctx.y).numpy()
+            source_fooled = (ctx.predict(source, adv[source], "adversarial inputs") != ctx.y).numpy()
             clean, robust, _ = attack_outcome(ctx, target, adv[source])
             params = self.row_params(source=source, target=target)
             rows.append(accuracy_row(self.name, target, "transfer_accuracy", robust, params))
@@ -542,7 +600,7 @@ class AgreementProbe(PairAttackProbe):
         clean_agree = (ctx.clean_pred(a) == ctx.clean_pred(b)).numpy()
         for role, other in ((a, b), (b, a)):
             x_adv = run_attack(self.spec_.build(), ctx.models[role], ctx.x, ctx.y, ctx.batch_size)
-            adv_agree = (predict(ctx.models[role], x_adv, ctx.batch_size) == predict(ctx.models[other], x_adv, ctx.batch_size)).numpy()
+            adv_agree = (ctx.predict(role, x_adv, "adversarial inputs") == ctx.predict(other, x_adv, "adversarial inputs")).numpy()
             rows.append(accuracy_row(self.name, role, "agreement_clean", clean_agree, self.row_params(**{"with": other})))
             rows.append(accuracy_row(self.name, role, "agreement_adv", adv_agree,
                                      self.row_params(**{"with": other, "crafted_on": role})))
@@ -612,8 +670,12 @@ class MaskingProbe(Probe):
         if self.threat_model.eps <= 0:
             raise UserInputError("threat_model.eps", "the masking checks need eps > 0", "set a positive eps")
 
-    def gate_metrics(self) -> tuple[str, ...]:
-        return tuple(m for m in self.metrics if m != "scaled_logits_robust_accuracy")
+    def produces(self, role: str) -> tuple[str, ...]:
+        # worst_case runs Square on top of the gradient attacks: no Square queries, no worst case.
+        return tuple(m for m in self.metrics if m != "worst_case_robust_accuracy" or self.config.square_queries)
+
+    def gate_metrics(self, role: str) -> tuple[str, ...]:
+        return tuple(m for m in self.produces(role) if m != "scaled_logits_robust_accuracy")  # one row per scale
 
     def params(self) -> dict[str, Any]:
         return {"eps": self.threat_model.eps, "norm": self.threat_model.norm,
@@ -665,7 +727,7 @@ class MaskingProbe(Probe):
                 square = attacks.create("square", eps=eps, norm=norm, n_queries=cfg.square_queries, seed=seed)
                 x_sub, y_sub = ctx.x[idx], ctx.y[idx]
                 x_adv = run_attack(square, model, x_sub, y_sub, ctx.batch_size)
-                worst[idx.numpy()] = (predict(model, x_adv, ctx.batch_size) == y_sub).numpy()
+                worst[idx.numpy()] = (ctx.predict(role, x_adv, "adversarial inputs") == y_sub).numpy()
             results["worst_case"] = worst
 
         flags = masking.probe_checks(role, results, scaled, cfg.tolerance, cfg.large_eps_max_accuracy, eps, large,

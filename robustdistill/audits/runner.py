@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from robustdistill import ownership
 from robustdistill.audits import masking
-from robustdistill.audits.probes import EvalContext, Probe, default_examples_probe
+from robustdistill.audits.probes import NON_FINITE, EvalContext, Probe, default_examples_probe
+from robustdistill.audits.verdict import decide, flagged_checks
 from robustdistill.audits.schema import Gate, Suite, load_suite
 from robustdistill.audits.stats import bootstrap_ratio_ci, pack_mask, unpack_mask
 from robustdistill.audits.store import REPORT, RunStore
@@ -60,10 +61,13 @@ UnitCallback = Callable[[dict[str, Any]], None]
 class Report:
     """An audit's outcome; ``to_dict()`` is report.json (DESIGN.md).
 
-    ``passed``: every gate passed (and every planned unit finished). ``results``: a DataFrame, one row per
-    (probe, model, metric[, params]). ``flags``: gradient-masking flags with evidence. ``gates``: each gate with
-    its value, ``passed`` and ``status`` ("passed", "failed", "untrusted" or "missing"). ``untrusted``: the
-    models whose robust accuracy is not to be trusted (flagged for gradient masking).
+    ``verdict``: the one decision (robustdistill.audits.verdict) that the CLI, the exit code and every rendered
+    report show; ``passed`` is its ``passed``: every gate passed, every planned unit finished, no model gave
+    non-finite outputs and none is flagged for gradient masking (unless the suite's ``[verdict]`` opts out).
+    ``results``: a DataFrame, one row per (probe, model, metric[, params]). ``flags``: gradient-masking and
+    ``non_finite_outputs`` flags with evidence. ``gates``: each gate with its value, ``passed`` and ``status``
+    ("passed", "failed", "untrusted", "invalid" or "missing"). ``untrusted``: the models whose robust accuracy is
+    not to be trusted (flagged for gradient masking).
     """
 
     suite: dict[str, Any]
@@ -74,10 +78,16 @@ class Report:
     run_dir: Path | None = None
     missing: list[str] = field(default_factory=list)
     rendered: list[Path] = field(default_factory=list)
+    verdict: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            self.verdict = decide(self.gates, self.flags, self.missing, self.suite.get("verdict"),
+                                  self.manifest.get("chain"))
 
     @property
     def passed(self) -> bool:
-        return not self.missing and all(g["passed"] for g in self.gates)
+        return bool(self.verdict["passed"])
 
     @property
     def complete(self) -> bool:
@@ -108,7 +118,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"suite": self.suite, "manifest": self.manifest, "results": self.rows, "gates": self.gates,
-                "flags": self.flags}
+                "flags": self.flags, "verdict": self.verdict}
 
     def summary(self) -> str:
         """A short teacher-vs-student table, the flags, the gates and the verdict (what the CLI prints)."""
@@ -145,6 +155,9 @@ class Report:
         lines.extend(self._privacy_summary(roles))
         if self.untrusted:
             lines.append("* not to be trusted: gradient masking flagged for " + ", ".join(self.untrusted))
+        invalid = flagged_checks(self.flags, NON_FINITE)
+        if invalid:
+            lines.append("invalid: NaN or infinite outputs from " + ", ".join(invalid) + "; every gate on them fails")
         for item in self.flags:
             lines.append(f"FLAG {item['model']}: {item['check']}: {item['evidence']}")
         for gate in self.gates:
@@ -153,12 +166,8 @@ class Report:
             lines.append(f"{gate['status'].upper():<9} {gate['metric']} {gate['op']} {gate['threshold']:g}: {value}{note}")
         if self.missing:
             lines.append(f"INCOMPLETE: {len(self.missing)} probe unit(s) did not finish; continue with --resume")
-        failed = sum(not g["passed"] for g in self.gates)
-        if self.passed:
-            verdict = f"PASS ({len(self.gates)} gate(s))" if self.gates else "PASS (no gates)"
-        else:
-            verdict = f"FAIL ({failed} of {len(self.gates)} gate(s) failed)" if failed else "FAIL (incomplete)"
-        lines.append(f"verdict: {verdict}")
+        lines += [f"warning: {note}" for note in self.verdict.get("notes", [])]
+        lines.append(f"verdict: {self.verdict['summary']}")
         return "\n".join(lines)
 
 
@@ -415,7 +424,7 @@ def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progres
             bar.set_postfix_str(f"{unit.probe.name} on {'+'.join(unit.roles)}")
             seed_everything(suite.seed)  # any global-RNG use inside a unit is the same however the run was split
             started = time.perf_counter()
-            result = unit.probe.run(ctx, unit.roles)
+            result = unit.probe.run_unit(ctx, unit.roles)  # run() plus the non_finite_outputs check
             record = {
                 "key": unit.key, "model_sha256": unit.model_sha256, "probe": unit.probe.name, "kind": unit.probe.kind,
                 "params_hash": unit.params_hash, "roles": list(unit.roles), "params": unit.probe.params(),
@@ -517,7 +526,8 @@ def build_report(run_dir: str | Path) -> Report:
                   "loss_tolerance": settings.get("loss_tolerance", masking.LOSS_TOLERANCE)}
     for role in roles:
         flags.extend(masking.cross_checks(role, attacks.get(role, []), curves.get(role, []), **tolerances))
-    flags = masking.dedupe(flags)
+    flags = one_non_finite_flag_per_model(masking.dedupe(flags))
+    invalid = set(flagged_checks(flags, NON_FINITE))
     untrusted = {f["model"]: [] for f in flags if f.get("kind") == masking.KIND}
     for item in flags:
         if item["model"] in untrusted:
@@ -525,7 +535,7 @@ def build_report(run_dir: str | Path) -> Report:
     # Gradient masking makes robust accuracy untrustworthy; it says nothing about membership leakage or model size.
     not_robustness = {p["name"] for p in last["suite"].get("probes", [])
                       if str(p.get("kind", "")).startswith("mia-") or p.get("kind") == "size"}
-    gates = [evaluate_gate(Gate(**g), rows, untrusted, not_robustness) for g in last.get("gates", [])]
+    gates = [evaluate_gate(Gate(**g), rows, untrusted, not_robustness, invalid) for g in last.get("gates", [])]
     manifest = {
         "robustdistill": last["robustdistill"], "torch": last["torch"], "git": last["git"], "seed": last["seed"],
         "checkpoints": checkpoints, "started": first["started"], "finished": now(),
@@ -568,11 +578,29 @@ def retention_rows(manifest: Mapping[str, Any], roles: list[str], retainable: li
     return rows
 
 
+def one_non_finite_flag_per_model(flags: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every unit of a model with NaN or infinite outputs carries the flag; the report keeps the first (plan order)."""
+    seen: set[str] = set()
+    out = []
+    for item in flags:
+        if item.get("kind") == NON_FINITE:
+            if item["model"] in seen:
+                continue
+            seen.add(item["model"])
+        out.append(item)
+    return out
+
+
 CLEAN_METRICS = frozenset({"accuracy", "agreement_clean", "accuracy_retention"})
 
 
 def evaluate_gate(gate: Gate, rows: list[dict[str, Any]], untrusted: Mapping[str, list[str]],
-                  not_robustness: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+                  not_robustness: frozenset[str] | set[str] = frozenset(),
+                  invalid: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+    """A gate's entry in report.json: its value and status. "invalid" when a model whose outputs enter the value
+    gave NaN or infinite logits; "untrusted" when a model whose gradients made the adversarial examples (the gated
+    one, a transfer's source, a retention's teacher) is flagged for gradient masking; else "passed", "failed" or
+    "missing"."""
     if gate.is_retention:
         matches = [r for r in rows if r["probe"] == "retention" and r["model"] == gate.role
                    and r["params"].get("of") == gate.measure]
@@ -580,12 +608,24 @@ def evaluate_gate(gate: Gate, rows: list[dict[str, Any]], untrusted: Mapping[str
     else:
         matches = [r for r in rows if r["probe"] == gate.probe and r["model"] == gate.role and r["metric"] == gate.measure]
         involved = [gate.role]
+    row = matches[0] if len(matches) == 1 else None
+    # A transfer row's adversarial examples were crafted on params.source: its gradients count too; an agreement
+    # row also holds the predictions of params.with.
+    source = row["params"].get("source") if row is not None else None
+    if isinstance(source, str) and source not in involved:
+        involved.append(source)
+    other = row["params"].get("with") if row is not None else None
+    measured = involved + ([other] if isinstance(other, str) else [])
     entry: dict[str, Any] = {"metric": gate.metric, "op": gate.op, "threshold": gate.threshold, "value": None,
                              "passed": False}
-    if len(matches) != 1:
+    void = [role for role in dict.fromkeys(measured) if role in invalid]
+    if void:
+        entry |= {"value": row["value"] if row is not None else None, "status": "invalid",
+                  "note": f"{', '.join(void)} gave NaN or infinite outputs: the value means nothing"}
+        return entry
+    if row is None:
         entry |= {"status": "missing", "note": "not measured" if not matches else f"{len(matches)} rows match"}
         return entry
-    row = matches[0]
     value = row["value"]
     entry["value"] = value
     if value is None:

@@ -226,10 +226,18 @@ class Gate:
     threshold: Any
     value: Any
     passed: bool | None
+    status: str | None = None  # "passed", "failed", "untrusted", "invalid" or "missing" (older files: none)
 
     @property
     def role(self) -> str:
         return self.metric.split(".", 1)[0] if "." in self.metric else ""
+
+    def warning(self, masked_roles: Iterable[str]) -> str | None:
+        """Why a gate's value is not to be taken at face value: its status when the runner recorded one
+        ("untrusted", "invalid", "missing"), else (older files) "untrusted" for a robust metric of a masked model."""
+        if self.status is not None:
+            return self.status if self.status in GATE_WARNINGS else None
+        return "untrusted" if self.role in set(masked_roles) and "robust" in self.metric else None
 
     @classmethod
     def parse(cls, raw: Any) -> Gate:
@@ -239,7 +247,58 @@ class Gate:
         passed = raw.get("passed")
         if not isinstance(passed, bool):
             passed = _compare(to_float(raw.get("value")), op, to_float(raw.get("threshold")))
-        return cls(str(raw.get("metric") or "?"), op, raw.get("threshold"), raw.get("value"), passed)
+        status = raw.get("status") if isinstance(raw.get("status"), str) else None
+        return cls(str(raw.get("metric") or "?"), op, raw.get("threshold"), raw.get("value"), passed, status)
+
+
+#: Gate statuses that the reports mark next to the result (the value alone would mislead).
+GATE_WARNINGS = ("untrusted", "invalid", "missing")
+LEGACY_VERDICT = ("Derived from the gates alone: this report.json predates stored verdicts, so flags and unfinished "
+                  "probe units were not counted; re-run `robustdistill report` on the run to decide it fully.")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The verdict report.json stores (robustdistill.audits.verdict: the same one the CLI printed and the exit code
+    gave): ``passed``, ``summary`` ("FAIL (1 of 3 gates failed; ...)"), the ``reasons`` it failed and ``notes``."""
+
+    passed: bool
+    summary: str
+    reasons: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def word(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+    @property
+    def detail(self) -> str:
+        """The summary without its leading PASS/FAIL: "1 of 3 gates failed; gradient masking: student (...)"."""
+        text = self.summary.strip()
+        if text.startswith(self.word):
+            text = text[len(self.word) :].strip()
+            if text.startswith("(") and text.endswith(")"):
+                text = text[1:-1]
+        return text[:1].upper() + text[1:] + ("" if text.endswith(".") or not text else ".")
+
+    @classmethod
+    def parse(cls, raw: Any) -> Verdict | None:
+        """None when report.json has no usable verdict (written before verdicts were stored, or damaged)."""
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("passed"), bool):
+            return None
+
+        def texts(key: str) -> tuple[str, ...]:
+            items = raw.get(key)
+            out = []
+            for item in items if isinstance(items, list | tuple) else []:
+                text = item.get("text") if isinstance(item, Mapping) else item
+                if text is not None:
+                    out.append(str(text))
+            return tuple(out)
+
+        passed = raw["passed"]
+        summary = raw.get("summary") if isinstance(raw.get("summary"), str) else ("PASS" if passed else "FAIL")
+        return cls(passed, summary, texts("reasons"), texts("notes"))
 
 
 def _count(n: int, word: str) -> str:
@@ -300,6 +359,7 @@ class Report:
     gates: list[Gate]
     flags: list[Flag]
     raw: dict[str, Any]
+    stored_verdict: Verdict | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Report:
@@ -318,6 +378,7 @@ class Report:
             gates=[Gate.parse(g) for g in items("gates")],
             flags=[Flag.parse(f) for f in items("flags")],
             raw=dict(raw),
+            stored_verdict=Verdict.parse(raw.get("verdict")),
         )
 
     @classmethod
@@ -347,8 +408,11 @@ class Report:
 
     @property
     def passed(self) -> bool | None:
-        """False when any gate failed; True when every gate passed; None when there are no gates or some could
+        """The stored verdict's ``passed``. For a report.json without one (older files), derived the old way from the
+        gates: False when any gate failed; True when every gate passed; None when there are no gates or some could
         not be decided (a malformed gate never lets a run pass)."""
+        if self.stored_verdict is not None:
+            return self.stored_verdict.passed
         results = [g.passed for g in self.gates]
         if False in results:
             return False
@@ -395,12 +459,29 @@ class Report:
         return to_float(tm.get("eps")) if isinstance(tm, Mapping) else None
 
     def verdict_text(self) -> str:
+        if self.stored_verdict is not None:
+            return self.stored_verdict.word
         passed = self.passed
         if passed is None:
             return "UNDECIDED" if self.gates else "NO GATES"
         return "PASS" if passed else "FAIL"
 
     def verdict_detail(self) -> str:
+        if self.stored_verdict is not None:
+            return self.stored_verdict.detail
+        return f"{self.gate_detail()} {LEGACY_VERDICT}"
+
+    @property
+    def verdict_reasons(self) -> tuple[str, ...]:
+        """Why the run failed, one sentence each (empty for a pass, or an older report.json)."""
+        return self.stored_verdict.reasons if self.stored_verdict is not None else ()
+
+    @property
+    def verdict_notes(self) -> tuple[str, ...]:
+        """Warnings that did not fail the run (e.g. masking, when the suite opted out of failing on it)."""
+        return self.stored_verdict.notes if self.stored_verdict is not None else ()
+
+    def gate_detail(self) -> str:
         decided = [g for g in self.gates if g.passed is not None]
         failed = [g for g in decided if not g.passed]
         undecided = len(self.gates) - len(decided)

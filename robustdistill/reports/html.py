@@ -68,6 +68,8 @@ code { background: var(--zebra); padding: 1px 5px; border-radius: 4px; }
 .verdict.fail { color: var(--fail); background: var(--fail-bg); border-color: #ffcecb; }
 .verdict.none { color: var(--none); background: var(--none-bg); border-color: var(--line); }
 .verdict .detail { color: var(--fg); }
+.reasons { margin: 0 0 16px; padding-left: 22px; }
+.reasons li { margin: 4px 0; }
 .warning { margin: 12px 0; padding: 14px 18px; border-radius: 8px; background: var(--warn-bg);
   border: 1px solid #f2cc60; border-left: 6px solid #bf8700; }
 .warning strong { display: block; font-size: 17px; color: #7d4e00; margin-bottom: 4px; }
@@ -121,6 +123,14 @@ def esc(value: Any) -> str:
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+#: Hover text of a gate's warning pill (the status the runner gave the gate).
+GATE_TITLES = {
+    "untrusted": "gradient masking detected on a model whose gradients made the adversarial examples",
+    "invalid": "a model behind this value gave NaN or infinite outputs",
+    "missing": "no value: not measured, or undefined",
+}
 
 
 def pill(passed: bool | None) -> str:
@@ -355,6 +365,10 @@ def render_html(
             f'<div class="detail">{esc(report.verdict_detail())}</div></div>'
         )
     ]
+    reasons = [f"<li>{esc(reason)}</li>" for reason in report.verdict_reasons]
+    reasons += [f'<li class="note">⚠ {esc(note)}</li>' for note in report.verdict_notes]
+    if reasons:
+        summary.append(f'<ul class="reasons">{"".join(reasons)}</ul>')
     for role in report.masked_roles:
         checks = [f for f in report.flags if f.is_masking and f.model == role]
         items = "".join(f"<li>{esc(f.check + ': ' if f.check else '')}{esc(f.evidence)}</li>" for f in checks)
@@ -368,8 +382,9 @@ def render_html(
         rows, classes = [], []
         for gate in report.gates:
             result = pill(gate.passed)
-            if gate.role in masked and "robust" in gate.metric:
-                result += ' <span class="pill warn" title="gradient masking detected">UNTRUSTED</span>'
+            warning = gate.warning(masked)
+            if warning:
+                result += f' <span class="pill warn" title="{esc(GATE_TITLES[warning])}">{esc(warning.upper())}</span>'
             rows.append(
                 [
                     f"<code>{esc(gate.metric)}</code>",
@@ -641,7 +656,7 @@ def render_index_html(entries: Sequence[Mapping[str, Any]], title: str) -> str:
     n_pass = sum(1 for e in entries if e.get("passed") is True)
     body = (
         f'<header><p class="eyebrow">robustdistill</p><h1>{esc(title)}</h1>'
-        f'<p class="sub">{len(entries)} report{"s" if len(entries) != 1 else ""} · {n_pass} passed all gates</p></header>'
+        f'<p class="sub">{len(entries)} report{"s" if len(entries) != 1 else ""} · {n_pass} passed</p></header>'
         + _section(
             "reports",
             "Reports",

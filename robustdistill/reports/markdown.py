@@ -50,6 +50,13 @@ def verdict_line(report: Report) -> str:
     return line
 
 
+def verdict_reasons(report: Report) -> list[str]:
+    """The stored verdict's reasons (why it failed) and notes (warnings that did not fail it), as a list."""
+    lines = [f"- {cell(reason)}" for reason in report.verdict_reasons]
+    lines += [f"- ⚠️ {cell(note)}" for note in report.verdict_notes]
+    return [*lines, ""] if lines else []
+
+
 SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
@@ -126,6 +133,7 @@ def render_markdown(
     if meta:
         out += [" · ".join(meta), ""]
     out += [verdict_line(report), ""]
+    out += verdict_reasons(report)
 
     out += ["## Gates", ""]
     if report.gates:
@@ -133,8 +141,9 @@ def render_markdown(
         rows = []
         for gate in report.gates:
             result = {True: "✅ pass", False: "❌ FAIL", None: "— undecided"}[gate.passed]
-            if gate.role in masked and "robust" in gate.metric:
-                result += " ⚠️ untrusted"
+            warning = gate.warning(masked)
+            if warning:
+                result += f" ⚠️ {warning}"
             rows.append(
                 [
                     f"`{gate.metric}`",

@@ -32,7 +32,8 @@ def cheap_run(digits_pair: tuple[Path, Path], cheap_suite: Any, tmp_path_factory
 def test_report_json_has_the_design_schema(cheap_run: tuple[Any, Path], digits_pair: tuple[Path, Path]) -> None:
     report, out = cheap_run
     on_disk = json.loads((out / "report.json").read_text())
-    assert list(on_disk) == ["suite", "manifest", "results", "gates", "flags"]
+    assert list(on_disk) == ["suite", "manifest", "results", "gates", "flags", "verdict"]
+    assert on_disk["verdict"]["passed"] is report.passed and on_disk["verdict"]["summary"] in report.summary()
     assert on_disk == json.loads(json.dumps(report.to_dict()))
     manifest = on_disk["manifest"]
     for key in ("robustdistill", "torch", "git", "seed", "checkpoints", "started", "finished"):

@@ -125,7 +125,7 @@ def test_bad_probe_names_the_field(probe: dict[str, Any], field: str) -> None:
 @pytest.mark.parametrize(
     ("gate", "spec", "problem"),
     [
-        ("student.pgd.robust_acc", {"min": 0.5}, "no single-valued metric"),
+        ("student.pgd.robust_acc", {"min": 0.5}, "never produces 'robust_acc'"),
         ("student.nope.robust_accuracy", {"min": 0.5}, "no probe named"),
         ("robust_accuracy", {"min": 0.5}, "not a metric path"),
         ("pupil.pgd.robust_accuracy", {"min": 0.5}, "unknown model"),

@@ -85,6 +85,13 @@ class MembershipProbe(Probe):
     def params(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json", exclude={"kind", "name"})
 
+    def produces(self, role: str) -> tuple[str, ...]:
+        """Own-member metrics with the "own" view; teacher_members_* with the "teacher" view, for every model but
+        the teacher (whose own members those are)."""
+        own = OWN_METRICS if "own" in self.config.views else ()
+        teacher = OWN_METRICS if "teacher" in self.config.views and role != "teacher" else ()
+        return (*own, *(TEACHER_PREFIX + m for m in teacher))
+
     def units(self, roles: list[str]) -> list[tuple[str, ...]]:
         """The teacher alone (own members); every other model with the teacher (whose members it may leak)."""
         units: list[tuple[str, ...]] = [("teacher",)] if "own" in self.config.views else []

@@ -125,8 +125,9 @@ class GuardConfig(TrainConfig):
     Student defaults: the official CIFAR relabel/train step (relabel_cifar.py) - AdamW lr 0.001, weight decay 0.01,
     cosine over 400 epochs, batch 128, crop + flip, mixup 0.8, the last epoch kept. Temperature 20 (the papers'
     relabel temperature; the CIFAR script hard-codes 30). Curvature: double backprop with lambda 100 and h 3 (the
-    CIFAR version); ``simple`` is the large-data version with beta 1e-4. ``curvature_h`` and the weight act in the
-    network's normalised input space, as in the official code.
+    CIFAR version, at the official code's scale: the gradient of the batch-MEAN loss change, so lambda holds for the
+    squeeze batch size, 128 there; see :mod:`robustdistill.trainers.curvature`); ``simple`` is the large-data version
+    with beta 1e-4. ``curvature_h`` and the weight act in the network's normalised input space, as in the official code.
     """
 
     PATH_FIELDS: ClassVar[tuple[str, ...]] = ("squeeze_checkpoint",)

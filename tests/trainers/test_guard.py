@@ -4,17 +4,20 @@ loader, provenance, determinism, bad input, and a whole `robustdistill train sre
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from robustdistill import trainers
 from robustdistill.cli import main
 from robustdistill.data import clear_cache, load_split
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, checkpoint_sha256, load_model
+from robustdistill.trainers.curvature import curvature_penalty
 from robustdistill.trainers.guard import (
     GuardConfig,
     GuardTrainer,
@@ -190,7 +193,7 @@ def test_guard_records_curvature_and_other_data_gives_another_fingerprint(tmp_pa
     squeeze = json.loads((distilled_paths(tmp_path / "a")["squeezed"] / "config.json").read_text())["provenance"]
     assert "curvature_penalty" in squeeze["history"][0] and squeeze["recipe"]["config"]["curvature"] == "double-backprop"
     prov_a = json.loads((tmp_path / "a" / "config.json").read_text())["provenance"]
-    assert prov_a["distilled"]["curvature"] == {"kind": "double-backprop", "weight": 0.1, "h": 0.25}
+    assert prov_a["distilled"]["curvature"] == {"kind": "double-backprop", "weight": 3.0, "h": 0.25}
     # The same squeezed model (reused, not retrained), another seed: other images, another fingerprint.
     given = distilled_paths(tmp_path / "a")["squeezed"]
     second = trainers.create("guard", recipe="defenses/digits-guard.toml",
@@ -229,3 +232,23 @@ def test_interrupted_student_resumes_and_reuses_the_distilled_data(tmp_path: Pat
     straight = load_model(tmp_path / "straight")
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+def test_squeeze_loss_is_cross_entropy_plus_the_penalty_computed_in_eval_mode(squeezed: Classifier) -> None:
+    # As in the official pretrain_cifar.py: cross-entropy in train mode, the regulariser with BatchNorm in eval mode, so
+    # the perturbed inputs x + z use the running statistics and never enter them.
+    config = SqueezeConfig(arch="cnn-bn", arch_params=TINY, curvature="double-backprop", curvature_weight=3.0,
+                           curvature_h=0.25, device="cpu")
+    data = load_split({"kind": "digits"}, "val")
+    x, y = data.x[:32], data.y[:32]
+    model, reference = copy.deepcopy(squeezed).train(), copy.deepcopy(squeezed).train()
+    loss, _ = SqueezeTrainer(config).batch_loss(model, x, y, torch.Generator().manual_seed(0))
+    assert model.training
+    ce = nn.functional.cross_entropy(reference(x), y)  # one train-mode pass: the only update of the running statistics
+    reference.eval()
+    penalty = curvature_penalty(lambda u: nn.functional.cross_entropy(reference.network(u), y, reduction="none"),
+                                reference.normalize(x), h=0.25, weight=3.0)
+    assert float(penalty.detach()) > 0
+    assert float(loss.detach()) == pytest.approx(float((ce + penalty).detach()), rel=1e-5)
+    for mine, theirs in zip(model.buffers(), reference.buffers(), strict=True):
+        assert torch.equal(mine, theirs)

@@ -233,41 +233,30 @@ def dispose(directory: str | os.PathLike[str]) -> bool:
 
 
 class DirectoryLock:
-    """An exclusive lock on a directory, held by this process until :meth:`release`.
-
-    Nested acquisitions of one directory in one process share the lock (an audit renders its report while it
-    holds its run directory)."""
-
-    _held: dict[Path, DirectoryLock] = {}
+    """An exclusive lock on a directory, held by this run until :meth:`release`. Locks are per open file, so a
+    second run in the same process (another thread, a notebook cell) is refused just like another process."""
 
     def __init__(self, directory: Path, handle: Any, created: list[Path]) -> None:
         self.directory = directory
         self.handle = handle
-        self.created = created  # folders this lock's acquisition made (removed again if nothing was written)
-        self.depth = 1
+        self.created = created  # folders made to hold the lock, deepest first (removed again by undo)
 
     def release(self) -> None:
-        if self.depth <= 0:
-            return  # already released
-        self.depth -= 1
-        if self.depth > 0:
+        if self.handle.closed:
             return
-        DirectoryLock._held.pop(self.directory, None)
         with contextlib.suppress(OSError, ValueError):
             self.handle.seek(0)
             self.handle.truncate()
         self.handle.close()  # closing the descriptor drops the flock
 
     def undo(self) -> None:
-        """Release, and remove the lock file and the folders made for it when the run wrote nothing there."""
+        """Release, and remove the bookkeeping and the folders made for this run when it wrote nothing there."""
         self.release()
-        if self.depth > 0:
-            return
         marker = read_marker(self.directory)
         if is_empty(self.directory) and (marker is None or not marker["files"]):
             for name in BOOKKEEPING:
                 (self.directory / name).unlink(missing_ok=True)
-        for folder in self.created:  # deepest first
+        for folder in self.created:
             with contextlib.suppress(OSError):
                 folder.rmdir()
 
@@ -285,9 +274,6 @@ def holder(directory: str | os.PathLike[str]) -> str | None:
     path = Path(directory) / LOCK
     if not path.is_file():
         return None
-    key = Path(directory).resolve()
-    if key in DirectoryLock._held:
-        return None  # this process itself
     with open(path, encoding="utf-8", errors="replace") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -308,11 +294,6 @@ def refuse_if_held(directory: str | os.PathLike[str], field: str = "out") -> Non
 def acquire(directory: str | os.PathLike[str], what: str, *, field: str = "out") -> DirectoryLock:
     """Lock ``directory`` (created if missing) for this run; raise, naming the holder, if another run has it."""
     directory = Path(directory)
-    key = directory.resolve()
-    if key in DirectoryLock._held:
-        lock = DirectoryLock._held[key]
-        lock.depth += 1
-        return lock
     created = [p for p in (directory, *directory.parents) if not p.exists()]
     directory.mkdir(parents=True, exist_ok=True)
     handle = open(directory / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the lock's lifetime
@@ -328,9 +309,7 @@ def acquire(directory: str | os.PathLike[str], what: str, *, field: str = "out")
     handle.truncate()
     handle.write(json.dumps({"what": what, "pid": os.getpid(), "host": socket.gethostname(), "started": _now()}))
     handle.flush()
-    lock = DirectoryLock(directory, handle, created)
-    DirectoryLock._held[key] = lock
-    return lock
+    return DirectoryLock(directory, handle, created)
 
 
 @contextlib.contextmanager

@@ -57,9 +57,11 @@ from pydantic.dataclasses import dataclass
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustdistill import ownership
 from robustdistill.data import ImageSplit, clear_cache, load_split
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, checkpoint_sha256, load_model
+from robustdistill.models.checkpoint import check_checkpoint_out
 from robustdistill.trainers.base import TRAINERS, Trainer, TrainState, derived_seed
 from robustdistill.trainers.config import STRICT, TrainConfig, config_to_dict
 from robustdistill.trainers.curvature import curvature_penalty, simple_curvature_penalty
@@ -72,6 +74,7 @@ CURVATURE_WEIGHTS = {"double-backprop": 100.0, "simple": 1e-4, "none": 0.0}  # G
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["multistep", "cosine"]
 MANIFEST = "distilled.json"
+DISTILLED = "distilled"  # the marker kind of <out>.distilled/
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -453,10 +456,20 @@ def _hwc(x: torch.Tensor) -> np.ndarray:
 
 
 def _is_distilled_dataset(path: Path) -> bool:
-    """An existing folder the dataset may replace: empty, or a dataset this module wrote."""
+    """An existing folder the dataset may replace: empty, or one whose every file the marker of ``<out>.distilled``
+    lists (robustdistill wrote them all; a user's file among them keeps the folder)."""
     if path.is_dir() and not any(path.iterdir()):
         return True
-    return (path / "dataset_dict.json").is_file() and (path / "train" / "dataset_info.json").is_file()
+    files = ownership.files_under(path) if path.is_dir() else []
+    return bool(files) and all(ownership.owns(path.parent, path / name) for name in files)
+
+
+def _is_legacy_distilled(root: Path) -> bool:
+    """A ``<out>.distilled`` folder of an earlier version (no marker): only what a GUARD / SRe2L run writes there."""
+    known = {"distilled.json", "grid.png", "dataset", "squeezed", "squeezed.partial"}
+    entries = list(root.iterdir())
+    return (all(e.name in known or ownership.is_tmp_leftover(e.name) for e in entries)
+            and (root / "dataset" / "dataset_dict.json").is_file())
 
 
 def save_distilled_dataset(out: str | Path, images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor,
@@ -649,8 +662,11 @@ class GuardTrainer(Trainer):
         soft = relabel(squeezed, recovered.images, cfg.temperature)
         fingerprint = distilled_fingerprint(recovered.images, recovered.labels)
         val, test = load_split(cfg.data, "val"), load_split(cfg.data, "test")
+        ownership.adopt(paths["root"], DISTILLED, legacy=_is_legacy_distilled)
         save_distilled_dataset(paths["dataset"], recovered.images, recovered.labels, soft, real.classes, val, test)
+        ownership.record(paths["root"], [paths["dataset"] / name for name in ownership.files_under(paths["dataset"])])
         save_grid(recovered.images, recovered.labels, real.classes, paths["grid"])
+        ownership.record(paths["root"], [paths["grid"]])
         manifest = {
             "method": self.method,
             "fingerprint": fingerprint,
@@ -671,6 +687,7 @@ class GuardTrainer(Trainer):
             "inputs": inputs,
         }
         write_json_atomic(manifest_path, manifest)  # written last: its presence marks a finished distillation
+        ownership.record(paths["root"], [manifest_path])
         log.info("distilled %d images (%d per class) to %s; BatchNorm matching loss %.3g -> %.3g", len(recovered.labels),
                  cfg.ipc, paths["dataset"], sum(recovered.bn_initial), sum(recovered.bn_final))
         return manifest
@@ -685,6 +702,9 @@ class GuardTrainer(Trainer):
                                  "give the real data in the recipe's [data]")
         out = Path(out)
         paths = distilled_paths(out)
+        # Before the squeeze: the student's checkpoint and <out>.distilled are new, empty or robustdistill's own.
+        check_checkpoint_out(out)
+        ownership.claim_out(paths["root"], DISTILLED, legacy=_is_legacy_distilled, what="<out>.distilled")
         for partial in (out.with_name(out.name + ".partial"), paths["squeezed"].with_name("squeezed.partial")):
             if partial.exists() and not resume:
                 raise UserInputError("--resume", f"an interrupted run is kept in {partial}",

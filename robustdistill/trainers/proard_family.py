@@ -23,6 +23,7 @@ from robustdistill.attacks.pgd import PGD
 from robustdistill.data import ImageSplit, load_split
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, checkpoint_sha256, load_model, save_checkpoint
+from robustdistill.models.checkpoint import check_checkpoint_out
 from robustdistill.models.dynamic import (
     DynamicNetwork,
     SearchSpace,
@@ -98,6 +99,7 @@ def export_subnet(family_path: str | Path, subnet: str, out: str | Path, *, cali
                   seed: int = 0) -> Path:
     """Write one sub-network as a checkpoint with BatchNorm recalibrated on ``calibration_images`` training images;
     its provenance names the family (sha256), the sub-network, its size and the calibration."""
+    check_checkpoint_out(out)  # before the BatchNorm recalibration: a user's folder or a file is refused, not replaced
     family = load_family(family_path)
     config = SubnetConfig.parse(subnet, family.space)
     train = family.split("train")

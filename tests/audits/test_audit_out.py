@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from robustdistill import ownership
 from robustdistill.audits import audit
 from robustdistill.cli import main
 from robustdistill.errors import UserInputError
@@ -84,9 +83,6 @@ def test_rerendering_keeps_a_users_files_in_the_run_directory(suite: dict[str, A
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
     audit(suite, out=out, progress=False)
-    marker = ownership.read_marker(out)
-    assert marker is not None and marker["kind"] == "audit"
-    assert {"results.jsonl", "report.json", "report.md", "report.html"} <= set(marker["files"])
     # The user adds their own plots (one named like the ROC plots an earlier render cleaned up) and notes.
     mine = {"plots/roc-my-attack.png": b"\x89PNG mine", "plots/holiday.png": b"\x89PNG beach", "notes.txt": b"keep"}
     for name, payload in mine.items():
@@ -101,7 +97,20 @@ def test_rerendering_keeps_a_users_files_in_the_run_directory(suite: dict[str, A
     capsys.readouterr()
 
 
+def test_the_marker_lists_what_the_audit_wrote(suite: dict[str, Any], tmp_path: Path) -> None:
+    from robustdistill import ownership
+
+    out = tmp_path / "run"
+    audit(suite, out=out, progress=False)
+    marker = ownership.read_marker(out)
+    assert marker is not None and marker["kind"] == "audit" and len(marker["run_id"]) == 32
+    assert set(marker["files"]) == set(ownership.files_under(out))
+    assert {"results.jsonl", "report.json", "report.md", "report.html", "plots/accuracy_per_attack.png"} <= set(marker["files"])
+
+
 def test_a_folder_written_by_an_earlier_version_still_resumes(suite: dict[str, Any], tmp_path: Path) -> None:
+    from robustdistill import ownership
+
     out = tmp_path / "run"
     audit(suite, out=out, progress=False)
     (out / ownership.MARKER).unlink()  # what an earlier version left: its own files, no marker
@@ -147,4 +156,6 @@ def test_a_second_audit_into_a_run_directory_in_use_exits_2_naming_the_holder(su
     manifests = [line for line in (out / "results.jsonl").read_text().splitlines() if '"type": "manifest"' in line]
     assert len(manifests) == 1
     # Once the first audit is done the lock is free again.
+    from robustdistill import ownership
+
     assert ownership.holder(out) is None

@@ -1,0 +1,113 @@
+"""`robustdistill demo --out`: checked before any training, a user's files are never deleted, and a quick demo has
+its own report folder (issue 11, items 1 and 2)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from robustdistill.cli import main
+from robustdistill.errors import UserInputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)  # the demo reads audits/ and defenses/ relative to the repository root
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("pipeline", ["kd-student", "privacy"])
+def test_a_users_folder_inside_the_demo_out_is_refused_before_any_training(tmp_path: Path, pipeline: str) -> None:
+    from robustdistill.demo import run_demo
+
+    out = tmp_path / "reports"
+    (out / pipeline).mkdir(parents=True)
+    (out / pipeline / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    with pytest.raises(UserInputError, match="not written by robustdistill"):
+        run_demo(out, quick=True, checkpoints=tmp_path / "checkpoints")
+    assert snapshot(out) == before
+    assert not (tmp_path / "checkpoints").exists()  # nothing was trained
+    assert sorted(p.name for p in out.iterdir()) == [pipeline]
+
+
+def test_a_quick_demo_never_writes_over_a_full_demos_reports(tmp_path: Path) -> None:
+    from robustdistill.demo import run_demo
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "index.html").write_text("<p>the full demo's index</p>")
+    # What a full demo leaves (robustdistill.ownership's marker format, written out so the test reads plainly).
+    (out / ".robustdistill.json").write_text(json.dumps(
+        {"tool": "robustdistill", "kind": "demo", "run_id": "0" * 32, "created": "2026-01-01T00:00:00+00:00",
+         "files": ["index.html"]}))
+    before = snapshot(out)
+    with pytest.raises(UserInputError, match="holds a robustdistill demo, not a demo-quick"):
+        run_demo(out, quick=True, checkpoints=tmp_path / "checkpoints")
+    assert snapshot(out) == before and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file", "under /proc"])
+def test_the_cli_refuses_an_unusable_out_before_training(tmp_path: Path, where: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a-file").write_text("x")
+    out = {"a file": tmp_path / "a-file", "under a file": tmp_path / "a-file" / "reports",
+           "under /proc": Path("/proc/robustdistill-test/reports")}[where]
+    ledgers = snapshot(REPO / "checkpoints") if (REPO / "checkpoints").is_dir() else {}
+    assert main(["-q", "demo", "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("robustdistill: error: out: ")
+    assert (tmp_path / "a-file").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    assert (snapshot(REPO / "checkpoints") if (REPO / "checkpoints").is_dir() else {}) == ledgers  # nothing trained
+
+
+def test_a_companion_teacher_folder_with_a_users_files_is_not_deleted(tmp_path: Path) -> None:
+    """The demo retrains a companion teacher whose sha256 changed; it removes only a checkpoint robustdistill wrote."""
+    from robustdistill.demo import MODELS, _recipe_key, _train_or_reuse
+
+    model = next(m for m in MODELS if m.name == "defensive-distillation-student")
+    overrides = [*model.overrides, "epochs=1", "lr_milestones=[]", "val_robust=false"]
+    checkpoints = tmp_path / "checkpoints"
+    companion = checkpoints / "defensive-distillation-student-teacher"
+    companion.mkdir(parents=True)
+    (companion / "config.json").write_text('{"format": "robustdistill.classifier"}')
+    (companion / "my-results.csv").write_text("mine")
+    ledger = {companion.name: {"recipe": _recipe_key(model, overrides), "sha256": "0" * 64}}
+    with pytest.raises(UserInputError, match="not a checkpoint directory robustdistill wrote"):
+        _train_or_reuse(model, overrides, checkpoints, ledger)
+    assert snapshot(companion) == {"config.json": b'{"format": "robustdistill.classifier"}', "my-results.csv": b"mine"}
+    assert not (checkpoints / model.name).exists()
+
+
+@pytest.mark.slow
+def test_the_quick_demo_has_its_own_folder_and_keeps_a_users_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A whole quick demo (minutes on 2 cores) in a scratch copy of the repository layout, run twice."""
+    from robustdistill.demo import run_demo
+
+    for name in ("audits", "attacks", "defenses"):
+        os.symlink(REPO / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    full = tmp_path / "reports" / "demo"
+    full.mkdir(parents=True)
+    (full / "index.html").write_text("<p>the full demo's index</p>")
+    result = run_demo(quick=True)
+    assert result.index == Path("reports/demo-quick/index.html") and result.index.is_file()
+    assert (full / "index.html").read_text() == "<p>the full demo's index</p>"  # untouched
+    quick = tmp_path / "reports" / "demo-quick"
+    mine = {"notes.txt": b"mine", "kd-student/my-plot.png": b"\x89PNG", "privacy/plots/roc-mine.png": b"\x89PNG",
+            "kd-student/plots/roc-mine.png": b"\x89PNG"}
+    for name, payload in mine.items():
+        (quick / name).write_bytes(payload)
+    # A second run reuses the checkpoints and audits (sha256 verified) and leaves the user's files alone.
+    again = run_demo(quick=True)
+    assert again.table == result.table
+    for name, payload in mine.items():
+        assert (quick / name).read_bytes() == payload, name

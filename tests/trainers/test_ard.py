@@ -1,5 +1,6 @@
-"""ARD, RSLAD, AdaAD (and MTARD end to end): the shared KL and inner maximisation by hand, each method's loss on one batch, and a real
-digits run in which every method's student beats a plain KD student of the same teacher under PGD."""
+"""ARD, RSLAD, AdaAD (and MTARD end to end): the shared KL and inner maximisation by hand, and a real digits run in
+which every method's student beats a plain KD student of the same teacher under PGD. Each method's loss on one batch
+against a hand computation: tests/trainers/test_batch_losses.py."""
 
 from __future__ import annotations
 

@@ -141,6 +141,16 @@ class Top(Strict):
     threat_model: dict[str, Any] | None = None
     probes: list[dict[str, Any]] = Field(default_factory=list)
     gates: dict[str, Any] = Field(default_factory=dict)
+    verdict: dict[str, Any] = Field(default_factory=dict)
+
+
+class VerdictPolicy(Strict):
+    """``[verdict]``: what besides failed gates fails the audit. A gradient-masking flag on any audited model fails
+    it by default, gates or none (its robustness numbers are not to be trusted); ``gradient_masking = "warn"``
+    keeps the flag in the report without failing the verdict - an explicit opt-out, recorded in report.json.
+    Incomplete runs and NaN or infinite model outputs always fail it."""
+
+    gradient_masking: Literal["fail", "warn"] = "fail"
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,7 @@ class Suite:
     description: str | None = None
     source: Path | None = None
     raw_gates: dict[str, dict[str, float]] = field(default_factory=dict)
+    verdict: VerdictPolicy = field(default_factory=VerdictPolicy)
 
     @property
     def roles(self) -> list[str]:
@@ -204,6 +215,7 @@ class Suite:
         out["threat_model"] = self.threat_model.model_dump(mode="json")
         out["probes"] = [probe.spec() for probe in self.probes]
         out["gates"] = copy.deepcopy(self.raw_gates)
+        out["verdict"] = self.verdict.model_dump(mode="json")
         if out["samples"] is None:
             del out["samples"]
         return out
@@ -333,6 +345,13 @@ def _data(raw: Any, base: Path | None) -> tuple[DataSpec, str]:
     return parse_spec(raw), str(split)
 
 
+def _describe(probe: Any) -> str:
+    """The probe's kind, with the attack and norm of an attack probe (why median_l2 is missing from an L-inf one)."""
+    if probe.kind == "attack":
+        return f"{probe.attack}, {probe.norm.upper().replace('LINF', 'L-inf')}"
+    return probe.kind
+
+
 def _gates(raw: Mapping[str, Any], suite_roles: list[str], probes: list[Any]) -> tuple[list[Gate], dict[str, dict[str, float]]]:
     by_name = {probe.name: probe for probe in probes}
     gates: list[Gate] = []
@@ -375,10 +394,17 @@ def _gates(raw: Mapping[str, Any], suite_roles: list[str], probes: list[Any]) ->
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 raise UserInputError(where, f"no probe named {probe_name!r} in the suite",
                                      f"{hint}probes: {', '.join(by_name)}")
-            metrics = target.gate_metrics()
+            metrics = target.gate_metrics(role)
             if measure not in metrics:
-                raise UserInputError(where, f"probe {probe_name!r} has no single-valued metric {measure!r}",
-                                     f"gateable metrics: {', '.join(metrics) or '(none)'}")
+                # Refused now, not reported "missing" after the run: this probe can never give that row.
+                if measure in target.produces(role):
+                    problem = f"probe {probe_name!r} gives several {measure!r} rows per model, so it cannot be gated"
+                else:
+                    problem = f"probe {probe_name!r} ({_describe(target)}) never produces {measure!r} for {role}"
+                close = difflib.get_close_matches(measure, list(metrics), n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise UserInputError(where, problem, f"{hint}gateable metrics of {probe_name!r} for {role}: "
+                                     f"{', '.join(metrics) or '(none)'}")
             if target.pair and role == "teacher" and len(suite_roles) > 2:
                 raise UserInputError(where, "the teacher has one such row per other model", "gate the other model instead")
         cleaned[key] = {k: v for k, v in (("min", bounds.min), ("max", bounds.max)) if v is not None}
@@ -467,6 +493,10 @@ def load_suite(
         seen[probe.name] = where
     roles = ["teacher", "student", *pipeline.extra]
     gates, raw_gates = _gates(top.gates, roles, probes)
+    try:
+        verdict = VerdictPolicy.model_validate(top.verdict)
+    except ValidationError as exc:
+        raise user_error(exc, "verdict", VerdictPolicy) from None
     examples = top.examples
     if examples is not None:
         target = next((p for p in probes if p.name == examples), None)
@@ -477,5 +507,5 @@ def load_suite(
         name=top.name, seed=top.seed, samples=top.samples, device=top.device, batch_size=top.batch_size,
     check_eps("threat_model.eps", threat_model.eps, threat_model.norm, dims=data.input_values())
         pipeline=pipeline, data=data, split=split, threat_model=threat_model, probes=probes, gates=gates,
-        examples=examples, description=top.description, source=source, raw_gates=raw_gates,
+        examples=examples, description=top.description, source=source, raw_gates=raw_gates, verdict=verdict,
     )

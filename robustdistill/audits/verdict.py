@@ -46,9 +46,10 @@ def flagged_checks(flags: Sequence[Mapping[str, Any]], kind: str) -> dict[str, l
 
 
 def gate_text(gate: Mapping[str, Any]) -> str:
-    value = "no value" if gate.get("value") is None else f"{gate['value']:.4g}"
-    note = f" ({gate['note']})" if gate.get("note") else ""
-    return f"{gate['metric']} {gate['op']} {gate['threshold']:g}: {gate.get('status', 'failed')}, {value}{note}"
+    """``gate student.clean.accuracy >= 0.8 failed: value 0.61`` (and the gate's note, if any)."""
+    value = "no value" if gate.get("value") is None else f"value {gate['value']:.4g}"
+    note = f"; {gate['note']}" if gate.get("note") else ""
+    return f"gate {gate['metric']} {gate['op']} {gate['threshold']:g} {gate.get('status', 'failed')}: {value}{note}"
 
 
 def decide(gates: Sequence[Mapping[str, Any]], flags: Sequence[Mapping[str, Any]], missing: Sequence[str],
@@ -90,11 +91,9 @@ def decide(gates: Sequence[Mapping[str, Any]], flags: Sequence[Mapping[str, Any]
 
     passed = not reasons
     if passed:
-        summary = f"PASS ({_plural(len(gates), 'gate')} passed)" if gates else "PASS (no gates)"
-        if notes:
-            summary += f"; {_plural(len(notes), 'warning')}"
-    else:
-        summary = f"FAIL ({'; '.join(short)})"
+        short = [f"{_plural(len(gates), 'gate')} passed" if gates else "no gates"]
+        short += [_plural(len(notes), "warning")] if notes else []
+    summary = f"{'PASS' if passed else 'FAIL'} ({'; '.join(short)})"
     return {"passed": passed, "summary": summary, "reasons": reasons, "notes": notes, "policy": policy}
 
 

@@ -121,8 +121,7 @@ def test_nan_model_is_flagged_and_every_gate_on_it_is_invalid(digits_pair: tuple
     }
     spec = suite(gates)
     spec["probes"] = spec["probes"][:3]  # no masking probe: the flag must come from the evaluation itself
-    report = audit(spec, teacher=teacher, student=nan_copy(student), out=tmp_path / "run", progress=False,
-                   render=False)
+    report = audit(spec, teacher=teacher, student=nan_copy(student), out=tmp_path / "run", progress=False)
     flags = [f for f in report.flags if f["kind"] == "non_finite_outputs"]
     assert [f["model"] for f in flags] == ["student"], report.flags  # once, and not the teacher
     assert "NaN or infinite logits on 60 of 60 clean evaluation inputs" in flags[0]["evidence"]
@@ -137,6 +136,10 @@ def test_nan_model_is_flagged_and_every_gate_on_it_is_invalid(digits_pair: tuple
     assert "non_finite_outputs" in [r["kind"] for r in on_disk["verdict"]["reasons"]]
     text = report.summary()
     assert "FLAG student: non_finite_outputs" in text and "non-finite outputs: student" in text.splitlines()[-1]
+    for name in ("report.md", "report.html"):  # the flag, its evidence and the invalid gates in both reports
+        rendered = (tmp_path / "run" / name).read_text()
+        assert "non_finite_outputs" in rendered and flags[0]["evidence"] in rendered
+        assert "INVALID" in rendered if name.endswith("html") else "⚠️ invalid" in rendered
 
 
 GATE_CASES = [

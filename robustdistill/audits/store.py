@@ -78,15 +78,18 @@ class GateEntry(_Record):
 
 
 class SuiteProbe(_Record):
+    """What build_report reads of a suite's probe (a key may be absent; when present it has this type)."""
+
     kind: str
-    name: str | None = None
+    name: str
     of: list[str] | None = None
-    tolerance: float | None = None
-    loss_tolerance: float | None = None
+    tolerance: float = 0.0
+    loss_tolerance: float = 0.0
 
 
 class SuiteRecord(_Record):
     probes: list[SuiteProbe] = Field(default_factory=list)
+    verdict: dict[str, Any] | None = None
 
 
 class ManifestRecord(_Record):

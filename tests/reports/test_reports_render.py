@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from html import escape as html_escape
 import json
 import re
 import shutil
@@ -66,8 +67,8 @@ def test_render_real_run(run_dir: Path) -> None:
     assert_self_contained(html)
     assert html.count("data:image/png;base64,") == 3
 
-    # The verdict, as the gates in report.json decide it.
-    verdict = "PASS" if all(g["passed"] for g in raw["gates"]) else "FAIL"
+    # The verdict, as the runner decided it in report.json.
+    verdict = "PASS" if raw["verdict"]["passed"] else "FAIL"
     assert f'<div class="word">{verdict}</div>' in html
     assert f"**Verdict: {verdict}**" in md
     # The sections in the order people read them: verdict and gates first, the manifest last.
@@ -77,8 +78,9 @@ def test_render_real_run(run_dir: Path) -> None:
     assert positions[0] < html.index('<div class="verdict') < html.index("<h3>Gates</h3>") < positions[1]
     for gate in raw["gates"]:
         assert gate["metric"] in html and gate["metric"] in md
+    assert raw["flags"], "the defensively distilled student is flagged by the real masking probe"
     for flag in raw["flags"]:
-        assert flag["evidence"] in html and flag["evidence"] in md
+        assert html_escape(flag["evidence"]) in html and flag["evidence"] in md
         if flag["kind"] == "gradient_masking":
             assert f"Robust accuracy of {flag['model']} not to be trusted" in html
     for role, checkpoint in raw["manifest"]["checkpoints"].items():
@@ -94,47 +96,26 @@ def test_render_real_run(run_dir: Path) -> None:
         assert f"(plots/{name})" in md
 
 
-def test_masking_flag_gives_the_warning(tmp_path: Path) -> None:
-    report = {
-        "gates": [
-            {
-                "metric": "student.autoattack.robust_accuracy",
-                "op": ">=",
-                "threshold": 0.5,
-                "value": 0.61,
-                "passed": True,
-            }
-        ],
-        "flags": [
-            {
-                "kind": "gradient_masking",
-                "model": "student",
-                "check": "iterative_weaker_than_fgsm",
-                "evidence": "PGD robust accuracy 0.80 > FGSM 0.40 & <more>",
-            }
-        ],
-        "results": [
-            {
-                "probe": "attack",
-                "model": "student",
-                "metric": "robust_accuracy",
-                "value": 0.61,
-                "ci95": [0.57, 0.65],
-                "n": 500,
-                "params": {"attack": "autoattack"},
-            }
-        ],
-    }
-    write_report(tmp_path, report)
-    render(tmp_path)
-    html = (tmp_path / "report.html").read_text()
-    md = (tmp_path / "report.md").read_text()
-    assert '<div class="word">PASS</div>' in html
+def test_masking_flag_gives_the_warning(run_dir: Path) -> None:
+    """The real run's flag on the defensively distilled student: the warning, UNTRUSTED on the gates that its number
+    alone would pass, and the evidence escaped. The one change to the runner's output is a flag's evidence text with
+    HTML in it, which no real check writes."""
+    raw = read_report(run_dir)
+    flags = [f for f in raw["flags"] if f["model"] == "student" and f["kind"] == "gradient_masking"]
+    assert flags, raw["flags"]
+    hostile = "PGD robust accuracy 0.80 > FGSM 0.40 & <more>"
+    flags[0]["evidence"] = hostile
+    write_report(run_dir, raw)
+    render(run_dir)
+    html = (run_dir / "report.html").read_text()
+    md = (run_dir / "report.md").read_text()
     assert "Robust accuracy of student not to be trusted" in html
-    assert "UNTRUSTED" in html  # on the gate it would otherwise pass silently
+    untrusted = [g for g in raw["gates"] if g["metric"].startswith("student.") and g.get("status") == "untrusted"]
+    assert untrusted and "UNTRUSTED" in html  # the runner's untrusted gates are shown as such
     assert "PGD robust accuracy 0.80 &gt; FGSM 0.40 &amp; &lt;more&gt;" in html  # escaped, not injected
+    assert hostile not in html
     verdict_line = next(line for line in md.splitlines() if line.startswith("**Verdict"))
-    assert "PASS" in verdict_line and "not to be trusted" in verdict_line
+    assert ("PASS" if raw["verdict"]["passed"] else "FAIL") in verdict_line
 
 
 def test_render_is_atomic_when_a_plot_fails(run_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -271,8 +252,10 @@ def test_teacher_vs_student_table_from_real_rows(audited_run: Path) -> None:
     assert titles[0] == "Clean accuracy"
     assert {"Robust accuracy · fgsm", "Robust accuracy · pgd"} <= set(titles)
     pgd = next(e for e in entries if e.title() == "Robust accuracy · pgd")
-    teacher, student = pgd.cells["teacher"].value, pgd.cells["student"].value
-    assert pgd.retention() == (pytest.approx(student / teacher) if teacher else None)
+    # The table's retention is the runner's retention row, not a number recomputed here.
+    runner = next(r for r in read_report(audited_run)["results"]
+                  if r["metric"] == "robust_accuracy_retention" and r["params"].get("of") == "pgd")
+    assert pgd.retention() == pytest.approx(runner["value"])
 
 
 @pytest.mark.parametrize(

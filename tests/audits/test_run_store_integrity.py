@@ -210,12 +210,14 @@ def _set_artifact(path: str) -> Callable[[dict[str, Any]], None]:
         (_edit("clean", "student", lambda r: r.update(masks={"student": {"correct": "@@"}})), ["base64"]),
         (_edit("clean", "student", lambda r: r["rows"][0].update(model="teacher")), ["row of teacher"]),
         (_edit("manifest", None, lambda r: r.pop("plan")), ["plan is missing"]),
+        (lambda lines: [lines[1], lines[0], *lines[2:]], ["before any manifest"]),
+        (lambda lines: [*lines, lines[-1].replace('"value": ', '"value": NaN, "was": ', 1)], ["line 6: is not JSON"]),
         (_edit("manifest", None, lambda r: r["gates"][0].update(op=">")), ["gates[0].op"]),
         (_edit("fgsm", "student", _set_artifact("../../etc/passwd")), ["'../../etc/passwd'", "artifacts/"]),
         (_edit("fgsm", "student", _set_artifact("/etc/passwd")), ["'/etc/passwd'", "artifacts/"]),
     ],
     ids=["list", "unknown-type", "unit-without-rows", "string-value", "bad-mask", "row-of-another-model",
-         "manifest-without-plan", "bad-gate", "artifact-dotdot", "artifact-absolute"],
+         "manifest-without-plan", "unit-first", "nan", "bad-gate", "artifact-dotdot", "artifact-absolute"],
 )
 def test_a_line_of_the_wrong_shape_exits_2_with_a_clear_message(
     failing_run: Path, capsys: pytest.CaptureFixture[str], tamper: Callable[[list[str]], list[str]], words: list[str]
@@ -248,8 +250,10 @@ def test_a_resumed_run_reports_exactly_as_an_uninterrupted_one(digits_pair: tupl
         if len(finished) == 2:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
-        audit(suite, out=tmp_path / "resumed", progress=False, on_unit=kill_after_two)
+    for name in ("resumed", "old"):
+        finished.clear()
+        with pytest.raises(KeyboardInterrupt):
+            audit(suite, out=tmp_path / name, progress=False, on_unit=kill_after_two)
     resumed = audit(suite, out=tmp_path / "resumed", resume=True, progress=False)
     lines = read_lines(tmp_path / "resumed")
     assert [json.loads(line)["type"] for line in lines].count("manifest") == 2
@@ -263,6 +267,11 @@ def test_a_resumed_run_reports_exactly_as_an_uninterrupted_one(digits_pair: tupl
     assert build_report(tmp_path / "resumed").rows == whole.rows
     with np.load(tmp_path / "resumed" / "artifacts" / "examples.npz") as npz:
         assert {"adv_teacher", "adv_student"} <= set(npz.files)
+    # A run killed before the chain existed resumes too; its report says it has no chain.
+    write_lines(tmp_path / "old", [json.dumps({k: v for k, v in json.loads(line).items() if k != "prev"})
+                                   for line in read_lines(tmp_path / "old")])
+    old = audit(suite, out=tmp_path / "old", resume=True, progress=False)
+    assert old.rows == whole.rows and old.manifest["chain"] == "absent"
 
 
 def _link_outside(path: Path, outside: Path) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 
 from robustdistill.audits import masking
 from robustdistill.audits.probes import NON_FINITE
+from robustdistill.audits.store import BROKEN
 
 DEFAULT_POLICY = {"gradient_masking": "fail"}
 
@@ -76,7 +77,7 @@ def decide(gates: Sequence[Mapping[str, Any]], flags: Sequence[Mapping[str, Any]
         short.append(f"non-finite outputs: {', '.join(broken)}")
     masked = flagged_checks(flags, masking.KIND)
     named = [f"{model} ({', '.join(checks)})" for model, checks in masked.items()]
-    for model, text in zip(masked, named):
+    for text in named:
         sentence = f"gradient masking flagged for {text}: its robust accuracy is not to be trusted"
         if policy["gradient_masking"] == "fail":
             reasons.append({"kind": masking.KIND, "text": sentence})
@@ -84,7 +85,7 @@ def decide(gates: Sequence[Mapping[str, Any]], flags: Sequence[Mapping[str, Any]
             notes.append(f"{sentence} (not failing the verdict: the suite sets [verdict] gradient_masking = \"warn\")")
     if masked and policy["gradient_masking"] == "fail":
         short.append(f"gradient masking: {', '.join(named)}")
-    if chain == "broken":
+    if chain == BROKEN:
         reasons.append({"kind": "run_store", "text": "results.jsonl was edited after the run (its hash chain is "
                         "broken): these results are not the run's"})
         short.append("results.jsonl edited after the run")

@@ -136,3 +136,22 @@ def read_text(path: Path, field: str, what: str = "a TOML file") -> str:
     except UnicodeDecodeError as exc:
         raise UserInputError(field, f"{path} is not UTF-8 text (byte {exc.start} is 0x{raw[exc.start]:02x})",
                              f"point at {what}") from None
+
+
+def memory_budget() -> int:
+    """Bytes a loaded dataset may take: half the machine's physical memory (8 GiB where the OS does not say), so a
+    dataset too large for this loader is refused from its size before it is read, not by the OOM killer after."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+    return max(total // 2, 1 << 30)
+
+
+def check_dataset_size(field: str, images: int, shape: tuple[int, ...], itemsize: int, fix: str) -> None:
+    """Refuse ``images`` decoded images of ``shape`` (each value ``itemsize`` bytes) beyond :func:`memory_budget`."""
+    needed = images * math.prod(shape) * itemsize
+    budget = memory_budget()
+    if needed > budget:
+        raise UserInputError(field, f"{images:,} images of shape {shape} need {needed / 2**30:.1f} GiB in memory, more "
+                             f"than this loader's budget of {budget / 2**30:.1f} GiB (half the machine's memory)", fix)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,82 @@ def _audit(args: argparse.Namespace) -> int:
     from robustdistill.audits.runner import audit
 
     started = time.perf_counter()
+    load_options = _load_options(args)  # checked before audit() touches --out or loads anything
     report = audit(args.suite, teacher=args.teacher, student=args.student, out=args.out, resume=args.resume,
-                   samples=args.samples, device=args.device)
+                   samples=args.samples, device=args.device, load_options=load_options)
     elapsed = time.perf_counter() - started
     print(report.summary())
     written = ", ".join(str(p) for p in [report.run_dir / "report.json", *report.rendered]) if report.run_dir else ""
     print(f"wrote {written} in {elapsed:.1f}s")
     return report.exit_code
+
+
+def _by_role(flag: str, items: list[str], parse: Callable[[str, str], Any]) -> dict[str, Any]:
+    """``--flag [ROLE=]VALUE`` (repeatable) as {role: value}; without ROLE= the value is for every model given as
+    a bare state-dict file (role "*")."""
+    from robustdistill.errors import UserInputError
+
+    values: dict[str, Any] = {}
+    for item in items:
+        role, sep, value = item.partition("=")
+        role, value = (role.strip(), value.strip()) if sep else ("*", item.strip())
+        if role not in ("*", "teacher", "student"):
+            raise UserInputError(flag, f"{item!r} names no model of the command line (teacher or student)",
+                                 f"write {flag} VALUE, or {flag} teacher=VALUE / student=VALUE")
+        if role in values:
+            raise UserInputError(flag, f"given twice for {'every state dict' if role == '*' else role}", "give it once")
+        values[role] = parse(flag, value)
+    return values
+
+
+def _arch(flag: str, value: str) -> str:
+    from robustdistill.errors import UserInputError
+    from robustdistill.models import ARCHITECTURES
+
+    if value not in ARCHITECTURES:
+        close = difflib.get_close_matches(value, ARCHITECTURES.available(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserInputError(flag, f"unknown architecture {value!r}", f"{hint}see `robustdistill list architectures`")
+    return value
+
+
+def _whole(flag: str, text: str, low: int, high: int) -> int:
+    from robustdistill.errors import UserInputError
+    from robustdistill.limits import check_int
+
+    try:
+        number = int(text)
+    except ValueError:
+        raise UserInputError(flag, f"{text!r} is not a whole number") from None
+    return check_int(flag, number, low, high)
+
+
+def _num_classes(flag: str, value: str) -> int:
+    return _whole(flag, value, 2, 100_000)
+
+
+def _input_shape(flag: str, value: str) -> tuple[int, int, int]:
+    from robustdistill.errors import UserInputError
+    from robustdistill.limits import MAX_IMAGE_PIXELS
+
+    parts = value.replace("x", ",").split(",")
+    if len(parts) != 3:
+        raise UserInputError(flag, f"{value!r} is not CHANNELS,HEIGHT,WIDTH", "e.g. 3,32,32 or 1,8,8")
+    channels = _whole(flag, parts[0], 1, 4)
+    height, width = (_whole(flag, part, 1, 4096) for part in parts[1:])
+    if height * width > MAX_IMAGE_PIXELS:
+        raise UserInputError(flag, f"{height}x{width} is over the limit of {MAX_IMAGE_PIXELS:,} pixels")
+    return channels, height, width
+
+
+def _load_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """What a bare state dict does not say about itself, per role: {role or "*": load_model keywords}."""
+    options: dict[str, dict[str, Any]] = {}
+    for flag, key, parse in (("--arch", "arch", _arch), ("--num-classes", "num_classes", _num_classes),
+                             ("--input-shape", "input_shape", _input_shape)):
+        for role, value in _by_role(flag, getattr(args, key) or [], parse).items():
+            options.setdefault(role, {})[key] = value
+    return options
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -54,6 +125,13 @@ def add_commands(subparsers: Any) -> None:
     audit.add_argument("--resume", action="store_true", help="continue an interrupted audit in --out, skipping finished probes")
     audit.add_argument("--teacher", metavar="PATH", help="teacher checkpoint (replaces the suite's [pipeline] teacher)")
     audit.add_argument("--student", metavar="PATH", help="student checkpoint (replaces the suite's [pipeline] student)")
+    state_dict = "for a model given as a bare state dict (.pt/.pth/.bin/.safetensors); ROLE= (teacher, student) picks one model, else every state dict"
+    audit.add_argument("--arch", metavar="[ROLE=]NAME", action="append",
+                       help=f"architecture {state_dict} (see `robustdistill list architectures`)")
+    audit.add_argument("--num-classes", metavar="[ROLE=]N", action="append",
+                       help=f"number of classes {state_dict} (default: read from the classifier head)")
+    audit.add_argument("--input-shape", metavar="[ROLE=]C,H,W", action="append",
+                       help=f"input shape {state_dict}, e.g. 3,32,32 (default: channels from the first layer, 32x32)")
     audit.add_argument("--samples", metavar="N", type=int, help="evaluate N test points (a seeded subset)")
     audit.add_argument("--device", metavar="D", help="auto, cpu or cuda (replaces the suite's device)")
     audit.set_defaults(handler=_audit)

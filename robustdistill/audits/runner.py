@@ -52,6 +52,7 @@ ROW_KEYS = ("probe", "model", "metric", "value", "ci95", "n", "params")
 
 UnitCallback = Callable[[dict[str, Any]], None]
 
+LoadOptions = Mapping[str, Mapping[str, Any]]  # role (or "*") -> load_model keywords
 
 # --------------------------------------------------------------------------------------------------------------
 # The report
@@ -249,10 +250,19 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def load_models(suite: Suite, modules: Mapping[str, nn.Module], device: torch.device) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]]]:
+def load_models(suite: Suite, modules: Mapping[str, nn.Module], device: torch.device,
+                load_options: LoadOptions | None = None) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]]]:
+    """Load every role's model. ``load_options`` (role -> load_model keywords such as arch, num_classes,
+    input_shape; role "*": every model given as a file, i.e. a bare state dict) says what a state dict cannot."""
     from robustdistill.models import checkpoint_sha256, load_model
 
     models: dict[str, nn.Module] = {}
+    options = dict(load_options or {})
+    unknown = sorted(set(options) - {"*", *suite.roles})
+    if unknown:
+        raise UserInputError("load_options", f"no model with role {unknown[0]!r} in the suite",
+                             f"use one of {', '.join(suite.roles)} (ROLE= in --arch, --num-classes, --input-shape)")
+
     checkpoints: dict[str, dict[str, Any]] = {}
     for role in suite.roles:
         where = f"pipeline.{role}" if role in ("teacher", "student") else f"pipeline.extra.{role}"
@@ -267,7 +277,8 @@ def load_models(suite: Suite, modules: Mapping[str, nn.Module], device: torch.de
             flag = f"--{role}" if role in ("teacher", "student") else f"models={{'{role}': ...}}"
             raise UserInputError(where, "no model given", f"set it in the suite's [pipeline] or pass {flag}")
         try:
-            model = load_model(path, device=device)
+            keywords = {**(options.get("*", {}) if Path(path).is_file() else {}), **options.get(role, {})}
+            model = load_model(path, device=device, **keywords)
         except UserInputError as exc:
             raise UserInputError(where, f"{path}: {exc.problem}", exc.fix) from None
         if not isinstance(model, nn.Module):
@@ -333,12 +344,14 @@ def audit(
     render: bool = True,
     on_unit: UnitCallback | None = None,
 ) -> Report:
+    load_options: LoadOptions | None = None,
     """Run an audit suite and return its :class:`Report`; writes ``out`` (default ``runs/<suite name>``).
 
     ``teacher``/``student`` (and ``models``, extra roles) are checkpoint paths or in-memory nn.Modules; they
     replace the suite's ``[pipeline]``. ``samples``/``device`` override the suite's. ``resume`` continues an
     interrupted run in ``out``; without it an ``out`` holding results is refused. ``progress``: tqdm bars (None:
-    only on a terminal). ``on_unit`` is called with each unit's record after it is stored.
+    only on a terminal). ``on_unit`` is called with each unit's record after it is stored. ``load_options``: what
+    :func:`load_models` passes to ``load_model`` for bare state dicts (arch, num_classes, input_shape).
     Raises :class:`UserInputError` (nothing written) for bad input.
     """
     given = {"teacher": teacher, "student": student, **dict(models or {})}
@@ -363,19 +376,20 @@ def audit(
 
     training = {role: m.training for role, m in modules.items()}
     try:
-        return _run(suite, modules, run_dir, store, resume, progress, render, on_unit)
+        return _run(suite, modules, run_dir, store, resume, progress, render, on_unit, load_options)
     finally:
         for role, module in modules.items():
             module.train(training[role])
 
 
 def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: RunStore, resume: bool,
-         progress: bool | None, render: bool, on_unit: UnitCallback | None) -> Report:
+         progress: bool | None, render: bool, on_unit: UnitCallback | None,
+         load_options: LoadOptions | None = None) -> Report:
     from robustdistill import __version__
     from robustdistill.data import load_split
 
     device = resolve_device(suite.device)
-    models, checkpoints = load_models(suite, modules, device)
+    models, checkpoints = load_models(suite, modules, device, load_options)
     for module in modules.values():
         module.eval()
     data = load_split(suite.data, suite.split).subset(suite.samples, seed=suite.seed)

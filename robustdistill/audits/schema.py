@@ -473,7 +473,8 @@ def load_suite(
         from robustdistill.audits.probes import PROBES
 
         kinds = [table.get("kind") for _, table in expanded]
-        if any(kind not in PROBES or PROBES.get(kind).needs_threat_model for kind in kinds):
+        # An unknown kind is left to build_probe, whose message names it and lists the kinds.
+        if any(isinstance(kind, str) and kind in PROBES and PROBES.get(kind).needs_threat_model for kind in kinds):
             raise UserInputError("threat_model", "is missing", "add [threat_model] norm = 'linf', eps = ... or "
                                  "use = 'attacks/<preset>.toml'")
         threat_model = ThreatModel(norm="linf", eps=0.0)  # no probe attacks inputs (clean, privacy)

@@ -28,6 +28,11 @@ DEFAULT_CLASSES: tuple[str, ...] = (
 TRAIN_BATCHES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 RECORD = 1 + 3 * 32 * 32
+# Every official batch (data_batch_1..5, test_batch) holds 10,000 images: a batch may hold fewer (a subset), never
+# more, so a hostile folder cannot make the loader allocate more than the real dataset's 184 MB.
+BATCH_ROWS = 10_000
+# An official python batch is 31.0 MB; twice that leaves room for a re-pickled copy and nothing else.
+MAX_PICKLE_BYTES = 2 * BATCH_ROWS * RECORD + (1 << 20)
 FOLDERS = {"python": "cifar-10-batches-py", "binary": "cifar-10-batches-bin"}
 _FIX = "point data.root at the extracted official cifar-10-batches-py or cifar-10-batches-bin folder (or its parent)"
 
@@ -80,7 +85,12 @@ class _Refused(pickle.UnpicklingError):
 
 
 def read_pickle(path: Path) -> Any:
-    """Load one python-format batch safely; anything outside the allow-list is refused before it runs."""
+    """Load one python-format batch safely; anything outside the allow-list is refused before it runs, and a file
+    larger than the format allows is refused before it is read."""
+    size = path.stat().st_size
+    if size > MAX_PICKLE_BYTES:
+        raise UserInputError("data.root", f"wrong format: {path} is {size:,} bytes, more than a CIFAR-10 python batch "
+                             f"({BATCH_ROWS:,} images) can be", _FIX)
     try:
         with path.open("rb") as handle:
             return RestrictedUnpickler(handle, encoding="bytes").load()
@@ -120,29 +130,35 @@ def _python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     labels = _get(batch, "labels") if isinstance(batch, dict) else None
     if not isinstance(data, np.ndarray) or labels is None:
         raise UserInputError("data.root", f"wrong format: {path} lacks the 'data' array or the 'labels' list", _FIX)
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != RECORD - 1:
-        raise UserInputError(
-            "data.root", f"wrong format: {path} data is {data.dtype} {data.shape}, expected uint8 (N, 3072)", _FIX
-        )
+    # Checked on the unpickled objects before anything is copied: a pickle can build an ndarray with zero strides
+    # over one byte whose shape claims gigabytes, and any reshape, astype or concatenate would materialise them.
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != RECORD - 1 or not 1 <= data.shape[0] <= BATCH_ROWS:
+        raise UserInputError("data.root", f"wrong format: {path} data is {data.dtype} {data.shape}, expected uint8 "
+                             f"(N, 3072) with N <= {BATCH_ROWS:,}", _FIX)
+    if not data.flags.c_contiguous or data.strides != (RECORD - 1, 1):
+        raise UserInputError("data.root", f"wrong format: {path} data has strides {data.strides}, not a plain array", _FIX)
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data) or np.ndim(labels) != 1:
+        count = len(labels) if isinstance(labels, (list, np.ndarray)) else type(labels).__name__
+        raise UserInputError("data.root", f"wrong format: {path} has {len(data)} images but labels {count}", _FIX)
     try:
-        label_array = np.asarray(labels, dtype=np.int64).reshape(-1)
-    except (TypeError, ValueError):
+        label_array = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
         raise UserInputError("data.root", f"wrong format: {path} labels are not integers", _FIX) from None
-    if len(label_array) != len(data):
-        raise UserInputError(
-            "data.root", f"wrong format: {path} has {len(data)} images but {len(label_array)} labels", _FIX
-        )
     return data.reshape(-1, 3, 32, 32), _check_labels(path, label_array)
 
 
 def _binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    raw = np.fromfile(path, dtype=np.uint8)
-    if raw.size == 0 or raw.size % RECORD:
+    size = path.stat().st_size  # checked before reading: the file is read whole
+    if size == 0 or size % RECORD or size > BATCH_ROWS * RECORD:
         raise UserInputError(
             "data.root",
-            f"wrong format: {path} is {raw.size} bytes, not a whole number of {RECORD}-byte CIFAR-10 records",
+            f"wrong format: {path} is {size:,} bytes, not a whole number of {RECORD}-byte CIFAR-10 records "
+            f"(at most {BATCH_ROWS:,})",
             _FIX,
         )
+    raw = np.fromfile(path, dtype=np.uint8, count=size)
+    if raw.size != size:
+        raise UserInputError("data.root", f"wrong format: {path} changed while it was read", _FIX)
     records = raw.reshape(-1, RECORD)
     return records[:, 1:].reshape(-1, 3, 32, 32), _check_labels(path, records[:, 0])
 

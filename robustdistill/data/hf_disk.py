@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from robustdistill.data.images import infer_channels, stack_images, to_chw
+from robustdistill.data.images import infer_channels, open_image, stack_images, to_chw
 from robustdistill.data.pool import SPLITS, LoadedData, RawSplit, raw_split, three_way, two_way
 from robustdistill.data.spec import DataSpec
 from robustdistill.errors import UserInputError
+from robustdistill.limits import MAX_IMAGE_PIXELS, MAX_INPUT_VALUES, check_dataset_size
 
 logger = logging.getLogger(__name__)
 
@@ -94,15 +96,43 @@ def _labels(
     return labels
 
 
-def _images(spec: DataSpec, name: str, dataset: Any, channels: int) -> Iterator[tuple[np.ndarray, str]]:
+def _raw_column(spec: DataSpec, dataset: Any) -> Any:
+    """The image column without the datasets library's own decoding: an Image feature comes back as its stored
+    {"bytes", "path"} cells, which :func:`_decode` checks (size from the header, failures as UserInputError)
+    before PIL decodes them; datasets would decode anything, a decompression bomb included, with a traceback."""
+    from datasets import Image
+
     column = dataset.with_format(None).select_columns([spec.image_column])
+    if isinstance(column.features[spec.image_column], Image):
+        column = column.cast_column(spec.image_column, Image(decode=False))
+    return column
+
+
+def _decode(cell: Any, where: str) -> Any:
+    """A stored cell as a PIL image or an array, never larger than the limits allow."""
+    if cell is None:
+        raise UserInputError("data.image_column", f"{where} has no image", "drop rows without images")
+    if isinstance(cell, dict) and ("bytes" in cell or "path" in cell):
+        if isinstance(cell.get("bytes"), bytes):
+            return open_image(cell["bytes"], where, "data.image_column")
+        path = cell.get("path")
+        if not isinstance(path, str) or not Path(path).is_file():
+            raise UserInputError("data.image_column", f"{where} holds neither image bytes nor a path to an image file "
+                                 f"(path {path!r})", "save the dataset with its images embedded")
+        return open_image(path, f"{where} ({path})", "data.image_column")
+    if isinstance(cell, (list, np.ndarray)) and np.size(cell) > MAX_INPUT_VALUES:
+        raise UserInputError("data.image_column", f"{where} holds {np.size(cell):,} values, more than an image of "
+                             f"{MAX_IMAGE_PIXELS:,} pixels", "store smaller images")
+    return cell
+
+
+def _images(spec: DataSpec, name: str, dataset: Any, channels: int) -> Iterator[tuple[np.ndarray, str]]:
+    column = _raw_column(spec, dataset)
     for start in range(0, len(column), _BATCH):
         batch = column[start : start + _BATCH][spec.image_column]
-        for offset, image in enumerate(batch):
+        for offset, cell in enumerate(batch):
             where = f"split {name!r} row {start + offset}"
-            if image is None:
-                raise UserInputError("data.image_column", f"{where} has no image", "drop rows without images")
-            yield to_chw(image, channels, spec.image_size, where), where
+            yield to_chw(_decode(cell, where), channels, spec.image_size, where), where
 
 
 def load(spec: DataSpec) -> LoadedData:
@@ -112,10 +142,14 @@ def load(spec: DataSpec) -> LoadedData:
         if len(dataset) == 0:
             raise UserInputError("data.root", f"the saved {name!r} split is empty", "add data to it or drop the split")
     classes, mapping = _classes(spec, sources)
-    first = sources["train"].with_format(None)[0][spec.image_column]
+    first = _decode(_raw_column(spec, sources["train"])[0][spec.image_column], "split 'train' row 0")
     channels = spec.channels or infer_channels(first, "split 'train' row 0")
 
     val_name = next((n for n in VAL_NAMES if n in sources), None)
+    # Row counts come from the saved metadata: size the decoded splits from the first image before reading them.
+    shape = to_chw(first, channels, spec.image_size, "split 'train' row 0")
+    rows = sum(len(sources[n]) for n in ("train", val_name, "test") if n is not None and n in sources)
+    check_dataset_size("data.root", rows, shape.shape, shape.dtype.itemsize, "use fewer or smaller images, or set data.image_size")
     pools: dict[str, tuple[torch.Tensor, np.ndarray]] = {}
     scales: list[float] = []
     for name in ["train", val_name, "test" if "test" in sources else None]:

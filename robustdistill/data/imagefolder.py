@@ -10,10 +10,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from robustdistill.data.images import infer_channels, stack_images, to_chw
+from robustdistill.data.images import infer_channels, open_image, stack_images, to_chw
 from robustdistill.data.pool import LoadedData, split_pool
 from robustdistill.data.spec import DataSpec
 from robustdistill.errors import UserInputError
+from robustdistill.limits import check_dataset_size
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +52,17 @@ def scan(root: Path) -> tuple[tuple[str, ...], list[tuple[Path, int]]]:
 
 
 def _open(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise UserInputError("data.root", f"cannot read image {path}: {exc}", "remove or replace the file") from None
+    return open_image(path, str(path), "data.root")
 
 
 def load(spec: DataSpec) -> LoadedData:
     root = spec.resolved_root()
     classes, files = scan(root)
-    channels = spec.channels or infer_channels(_open(files[0][0]), str(files[0][0]))
+    first = _open(files[0][0])
+    channels = spec.channels or infer_channels(first, str(files[0][0]))
+    # Every image ends up this shape (or the load stops at the first that differs): size the whole load from it.
+    shape = (channels, spec.image_size or first.height, spec.image_size or first.width)
+    check_dataset_size("data.root", len(files), shape, 1, "use fewer or smaller images, or set data.image_size")
     logger.info("imagefolder %s: %d images in %d classes, %d channel(s)", root, len(files), len(classes), channels)
 
     def decoded() -> Iterator[tuple[np.ndarray, str]]:

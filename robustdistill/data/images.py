@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import os
 from collections.abc import Iterable
 
 import numpy as np
@@ -11,12 +13,32 @@ import torch.nn.functional as F
 from PIL import Image
 
 from robustdistill.errors import UserInputError
+from robustdistill.limits import MAX_IMAGE_PIXELS
 
 logger = logging.getLogger(__name__)
 
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})
 # ITU-R 601-2 luma, the weights PIL uses for convert("L"), so array and PIL inputs agree.
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+
+
+def open_image(source: str | os.PathLike[str] | bytes, where: str, field: str) -> Image.Image:
+    """Decode one image file (a path or its bytes), refusing before decoding anything over MAX_IMAGE_PIXELS (its
+    size is read from the header: ``Image.open`` decodes nothing), and turning every decoding failure - not an
+    image, truncated, a decompression bomb - into one UserInputError naming ``field``."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    try:
+        with Image.open(stream) as image:
+            width, height = image.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise UserInputError(field, f"{where} is {width}x{height} = {width * height:,} pixels, over the limit "
+                                     f"of {MAX_IMAGE_PIXELS:,} (4096x4096)", "downscale the image or remove it")
+            image.load()
+            return image.copy()
+    except UserInputError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError: OSError
+        raise UserInputError(field, f"cannot read image {where}: {exc}", "remove or replace the file") from None
 
 
 def infer_channels(image: Image.Image | np.ndarray, where: str) -> int:

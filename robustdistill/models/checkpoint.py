@@ -215,12 +215,14 @@ def load_model(
     """
     target = Path(path).expanduser()
     if not target.exists():
+        # Say first what is true of every missing path; a Hub-shaped name (checkpoints/x looks like one too) only
+        # adds the hint.
         text = str(path)
+        fix = "check the path"
         if _HUB_NAME.match(text):
-            raise UserInputError("model", f"{text!r} is not a local path (robustdistill never downloads models)",
-                                 "pass a local directory; for a Hub model, download it first "
-                                 "(`hf download NAME --local-dir DIR`)")
-        raise UserInputError("model", f"no such file or directory: {text}", "check the path")
+            fix += ("; if it is a Hugging Face Hub name: robustdistill never downloads models, so download it "
+                    "first (`hf download NAME --local-dir DIR`) and pass the local directory")
+        raise UserInputError("model", f"no such file or directory: {text}", fix)
     if target.is_dir():
         model = _load_directory(target, arch=arch, num_classes=num_classes, input_shape=input_shape, mean=mean,
                                 std=std, classes=classes, device=device, arch_params=arch_params)

@@ -249,9 +249,16 @@ def test_missing_path(tmp_path: Path) -> None:
 
 
 def test_hub_name_is_not_downloaded() -> None:
-    with pytest.raises(UserInputError, match="never downloads") as info:
+    with pytest.raises(UserInputError, match="no such file or directory: google/vit") as info:
         load_model("google/vit-base-patch16-224")
-    assert "local" in (info.value.fix or "")
+    assert "never downloads" in (info.value.fix or "") and "local" in (info.value.fix or "")
+
+
+def test_missing_local_path_says_no_such_file_before_any_hub_hint() -> None:
+    # checkpoints/digits-kd has the shape of a Hub name: the message must still say the path does not exist.
+    with pytest.raises(UserInputError) as info:
+        load_model("checkpoints/no-such-checkpoint-here")
+    assert info.value.problem == "no such file or directory: checkpoints/no-such-checkpoint-here"
 
 
 def test_state_dict_without_arch(tmp_path: Path) -> None:

@@ -47,6 +47,8 @@ ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # The masks build_report reads of each unit kind (it indexes them directly).
 REQUIRED_MASKS = {"clean": ("correct",), "attack": ("clean", "robust")}
 REDO = "re-run the audit into a new --out"
+EDITED = f"the file was edited; {REDO}"
+SHARED = f"the file was edited, or two audits wrote into one --out; {REDO}"
 
 
 def line_sha256(line: str) -> str:
@@ -190,7 +192,8 @@ class RunStore:
     def load(self) -> StoredRun:
         """Read and check every line (module docstring); a broken chain is reported in the result, not raised."""
         if not self.path.is_file():
-            raise UserInputError("run_dir", f"no {RESULTS} in {self.run_dir}", "point at a directory `robustdistill audit` wrote")
+            raise UserInputError("run_dir", f"no {RESULTS} in {self.run_dir}",
+                                 "point at a directory `robustdistill audit` wrote")
         try:
             text = self.path.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
@@ -278,7 +281,7 @@ class _Reader:
         except (ValueError, RecursionError):
             raise self.fail(number, "is not JSON", f"the file was edited or damaged; {REDO}") from None
         if not isinstance(record, dict):
-            raise self.fail(number, f"is a JSON {type(record).__name__}, not a record", f"the file was edited; {REDO}")
+            raise self.fail(number, f"is a JSON {type(record).__name__}, not a record", EDITED)
         self.check_chain(number, record)
         self.head = line_sha256(line)
         self.hashes.add(self.head)
@@ -288,7 +291,7 @@ class _Reader:
         elif kind == "unit":
             self.add_unit(number, record)
         else:
-            raise self.fail(number, f"has type {kind!r}, not 'manifest' or 'unit'", f"the file was edited; {REDO}")
+            raise self.fail(number, f"has type {kind!r}, not 'manifest' or 'unit'", EDITED)
 
     def check_chain(self, number: int, record: dict[str, Any]) -> None:
         prev = record.get("prev")
@@ -330,14 +333,14 @@ class _Reader:
         plan: dict[str, dict[str, Any]] = {}
         for entry, raw in zip(manifest.plan, record["plan"]):
             if entry.key in plan:
-                raise self.fail(number, f"its plan lists unit {entry.key} twice", f"the file was edited; {REDO}")
+                raise self.fail(number, f"its plan lists unit {entry.key} twice", EDITED)
             bad = [role for role in entry.roles if not ROLE_PATTERN.match(role)]
             if bad:
-                raise self.fail(number, f"its plan names the role {bad[0]!r}", f"the file was edited; {REDO}")
+                raise self.fail(number, f"its plan names the role {bad[0]!r}", EDITED)
             plan[entry.key] = raw
         bad = [role for role in manifest.checkpoints if not ROLE_PATTERN.match(role)]
         if bad:
-            raise self.fail(number, f"its checkpoints name the role {bad[0]!r}", f"the file was edited; {REDO}")
+            raise self.fail(number, f"its checkpoints name the role {bad[0]!r}", EDITED)
         # build_report makes a Gate of each entry: keep the fields Gate has (extra keys are not evidence).
         fields = {f.name for f in dataclasses.fields(Gate)}
         record["gates"] = [{k: v for k, v in gate.items() if k in fields} for gate in record["gates"]]
@@ -348,17 +351,17 @@ class _Reader:
         unit = self.validate(number, UnitRecord, record)
         assert isinstance(unit, UnitRecord)
         if not self.manifests:
-            raise self.fail(number, "is a unit before any manifest", f"the file was edited; {REDO}")
+            raise self.fail(number, "is a unit before any manifest", EDITED)
         if unit.key in self.where:
             raise self.fail(number, f"stores unit {unit.key} again (first on line {self.where[unit.key]}): a run "
-                            "never stores a unit twice", f"the file was edited, or two audits wrote into one --out; {REDO}")
+                            "never stores a unit twice", SHARED)
         entry = self.plan.get(unit.key)
         if entry is None:
             raise self.fail(number, f"stores unit {unit.key}, which is not in the plan of the manifest before it",
-                            f"the file was edited, or two audits wrote into one --out; {REDO}")
+                            SHARED)
         if (unit.probe, unit.kind, unit.roles) != (entry["probe"], entry["kind"], entry["roles"]):
             raise self.fail(number, f"unit {unit.key} is not the plan's {entry['probe']} on {'+'.join(entry['roles'])}",
-                            f"the file was edited; {REDO}")
+                            EDITED)
         self.check_contents(number, unit)
         self.where[unit.key] = number
         self.units[unit.key] = record
@@ -369,27 +372,27 @@ class _Reader:
         for row in unit.rows:
             if row.probe != unit.probe or row.model not in roles:
                 raise self.fail(number, f"a row of {row.model}.{row.probe} in the unit of {unit.probe} on "
-                                f"{'+'.join(unit.roles)}", f"the file was edited; {REDO}")
+                                f"{'+'.join(unit.roles)}", EDITED)
         for item in unit.flags:
             if item.model not in roles:
-                raise self.fail(number, f"a flag on {item.model}, which this unit did not measure", f"the file was edited; {REDO}")
+                raise self.fail(number, f"a flag on {item.model}, which this unit did not measure", EDITED)
         size = (unit.n + 7) // 8
         for role, masks in unit.masks.items():
             if role not in roles:
-                raise self.fail(number, f"masks of {role}, which this unit did not measure", f"the file was edited; {REDO}")
+                raise self.fail(number, f"masks of {role}, which this unit did not measure", EDITED)
             for name in REQUIRED_MASKS.get(unit.kind, ()):
                 if name not in masks:
-                    raise self.fail(number, f"masks.{role}.{name} is missing", f"the file was edited; {REDO}")
+                    raise self.fail(number, f"masks.{role}.{name} is missing", EDITED)
             for name, text in masks.items():
                 if name.startswith("robust@") and not _finite(name.split("@", 1)[1]):
-                    raise self.fail(number, f"masks.{role}.{name}: not robust@<eps>", f"the file was edited; {REDO}")
+                    raise self.fail(number, f"masks.{role}.{name}: not robust@<eps>", EDITED)
                 try:
                     packed = base64.b64decode(text, validate=True)
                 except (binascii.Error, ValueError):
-                    raise self.fail(number, f"masks.{role}.{name} is not base64", f"the file was edited; {REDO}") from None
+                    raise self.fail(number, f"masks.{role}.{name} is not base64", EDITED) from None
                 if len(packed) != size:
                     raise self.fail(number, f"masks.{role}.{name} holds {8 * len(packed)} bits for n = {unit.n}",
-                                    f"the file was edited; {REDO}")
+                                    EDITED)
         for name in unit.artifacts:
             if not ARTIFACT_NAME.match(name):
                 raise self.fail(number, f"artifact {name!r} is not a file name inside the run's artifacts/",

@@ -153,7 +153,8 @@ def test_an_edited_line_breaks_the_chain_and_the_verdict(failing_run: Path, suit
     refused(["audit", str(suite_file), "--out", str(failing_run), "--resume"], capsys, "edited after the run")
 
 
-def test_an_edited_last_line_is_caught_by_the_recorded_hash(failing_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_edited_last_line_is_caught_by_the_recorded_hash(failing_run: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     lines = read_lines(failing_run)
     recorded = json.loads((failing_run / "report.json").read_text())["manifest"]
     assert recorded["chain"] == "intact" and recorded["results_sha256"] == sha(lines[-1])
@@ -237,8 +238,9 @@ def test_an_artifact_linked_outside_the_run_is_refused(failing_run: Path, tmp_pa
     assert "leads outside" in err and "Traceback" not in err, err
 
 
-def test_a_resumed_run_reports_exactly_as_an_uninterrupted_one(digits_pair: tuple[Path, Path], cheap_suite: Any,
-                                                               tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_resumed_run_reports_exactly_as_an_uninterrupted_one(
+    digits_pair: tuple[Path, Path], cheap_suite: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     teacher, student = digits_pair
     suite = cheap_suite(teacher, student, samples=60, probes=[{"kind": "attack", "attack": "fgsm"}, {"kind": "clean"}],
                         gates={GATE: {"min": 0.9}})
@@ -293,8 +295,8 @@ def test_the_report_reads_no_roc_curve_through_a_link_outside_the_run(digits_pai
     from robustdistill.reports import render
 
     teacher, student = digits_pair
-    suite = cheap_suite(teacher, student, samples=60, probes=[{"kind": "clean"}, {"kind": "mia-loss", "views": ["own"]}],
-                        gates={})
+    probes = [{"kind": "clean"}, {"kind": "mia-loss", "views": ["own"]}]
+    suite = cheap_suite(teacher, student, samples=60, probes=probes, gates={})
     run = tmp_path / "run"
     audit(suite, out=run, progress=False, render=False)
     _link_outside(run / "artifacts" / "roc-mia-loss-student.npz", tmp_path / "elsewhere.npz")

@@ -157,11 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
     parser.add_argument(
         "--threads",
-        type=int,
-        default=int(os.environ.get("ROBUSTDISTILL_THREADS", "1")),
         metavar="N",
         help="CPU threads for torch (default 1, or $ROBUSTDISTILL_THREADS: for small models more threads are slower, "
-        "and much slower on a busy machine; raise it for large models on many cores)",
+        "and much slower on a busy machine; raise it for large models on many cores, up to 4 per core)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -210,16 +208,31 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     root.setLevel(level)
 
 
+def _threads(flag: str | None) -> int:
+    """--threads, else $ROBUSTDISTILL_THREADS, else 1. Read after parsing, not as the parser's default, so that a
+    bad environment value is one line naming it rather than a traceback; bounded, as torch crashes on 100000."""
+    from robustdistill.limits import check_threads
+
+    field, raw = ("--threads", flag) if flag is not None else ("ROBUSTDISTILL_THREADS", os.environ.get("ROBUSTDISTILL_THREADS", "1"))
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise UserInputError(field, f"{raw!r} is not a whole number", "e.g. 1") from None
+    return check_threads(field, value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
-    if args.threads < 1:
-        print("robustdistill: error: --threads: must be >= 1", file=sys.stderr)
+    try:
+        threads = _threads(args.threads)
+    except UserInputError as exc:
+        print(f"robustdistill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     import torch
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

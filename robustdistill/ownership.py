@@ -199,8 +199,12 @@ def remove_owned(directory: str | os.PathLike[str], paths: Iterable[str | os.Pat
         return []
     listed = set(marker["files"])
     wanted = listed if paths is None else {_relative(directory, p) for p in paths} & listed
+    root = directory.resolve()
     for relative in sorted(wanted):
         target = directory / relative
+        if root not in target.parent.resolve().parents and target.parent.resolve() != root:
+            log.warning("not removing %s: it is not inside %s", target, directory)  # a symlinked folder in between
+            continue
         target.unlink(missing_ok=True)
         for parent in target.parents:
             if parent == directory or not parent.is_dir() or any(parent.iterdir()):
@@ -296,7 +300,13 @@ def acquire(directory: str | os.PathLike[str], what: str, *, field: str = "out")
     directory = Path(directory)
     created = [p for p in (directory, *directory.parents) if not p.exists()]
     directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the lock's lifetime
+    # O_NOFOLLOW: a lock "file" that is a symlink planted in the folder must not make us truncate its target.
+    try:
+        fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise UserInputError(field, f"cannot lock {directory}: {exc.strerror}",
+                             f"remove {directory / LOCK} if it is not robustdistill's, or choose another folder") from None
+    handle = os.fdopen(fd, "r+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("--reproducible", action="store_true",
+                        help="pin the CPU kernels (AVX2) so that numbers are the same on every x86 CPU, at some speed "
+                        "(also $ROBUSTDISTILL_REPRODUCIBLE=1; `demo` always pins; see the README, Reproducibility)")
     parser.add_argument(
         "--threads",
         metavar="N",
@@ -208,6 +211,25 @@ def configure_logging(verbose: bool, quiet: bool) -> None:
     root.setLevel(level)
 
 
+def _pin_kernels(args: argparse.Namespace) -> None:
+    """Pin the CPU kernels when asked (--reproducible, $ROBUSTDISTILL_REPRODUCIBLE) and always for the demo, whose
+    README numbers must reproduce."""
+    from robustdistill import reproducibility
+
+    asked = args.reproducible or reproducibility.requested()
+    if not asked and args.command != "demo":
+        return
+    try:
+        reproducibility.pin()
+    except UserInputError:
+        if asked:
+            raise
+        # Only when main() is called inside a Python process that already loaded torch: the demo still runs.
+        log.warning("torch was loaded before the demo could pin its CPU kernels: numbers may differ from the README's")
+    else:
+        log.debug("CPU kernels pinned: %s", reproducibility.PINNED_ENV)
+
+
 def _threads(flag: str | None) -> int:
     """--threads, else $ROBUSTDISTILL_THREADS, else 1. Read after parsing, not as the parser's default, so that a
     bad environment value is one line naming it rather than a traceback; bounded, as torch crashes on 100000."""
@@ -225,6 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    try:
+        _pin_kernels(args)  # before anything imports torch: torch, oneDNN and MKL choose their kernels as they load
+    except UserInputError as exc:
+        print(f"robustdistill: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         threads = _threads(args.threads)
     except UserInputError as exc:

@@ -37,6 +37,7 @@ from robustdistill.audits.schema import Gate, Suite, load_suite
 from robustdistill.audits.stats import bootstrap_ratio_ci, pack_mask, unpack_mask
 from robustdistill.audits.store import REPORT, RunStore
 from robustdistill.errors import UserInputError
+from robustdistill.reproducibility import cpu_record
 from robustdistill.utils import atomic_path, resolve_device, seed_everything, write_json_atomic
 
 if TYPE_CHECKING:
@@ -51,8 +52,8 @@ IN_MEMORY = "in-memory"
 ROW_KEYS = ("probe", "model", "metric", "value", "ci95", "n", "params")
 
 UnitCallback = Callable[[dict[str, Any]], None]
-
 LoadOptions = Mapping[str, Mapping[str, Any]]  # role (or "*") -> load_model keywords
+
 
 # --------------------------------------------------------------------------------------------------------------
 # The report
@@ -256,13 +257,13 @@ def load_models(suite: Suite, modules: Mapping[str, nn.Module], device: torch.de
     input_shape; role "*": every model given as a file, i.e. a bare state dict) says what a state dict cannot."""
     from robustdistill.models import checkpoint_sha256, load_model
 
-    models: dict[str, nn.Module] = {}
     options = dict(load_options or {})
     unknown = sorted(set(options) - {"*", *suite.roles})
     if unknown:
         raise UserInputError("load_options", f"no model with role {unknown[0]!r} in the suite",
                              f"use one of {', '.join(suite.roles)} (ROLE= in --arch, --num-classes, --input-shape)")
 
+    models: dict[str, nn.Module] = {}
     checkpoints: dict[str, dict[str, Any]] = {}
     for role in suite.roles:
         where = f"pipeline.{role}" if role in ("teacher", "student") else f"pipeline.extra.{role}"
@@ -343,8 +344,8 @@ def audit(
     progress: bool | None = None,
     render: bool = True,
     on_unit: UnitCallback | None = None,
-) -> Report:
     load_options: LoadOptions | None = None,
+) -> Report:
     """Run an audit suite and return its :class:`Report`; writes ``out`` (default ``runs/<suite name>``).
 
     ``teacher``/``student`` (and ``models``, extra roles) are checkpoint paths or in-memory nn.Modules; they
@@ -403,7 +404,7 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
 
     manifest = {
         "robustdistill": __version__, "torch": torch.__version__, "git": git_revision(), "seed": suite.seed,
-        "checkpoints": checkpoints, "started": now(), "device": str(device),
+        "checkpoints": checkpoints, "started": now(), "device": str(device), "cpu": cpu_record(),
         "data": {"kind": suite.data.kind, "split": suite.split, "n": len(data), "fingerprint": data.fingerprint},
         "suite": suite.to_dict(), "gates": [asdict(g) for g in suite.gates], "examples": examples,
         "plan": [u.plan_entry() for u in units],
@@ -553,7 +554,7 @@ def build_report(run_dir: str | Path) -> Report:
     manifest = {
         "robustdistill": last["robustdistill"], "torch": last["torch"], "git": last["git"], "seed": last["seed"],
         "checkpoints": checkpoints, "started": first["started"], "finished": now(),
-        "device": last.get("device"), "data": last.get("data"),
+        "device": last.get("device"), "data": last.get("data"), "cpu": last.get("cpu"),
     }
     if missing:
         manifest["incomplete"] = missing

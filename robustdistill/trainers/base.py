@@ -29,6 +29,7 @@ from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, checkpoint_sha256, save_checkpoint
 from robustdistill.models.checkpoint import check_checkpoint_out
 from robustdistill.registry import Registry
+from robustdistill.reproducibility import cpu_record
 from robustdistill.trainers.config import TrainConfig, config_to_dict
 from robustdistill.utils import atomic_path, resolve_device, seed_everything
 
@@ -339,6 +340,7 @@ class Trainer:
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "robustdistill": __version__,
             "torch": torch.__version__,
+            "cpu": cpu_record(),  # the kernels that trained it: pinned ones reproduce on other x86 CPUs
             **self.extra_provenance(),
         }
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from robustdistill import reproducibility
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, load_model
 
@@ -71,17 +72,23 @@ def _graph_for_inference(model: nn.Module, example: torch.Tensor) -> Callable[[t
     return graph
 
 
-def inference_forward(model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+def inference_forward(model: nn.Module, example: torch.Tensor, trace: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The forward pass of a FROZEN teacher for loss terms that never need its gradient; returns ordinary tensors.
 
     On CPU the teacher is traced and optimised for inference, which halves its forward time on the digits CNNs
     (3.1 -> 1.5 ms per batch of 64 on one thread): the teacher passes are most of what MTARD adds to adversarial
-    training. Elsewhere, and whenever tracing fails, it is the eager model under inference mode. Outputs agree with
-    the eager model's to 1e-4 (checked on ``example`` before use). The model must be in eval mode and stay frozen.
+    training. Elsewhere, in reproducible mode, and whenever tracing fails, it is the eager model under inference
+    mode. Outputs agree with the eager model's to 1e-4 (checked on ``example`` before use), not bit for bit, so the
+    two give different students. ``trace`` forces the choice (None: as above). The model must be in eval mode and
+    stay frozen.
     """
     if model.training:
         raise ValueError("inference_forward needs the teacher in eval mode")
-    graph = _graph_for_inference(model, example) if example.device.type == "cpu" else None
+    # Pinned runs keep the eager model: its kernels are those shown to reproduce across CPUs, where the traced
+    # graph's (oneDNN-layout convolutions, pre-transposed matrix products) were the one path that did not.
+    if trace is None:
+        trace = example.device.type == "cpu" and not reproducibility.is_pinned()
+    graph = _graph_for_inference(model, example) if trace else None
     forward = graph if graph is not None else model
 
     def run(x: torch.Tensor) -> torch.Tensor:

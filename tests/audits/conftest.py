@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,9 @@ def one_thread() -> Iterator[None]:
 def _train(method: str, recipe: str, out: Path, overrides: list[str]) -> Path:
     from robustdistill import trainers
 
-    return Path(trainers.create(method, recipe=REPO / "defenses" / recipe, overrides=["device=cpu", *overrides]).fit(out))
+    seed = int(os.environ.get("ROBUSTDISTILL_TEST_SEED", "0"))  # as the test_seed fixture (tests/conftest.py)
+    overrides = ["device=cpu", f"seed={seed}", *overrides]
+    return Path(trainers.create(method, recipe=REPO / "defenses" / recipe, overrides=overrides).fit(out))
 
 
 @pytest.fixture(scope="session")

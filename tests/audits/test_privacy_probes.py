@@ -52,14 +52,14 @@ def rows_of(report: Any, probe: str, model: str) -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def overfit_pair(one_thread: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def overfit_pair(one_thread: None, tmp_path_factory: pytest.TempPathFactory, test_seed: int) -> tuple[Path, Path]:
     from robustdistill.trainers import train_from_recipe
 
     root = tmp_path_factory.mktemp("overfit")
     teacher = train_from_recipe(REPO / "defenses" / "digits-overfit.toml", out=root / "teacher",
-                                overrides=["device=cpu"])
+                                overrides=["device=cpu", f"seed={test_seed}"])
     student = train_from_recipe(REPO / "defenses" / "digits-overfit-kd.toml", out=root / "student",
-                                overrides=["device=cpu", f"teacher={teacher}"])
+                                overrides=["device=cpu", f"teacher={teacher}", f"seed={test_seed}"])
     return Path(teacher), Path(student)
 
 

@@ -5,6 +5,7 @@ against a hand computation: tests/trainers/test_batch_losses.py."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ from robustdistill.trainers.adversarial import attack_start, maximise, teacher_s
 from robustdistill.trainers.config import load_threat_model
 
 EPS = load_threat_model("attacks/digits-linf.toml")["eps"]
-FAST = ["epochs=12", "lr_milestones=[]", "val_attack_steps=5"]
+SEED = [f"seed={os.environ.get('ROBUSTDISTILL_TEST_SEED', '0')}"]  # as the test_seed fixture (tests/conftest.py)
+FAST = ["epochs=12", "lr_milestones=[]", "val_attack_steps=5", *SEED]
 
 
 def test_kl_direction_temperatures_and_reductions_by_hand() -> None:
@@ -75,7 +77,7 @@ def test_attack_starts() -> None:
 def robust_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("ard") / "trades"
     return trainers.create("trades", recipe="defenses/digits-trades.toml", overrides=["epochs=8", "lr_milestones=[]",
-                                                                                    "val_attack_steps=5"]).fit(out)
+                                                                                    "val_attack_steps=5", *SEED]).fit(out)
 
 
 def pgd_accuracy(path: Path) -> float:
@@ -89,7 +91,7 @@ def pgd_accuracy(path: Path) -> float:
 @pytest.fixture(scope="module")
 def clean_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return trainers.create("standard", recipe="defenses/digits-standard.toml",
-                           overrides=["epochs=10", "lr_milestones=[]", "val_robust=false"]).fit(
+                           overrides=["epochs=10", "lr_milestones=[]", "val_robust=false", *SEED]).fit(
         tmp_path_factory.mktemp("clean") / "teacher")
 
 

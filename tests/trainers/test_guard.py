@@ -39,10 +39,10 @@ FAST = ["ipc=2", "epochs=2", "recover.iterations=15", "squeeze.epochs=2", "squee
 
 
 @pytest.fixture(scope="module")
-def squeezed(tmp_path_factory: pytest.TempPathFactory) -> Classifier:
+def squeezed(tmp_path_factory: pytest.TempPathFactory, test_seed: int) -> Classifier:
     """A tiny BatchNorm CNN trained for 4 epochs on the real digits (about 95% test accuracy)."""
     config = SqueezeConfig(arch="cnn-bn", arch_params=TINY, epochs=4, batch_size=64, lr=0.05, lr_schedule="cosine",
-                           augment="none", select_metric="last", val_robust=False, device="cpu")
+                           augment="none", select_metric="last", val_robust=False, device="cpu", seed=test_seed)
     path = SqueezeTrainer(config).fit(tmp_path_factory.mktemp("squeeze") / "squeezed")
     model = load_model(path)
     assert isinstance(model, Classifier)

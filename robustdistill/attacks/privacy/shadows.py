@@ -20,6 +20,7 @@ from typing import Any
 
 from robustdistill.data import ImageSplit
 from robustdistill.errors import UserInputError
+from robustdistill.reproducibility import kernels_key
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,9 @@ def recipe_from_file(path: str, where: str) -> Recipe:
 
 
 def shadow_key(recipe: Recipe, data: str, seed: int, teacher: str | None) -> str:
-    identity = {"method": recipe.method, "config": recipe.key_config(), "data": data, "seed": seed, "teacher": teacher}
+    # The kernels are part of what a shadow learned: a pinned audit must not reuse a shadow trained on AVX-512 ones.
+    identity = {"method": recipe.method, "config": recipe.key_config(), "data": data, "seed": seed, "teacher": teacher,
+                "kernels": kernels_key()}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 

@@ -32,6 +32,8 @@ MAX_LR = 10.0
 # Images read from user datasets: checked from the file header before decoding. PIL's own limit (89.5M pixels)
 # lets a single file take gigabytes; 4096 x 4096 covers every classifier input this package trains.
 MAX_IMAGE_PIXELS = 4096 * 4096
+# Parameters and buffers of one network: 2**31 float32 values are 8.6 GB, 46 times WRN-34-10.
+MAX_PARAMETERS = 2**31
 # The largest input the loaders produce (3 channels of MAX_IMAGE_PIXELS): its L2 diameter bounds any L2 eps.
 MAX_INPUT_VALUES = 3 * MAX_IMAGE_PIXELS
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustdistill.errors import UserInputError
+from robustdistill.limits import MAX_PARAMETERS
 from robustdistill.registry import Registry
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,14 @@ def build_network(arch: str, num_classes: int, in_channels: int, input_size: int
         choices = ", ".join(sorted(accepted)) or "none"
         raise UserInputError("arch_params", f"{arch} does not take {', '.join(unknown)}",
                              f"parameters it takes: {choices}")
+    # Sized on the meta device first (no memory, no random draws): arch_params such as width=10**8 would otherwise
+    # ask the allocator for petabytes and end in a traceback.
+    with torch.device("meta"):
+        sized = factory(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **arch_params)
+    count = sum(t.numel() for t in (*sized.parameters(), *sized.buffers()))
+    if count > MAX_PARAMETERS:
+        raise UserInputError("arch_params", f"{arch} with {arch_params or 'these settings'} has {count:,} parameters, "
+                             f"more than the limit of {MAX_PARAMETERS:,}", "use smaller widths or depths")
     return factory(num_classes=num_classes, in_channels=in_channels, input_size=input_size, **arch_params)
 
 

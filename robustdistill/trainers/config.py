@@ -185,6 +185,8 @@ def check_bounds(config: Any, prefix: str = "") -> None:
             check_steps(where, value)
         elif name == "eps":
             check_eps(where, value, norm)
+        elif name.endswith("step_size") and value <= 0:
+            raise UserInputError(where, f"must be > 0, got {value:g}", "omit it for the paper's eps / 4")
 
 
 def path_fields(config_class: type) -> list[str]:

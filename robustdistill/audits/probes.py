@@ -34,6 +34,7 @@ from robustdistill.audits import masking
 from robustdistill.audits.schema import PROBE_NAME_PATTERN, ThreatModel, user_error
 from robustdistill.audits.stats import proportion_row
 from robustdistill.errors import UserInputError
+from robustdistill.limits import MAX_QUERIES, check_eps, check_int, check_restarts, check_steps
 from robustdistill.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -665,8 +666,16 @@ class MaskingProbe(Probe):
 
     def validate(self) -> None:
         for i, scale in enumerate(self.config.scales):
-            if not (math.isfinite(scale) and scale > 0):
-                raise UserInputError(f"{self.where}.scales[{i}]", f"must be a positive number, got {scale}", "e.g. 0.01")
+            # Beyond 1e6 either way the scaled logits overflow or vanish in float32: a check of nothing.
+            if not (math.isfinite(scale) and 1e-6 <= scale <= 1e6):
+                raise UserInputError(f"{self.where}.scales[{i}]", f"must be a number in [1e-6, 1e6], got {scale}", "e.g. 0.01")
+        cfg = self.config
+        check_steps(f"{self.where}.steps", cfg.steps)
+        check_steps(f"{self.where}.more_steps", cfg.more_steps)
+        check_restarts(f"{self.where}.restarts", cfg.restarts)
+        check_int(f"{self.where}.square_queries", cfg.square_queries, 0, MAX_QUERIES)
+        if cfg.large_eps is not None:
+            check_eps(f"{self.where}.large_eps", cfg.large_eps, self.threat_model.norm)
         if self.threat_model.eps <= 0:
             raise UserInputError("threat_model.eps", "the masking checks need eps > 0", "set a positive eps")
 

@@ -96,6 +96,7 @@ def _load_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from robustdistill import ownership
     from robustdistill.audits.runner import build_report, render_reports
     from robustdistill.audits.store import chain_line
     from robustdistill.errors import UserInputError
@@ -103,8 +104,13 @@ def _report(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir)
     if not run_dir.is_dir():
         raise UserInputError("RUN_DIR", f"{run_dir} is not a directory", "point at a directory `robustdistill audit` wrote")
-    report = build_report(run_dir)
-    report.rendered = render_reports(run_dir)
+    # Only a run directory robustdistill wrote gets a new report.json, and not while an audit is writing it.
+    ownership.claim_out(run_dir, ownership.AUDIT, field="RUN_DIR", legacy=ownership.is_legacy_audit, what="RUN_DIR")
+    with ownership.using(run_dir, ownership.AUDIT, "robustdistill report", legacy=ownership.is_legacy_audit,
+                         field="RUN_DIR"):
+        report = build_report(run_dir)
+        ownership.record(run_dir, [run_dir / "report.json"])
+        report.rendered = render_reports(run_dir)
     print(report.summary())
     print(chain_line(report.manifest))  # whether results.jsonl is still what the run wrote
     print("wrote " + ", ".join(str(p) for p in [run_dir / "report.json", *report.rendered]))

@@ -97,6 +97,24 @@ def test_rerendering_keeps_a_users_files_in_the_run_directory(suite: dict[str, A
     capsys.readouterr()
 
 
+def test_report_never_overwrites_a_report_json_in_a_folder_robustdistill_did_not_make(
+        suite: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    audit(suite, out=run, progress=False)
+    mine = tmp_path / "mine"  # a user's folder with a copy of the results beside their own files
+    mine.mkdir()
+    (mine / "results.jsonl").write_bytes((run / "results.jsonl").read_bytes())
+    (mine / "report.json").write_text('{"my": "edits"}')
+    (mine / "notes.txt").write_text("mine")
+    before = snapshot(mine)
+    capsys.readouterr()
+    assert main(["-q", "report", str(mine)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("robustdistill: error: RUN_DIR: ")
+    assert snapshot(mine) == before and sorted(p.name for p in mine.iterdir()) == ["notes.txt", "report.json",
+                                                                                  "results.jsonl"]
+
+
 def test_the_marker_lists_what_the_audit_wrote(suite: dict[str, Any], tmp_path: Path) -> None:
     from robustdistill import ownership
 

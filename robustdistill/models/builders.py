@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import torch
 
+from robustdistill import ownership
 from robustdistill.errors import UserInputError
 from robustdistill.models.checkpoint import atomic_directory
 
@@ -99,6 +100,16 @@ def _may_replace_built(path: Path) -> bool:
     )
 
 
+def _only_built_files(target: Path, built: Path) -> None:
+    """Replace ``target`` only when every file in it is one this builder has just written in ``built``: a folder
+    that merely has a config.json (a user's own model, notes beside it) is refused, not replaced."""
+    if target.is_dir():
+        extra = sorted(set(ownership.files_under(target)) - set(ownership.files_under(built)))
+        if extra:
+            raise UserInputError(str(target), f"holds files robustdistill does not write there ({', '.join(extra[:4])})",
+                                 "choose another output directory; robustdistill replaces only what it wrote")
+
+
 def build_tiny_causal_lm(out_dir: str | os.PathLike[str], arch: Literal["gpt2", "llama"] = "gpt2", seed: int = 0,
                          vocab_size: int = 384) -> Path:
     """Save a tiny causal LM (2 layers, width 32) with a byte-level BPE tokenizer and a chat template."""
@@ -125,6 +136,7 @@ def build_tiny_causal_lm(out_dir: str | os.PathLike[str], arch: Literal["gpt2", 
     with atomic_directory(target, may_replace=_may_replace_built) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        _only_built_files(target, tmp)
     logger.info("built tiny %s causal LM (%d parameters) at %s", arch, model.num_parameters(), target)
     return target
 
@@ -207,5 +219,6 @@ def _save_diffusion(out_dir: str | os.PathLike[str], index: dict[str, Any], *, u
             text_encoder.save_pretrained(str(tmp / "text_encoder"))
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+        _only_built_files(target, tmp)
     logger.info("built tiny %s at %s", index["_class_name"], target)
     return target

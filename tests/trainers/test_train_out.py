@@ -177,3 +177,4 @@ def test_a_users_folder_where_guard_writes_its_distilled_data_is_refused_before_
         guard.fit(out)
     assert snapshot(root) == {"grid.png": b"\x89PNG my picture", "notes.txt": b"mine"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student.distilled"]  # nothing squeezed, nothing trained
+

@@ -9,8 +9,11 @@ A line-by-line port of the official code (fra31/auto-attack, autoattack/autopgd_
 APGDAttack_targeted) rather than torchattacks' APGD, which is an older copy that seeds the global torch RNG, flips
 the model to eval mode, defaults to 10 iterations and, in APGD-T, uses the first sample's step size for the whole
 L2 batch. Here randomness comes from the generator the base class passes, and the model stays in the mode the
-base class set. Checked against the official code on the digits model: with the same seed, APGD-CE and APGD-T
-give bit-for-bit the official adversarial examples, L-inf and L2.
+base class set. Checked against the official code (pyautoattack 0.2.0) on the digits model with the same seed, L-inf
+and L2 (tests/attacks/test_autoattack_official.py, benchmarks/autoattack_official.py): APGD-CE and APGD-T compute
+bit for bit the official adversarial examples; the base class's final projection onto the eps-ball and [0, 1]
+then re-rounds a few float32 values, so the examples returned equal the official ones to ~1e-8 (at most 6e-8 on
+200 points), with the same outcome on every point.
 """
 
 from __future__ import annotations

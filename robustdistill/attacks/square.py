@@ -9,7 +9,8 @@ Uses torchattacks' Square, a copy of the official code (fra31/auto-attack, autoa
 settings: 5000 queries, p_init 0.8, margin loss and ``resc_schedule=False`` (torchattacks' default True rescales
 the square-size schedule), our seed (not the global RNG), and the model left in the mode our base class set. One
 official line torchattacks lacks is restored: the square side is capped at the image side, so non-square images
-work. Checked on the digits model: with the same seed, bit-for-bit the official SquareAttack examples, L-inf and L2.
+work. Checked against the official SquareAttack (pyautoattack 0.2.0) on the digits model, L-inf and L2, given the
+seed ours draws from our generator (tests/attacks/test_autoattack_official.py): bit for bit the official examples.
 """
 
 from __future__ import annotations

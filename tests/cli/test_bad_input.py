@@ -23,7 +23,7 @@ from datasets import ClassLabel, Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
 from robustdistill.cli import main
-from robustdistill.models import Classifier
+from robustdistill.models import Classifier, save_checkpoint
 
 MAX_LINES = 3
 
@@ -79,7 +79,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("world")
     (root / "binary.toml").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
     (root / "user-file.txt").write_text("a user's file\n")
-    torch.save(Classifier.from_arch("cnn-tiny", num_classes=10, input_shape=(1, 8, 8)).network.state_dict(), root / "x.pt")
+    tiny = Classifier.from_arch("cnn-tiny", num_classes=10, input_shape=(1, 8, 8))
+    torch.save(tiny.network.state_dict(), root / "x.pt")
+    save_checkpoint(tiny, root / "ckpt")
     suites = {
         "not-toml": "name = [\n",
         "wrong-type": 'seed = "zero"\n' + CLEAN,
@@ -154,7 +156,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 SUITE_CASES = [
-    # (id, expected text in the error line); the suite is {world}/<id>.toml, audited with the state dict as both models
+    # (id, expected text in the error line); the suite is {world}/<id>.toml, audited with a checkpoint as both models
     ("not-toml", "not valid TOML"),
     ("wrong-type", "seed"),
     ("unknown-key", "colour"),
@@ -193,8 +195,8 @@ RECIPE = f"{REPO}/defenses/digits-standard.toml"
 PGD_AT = f"{REPO}/defenses/digits-pgd-at.toml"
 
 CASES = [
-    *[(f"suite-{name}", ["audit", "{world}/" + f"{name}.toml", "--teacher", "{world}/x.pt", "--student", "{world}/x.pt",
-                         "--arch", "cnn-tiny", "--input-shape", "1,8,8"], expected) for name, expected in SUITE_CASES],
+    *[(f"suite-{name}", ["audit", "{world}/" + f"{name}.toml", "--teacher", "{world}/ckpt", "--student", "{world}/ckpt"],
+       expected) for name, expected in SUITE_CASES],
     ("suite-not-utf8", ["audit", "{world}/binary.toml"], "not UTF-8 text"),
     ("audit-samples-negative", ["audit", f"{REPO}/audits/demo-quick.toml", "--samples", "-3"], "--samples"),
     ("audit-state-dict-needs-arch", ["audit", f"{REPO}/audits/demo-quick.toml", "--teacher", "{world}/x.pt",
@@ -253,7 +255,7 @@ def _tree(*roots: Path) -> dict[str, tuple[int, int]]:
 def clean_suite(world: Path) -> Path:
     folder = world.parent / "cli-out"
     folder.mkdir(exist_ok=True)
-    (folder / "clean.toml").write_text('name = "clean"\n' + CLEAN + f'[pipeline]\nteacher = "{world}/x.pt"\nstudent = "{world}/x.pt"\n')
+    (folder / "clean.toml").write_text('name = "clean"\n' + CLEAN + f'[pipeline]\nteacher = "{world}/ckpt"\nstudent = "{world}/ckpt"\n')
     return folder
 
 

@@ -29,6 +29,8 @@ QUICK_EPOCHS = {"standard": 5, "trades": 3, "kd": 5, "pgd-at": 6, "defensive-dis
 PRIVACY_SUITE = "audits/digits-privacy.toml"
 PRIVACY_QUICK_SUITE = "audits/demo-privacy-quick.toml"
 KIND, QUICK_KIND = "demo", "demo-quick"  # the report folder's marker: a quick run never writes over a full one
+CHECKPOINTS_KIND = "demo-checkpoints"
+LEDGER = "ledger.json"  # in the checkpoints folder: each model's recipe key and sha256 when the demo trained it
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledge
     # Trainers that write a companion teacher (defensive distillation) get it recorded too.
     if companion.exists():
         ledger[companion.name] = {"recipe": key, "sha256": checkpoint_sha256(companion)}
-    write_json_atomic(checkpoints / "ledger.json", ledger)
+    write_json_atomic(checkpoints / LEDGER, ledger)
     return trained
 
 
@@ -141,7 +143,8 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, checkpoints:
     ownership.claim_out(out, kind, legacy=is_legacy_demo)
     for pipeline in PIPELINES:
         ownership.claim_out(out / pipeline.name, ownership.AUDIT, legacy=ownership.is_legacy_audit)
-    ownership.check_location(checkpoints, "checkpoints")
+    ownership.claim_out(checkpoints, CHECKPOINTS_KIND, field="checkpoints", legacy=is_legacy_demo_checkpoints,
+                        what="the demo's checkpoints")
     ownership.refuse_if_held(out)
     with ownership.using(out, kind, f"robustdistill demo{' --quick' if quick else ''}", legacy=is_legacy_demo):
         result = _run_demo(out, quick, checkpoints, suite)
@@ -162,13 +165,33 @@ def is_legacy_demo(out: Path) -> bool:
     return True
 
 
+def is_legacy_demo_checkpoints(checkpoints: Path) -> bool:
+    """The demo's checkpoints folder of an earlier version: ledger.json and the demo's own model folders only."""
+    names = {m.name for m in MODELS} | {f"{m.name}-teacher" for m in MODELS}
+    names |= {f"{n}.partial" for n in names} | {LEDGER}
+    return all(e.name in names or ownership.is_tmp_leftover(e.name) for e in checkpoints.iterdir())
+
+
+def _read_ledger(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        ledger = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        ledger = None
+    if not isinstance(ledger, dict) or not all(isinstance(v, dict) for v in ledger.values()):
+        raise UserInputError(str(path), "is not the demo's ledger (a JSON object of recipe and sha256 per model)",
+                             "move it away; the demo then retrains its models")
+    return ledger
+
+
 def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> DemoResult:
     from robustdistill.audits import audit
     from robustdistill.reports import index_entry, render_index
 
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    ledger_path = checkpoints / "ledger.json"
-    ledger: dict[str, Any] = json.loads(ledger_path.read_text()) if ledger_path.exists() else {}
+    ledger = _read_ledger(checkpoints / LEDGER)
+    ownership.adopt(checkpoints, CHECKPOINTS_KIND, legacy=is_legacy_demo_checkpoints)
+    ownership.record(checkpoints, [checkpoints / LEDGER])
 
     paths: dict[str, Path] = {}
     for model in MODELS:

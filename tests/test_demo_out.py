@@ -39,6 +39,19 @@ def test_a_users_folder_inside_the_demo_out_is_refused_before_any_training(tmp_p
     assert sorted(p.name for p in out.iterdir()) == [pipeline]
 
 
+def test_a_checkpoints_folder_robustdistill_did_not_make_is_refused_before_any_training(tmp_path: Path) -> None:
+    from robustdistill.demo import run_demo
+
+    checkpoints = tmp_path / "my-models"
+    checkpoints.mkdir()
+    (checkpoints / "ledger.json").write_text('{"experiment": "mine"}')
+    (checkpoints / "notes.txt").write_text("mine")
+    before = snapshot(checkpoints)
+    with pytest.raises(UserInputError, match="not written by robustdistill"):
+        run_demo(tmp_path / "reports", quick=True, checkpoints=checkpoints)
+    assert snapshot(checkpoints) == before and not (tmp_path / "reports").exists()
+
+
 def test_a_quick_demo_never_writes_over_a_full_demos_reports(tmp_path: Path) -> None:
     from robustdistill.demo import run_demo
 

@@ -70,10 +70,23 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_counts(args: argparse.Namespace, bounds: dict[str, tuple[int, int]]) -> None:
+    """Bound the integer options of a command before any work (a seed of -1 or 10**9 evaluations would fail or run
+    for ever only after the family is loaded)."""
+    from robustdistill.limits import check_int, check_seed
+
+    check_seed("--seed", args.seed)
+    for name, (low, high) in bounds.items():
+        value = getattr(args, name)
+        if value is not None:
+            check_int("--" + name.replace("_", "-"), value, low, high)
+
+
 def _proard_export(args: argparse.Namespace) -> int:
     from robustdistill.models.dynamic import SubnetConfig
     from robustdistill.trainers.proard_family import export_subnet, load_family, size_of
 
+    _check_counts(args, {"calibration_images": (1, 10**7)})
     path = export_subnet(args.family, args.subnet, args.out, calibration_images=args.calibration_images, seed=args.seed)
     family = load_family(args.family)
     params, macs = size_of(family, SubnetConfig.parse(args.subnet, family.space))
@@ -84,6 +97,8 @@ def _proard_export(args: argparse.Namespace) -> int:
 def _proard_select(args: argparse.Namespace) -> int:
     from robustdistill.trainers.proard_family import export_subnet, select_subnet
 
+    _check_counts(args, {"evaluations": (1, 100_000), "samples": (1, 10**7), "steps": (1, 100_000), "top": (1, 100_000),
+                         "budget_params": (1, 2**62), "budget_macs": (1, 2**62)})
     ranked = select_subnet(args.family, budget_params=args.budget_params, budget_macs=args.budget_macs,
                            evaluations=args.evaluations, samples=args.samples, steps=args.steps, seed=args.seed)
     print(f"{'sub-network':<40} {'params':>9} {'MACs':>11} {'clean':>6} {'robust':>6}")

@@ -238,6 +238,11 @@ CASES = [
     ("train-out-is-a-file", ["train", "standard", "--config", RECIPE, "--out", "{world}/user-file.txt"], "out"),
     ("train-out-under-proc", ["train", "standard", "--config", RECIPE, "--out", "/proc/robustdistill-ckpt"], "out"),
     ("threads-zero", ["--threads", "0", "list"], "--threads"),
+    ("proard-select-seed", ["proard", "select", "{world}/ckpt", "--budget-params", "100", "--seed", "-1"], "--seed"),
+    ("proard-select-evaluations", ["proard", "select", "{world}/ckpt", "--budget-params", "100", "--evaluations",
+                                   "1000000000"], "--evaluations"),
+    ("proard-export-calibration", ["proard", "export", "{world}/ckpt", "--subnet", "largest", "--out", "sub",
+                                   "--calibration-images", "0"], "--calibration-images"),
 ]
 
 

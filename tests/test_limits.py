@@ -74,11 +74,11 @@ def test_l2_radius_beyond_the_inputs_diameter_is_refused_before_the_attack() -> 
     [("lr=1e308", "lr"), ("lr=inf", "lr"), ("seed=-1", "seed"), ("seed=18446744073709551616", "seed"),
      ("eps=inf", "eps"), ("eps=2.0", "eps"), ("attack_steps=1000000000", "attack_steps"),
      ("val_attack_steps=1000000000", "val_attack_steps"), ("train_subset_seed=-1", "train_subset_seed"),
-     ("weight_decay=inf", "weight_decay")],
+     ("weight_decay=inf", "weight_decay"), ("norm=l2 eps=8.5", "eps")],  # L2 on digits: diameter 8
 )
 def test_recipe_bounds(override: str, field: str) -> None:
     with pytest.raises(UserInputError) as info:
-        trainers.create("pgd-at", recipe=REPO / "defenses/digits-pgd-at.toml", overrides=[override])
+        trainers.create("pgd-at", recipe=REPO / "defenses/digits-pgd-at.toml", overrides=override.split())
     assert info.value.field == field
 
 

@@ -167,6 +167,8 @@ def check_bounds(config: Any, prefix: str = "") -> None:
     2**64) and would otherwise fail after the data is loaded, or in the middle of training.
     """
     norm = getattr(config, "norm", "linf")
+    data = getattr(config, "data", None)
+    dims = data.input_values() if isinstance(data, DataSpec) else None  # the L2 diameter, when the spec decides it
     for item in fields(config):
         name, value, where = item.name, getattr(config, item.name), f"{prefix}{item.name}"
         if is_dataclass(value) and not isinstance(value, type):
@@ -184,7 +186,7 @@ def check_bounds(config: Any, prefix: str = "") -> None:
         elif (name.endswith("steps") or name == "iterations") and isinstance(value, int):
             check_steps(where, value)
         elif name == "eps":
-            check_eps(where, value, norm)
+            check_eps(where, value, norm, dims=dims)
         elif name.endswith("step_size") and value <= 0:
             raise UserInputError(where, f"must be > 0, got {value:g}", "omit it for the paper's eps / 4")
 

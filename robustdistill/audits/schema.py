@@ -267,6 +267,8 @@ def _threat_model_of(raw: Any, where: str, base: Path | None) -> ThreatModel:
         threat_model = ThreatModel.model_validate(raw)
     except ValidationError as exc:
         raise user_error(exc, where, ThreatModel) from None
+    check_eps(f"{where}.eps", threat_model.eps, threat_model.norm)  # inf, 1e308: refused here, not inside an attack
+    return threat_model
 
 
 def _expand_probes(raw: list[Any], base: Path | None) -> tuple[list[tuple[str, dict[str, Any]]], list[tuple[str, ThreatModel]]]:
@@ -279,8 +281,6 @@ def _expand_probes(raw: list[Any], base: Path | None) -> tuple[list[tuple[str, d
             raise UserInputError(where, f"must be a table, got {item!r}", 'e.g. { kind = "attack", attack = "pgd" }')
         if "use" not in item:
             expanded.append((where, dict(item)))
-    check_eps(f"{where}.eps", threat_model.eps, threat_model.norm)  # inf, 1e308: refused here, not inside an attack
-    return threat_model
             continue
         if len(item) != 1:
             extra = sorted(k for k in item if k != "use")
@@ -478,6 +478,7 @@ def load_suite(
             raise UserInputError("threat_model", "is missing", "add [threat_model] norm = 'linf', eps = ... or "
                                  "use = 'attacks/<preset>.toml'")
         threat_model = ThreatModel(norm="linf", eps=0.0)  # no probe attacks inputs (clean, privacy)
+    check_eps("threat_model.eps", threat_model.eps, threat_model.norm, dims=data.input_values())
     for path, other in preset_threats:
         if other != threat_model:
             log.warning("suite threat model %s %g replaces %s's %s %g", threat_model.norm, threat_model.eps, path,
@@ -506,7 +507,6 @@ def load_suite(
             raise UserInputError("examples", f"no attack probe named {examples!r}", f"use one of {', '.join(options)}")
     return Suite(
         name=top.name, seed=top.seed, samples=top.samples, device=top.device, batch_size=top.batch_size,
-    check_eps("threat_model.eps", threat_model.eps, threat_model.norm, dims=data.input_values())
         pipeline=pipeline, data=data, split=split, threat_model=threat_model, probes=probes, gates=gates,
         examples=examples, description=top.description, source=source, raw_gates=raw_gates, verdict=verdict,
     )

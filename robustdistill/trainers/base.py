@@ -239,7 +239,7 @@ class Trainer:
             path = self._train(out, work, resume, on_epoch_end, train, full, val, model)
             self.finish_run(work)
         except BaseException:
-            self.end_run(abandon=not (work / STATE_FILE).exists())
+            self.fail_run(work)
             raise
         return path
 
@@ -316,6 +316,11 @@ class Trainer:
         elif lock is not None:
             lock.release()
         self._work_lock = None
+
+    def fail_run(self, work: Path) -> None:
+        """After a fit failed or was interrupted: release the lock; the work folder stays for --resume only when
+        an epoch was saved in it."""
+        self.end_run(abandon=not (work / STATE_FILE).exists())
 
     def finish_run(self, work: Path) -> None:
         """After the checkpoint is saved: remove the work folder's files robustdistill wrote (and the folder, when

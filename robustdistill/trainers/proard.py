@@ -264,8 +264,15 @@ class ProARDTrainer(Trainer):
 
         Progress after each epoch is kept in ``<out>.partial/``; ``resume=True`` continues from there.
         """
-        cfg = self.config
         out = Path(out)
+        try:
+            return self._fit_stages(out, resume, on_epoch_end, train_data)
+        except BaseException:
+            self.fail_run(out.with_name(out.name + ".partial"))
+            raise
+
+    def _fit_stages(self, out: Path, resume: bool, on_epoch_end: Any, train_data: ImageSplit | None) -> Path:
+        cfg = self.config
         work, train, full, val, model = self.start_run(out, resume, train_data)
         history: list[dict[str, float]] = []
         stage_best: list[dict[str, Any]] = []

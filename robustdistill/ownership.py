@@ -222,7 +222,7 @@ def dispose(directory: str | os.PathLike[str]) -> bool:
     if read_marker(directory) is None:
         return False
     remove_owned(directory)
-    if set(files_under(directory)):
+    if files_under(directory):
         log.info("kept %s: it holds files robustdistill did not write", directory)
         return False
     for name in BOOKKEEPING:

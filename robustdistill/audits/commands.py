@@ -114,17 +114,18 @@ def _report(args: argparse.Namespace) -> int:
     print(report.summary())
     print(chain_line(report.manifest))  # whether results.jsonl is still what the run wrote
     print("wrote " + ", ".join(str(p) for p in [run_dir / "report.json", *report.rendered]))
-    return 0
+    return report.exit_code  # the same verdict, and exit code, as the audit that wrote the run
 
 
 def add_commands(subparsers: Any) -> None:
     """Add the ``audit`` and ``report`` subcommands to the CLI's subparsers."""
     audit = subparsers.add_parser(
         "audit",
-        help="audit a teacher and its student with a suite; exit 0 pass, 1 a gate failed, 2 bad input",
+        help="audit a teacher and its student with a suite; exit 0 PASS, 1 FAIL, 2 bad input",
         description="Run an audit suite (TOML, see audits/) on a teacher and a student, write "
         "results.jsonl, report.json (and report.md/html) to --out and print a summary. "
-        "Exit codes: 0 all gates pass, 1 a gate failed, 2 bad input (nothing written).",
+        "Exit codes: 0 the verdict is PASS, 1 it is FAIL (a gate failed, a model was flagged, the run is "
+        "incomplete or its results were edited), 2 bad input (nothing written).",
     )
     audit.add_argument("suite", metavar="SUITE.toml", help="audit suite, e.g. audits/digits.toml")
     audit.add_argument("--out", metavar="DIR", help="run directory (default runs/<suite name>)")
@@ -146,7 +147,8 @@ def add_commands(subparsers: Any) -> None:
         "report",
         help="rebuild report.json from a run's results.jsonl and re-render it",
         description="Rebuild RUN_DIR/report.json from RUN_DIR/results.jsonl (gates and masking flags included) "
-        "and render report.md / report.html.",
+        "and render report.md / report.html. Exits with the audit's verdict: 0 PASS, 1 FAIL (also when "
+        "results.jsonl was edited after the run), 2 bad input.",
     )
     report.add_argument("run_dir", metavar="RUN_DIR", help="a directory written by `robustdistill audit`")
     report.set_defaults(handler=_report)

@@ -74,7 +74,7 @@ def test_gates_pass_exit_0_and_fail_exit_1(digits_pair: tuple[Path, Path], small
     # `report` rebuilds report.json from results.jsonl with the same results.
     before = report["results"]
     (tmp_path / "fail" / "report.json").unlink()
-    assert main(["report", str(tmp_path / "fail")]) == 0
+    assert main(["report", str(tmp_path / "fail")]) == 1  # the audit's verdict, and exit code, again
     assert json.loads((tmp_path / "fail" / "report.json").read_text())["results"] == before
 
 

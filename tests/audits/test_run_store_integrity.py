@@ -139,7 +139,7 @@ def test_an_edited_line_breaks_the_chain_and_the_verdict(failing_run: Path, suit
     assert 0 < index < len(lines) - 1  # a line in the middle: the next line's hash no longer matches
     lines[index] = json.dumps(passing(json.loads(lines[index])))
     write_lines(failing_run, lines)
-    main(["report", str(failing_run)])
+    assert main(["report", str(failing_run)]) == 1  # the forged PASS is a FAIL, in the exit code too
     out = capsys.readouterr().out
     assert "results.jsonl was edited after the run" in out and f"line {index + 2}" in out, out
     manifest = json.loads((failing_run / "report.json").read_text())["manifest"]

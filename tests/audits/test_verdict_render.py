@@ -89,7 +89,7 @@ def test_cli_exit_code_and_every_report_give_one_verdict(masked_cli_run: tuple[i
     index = render_index([entry], out.parent / "index.html", "verdicts").read_text()
     assert '<span class="pill fail">FAIL</span>' in index and '<span class="pill pass">' not in index
     # `robustdistill report` rebuilds and renders the same verdict.
-    assert main(["report", str(out)]) == 0
+    assert main(["report", str(out)]) == 1
     assert verdicts(out) == ("FAIL", "FAIL", "FAIL")
 
 
@@ -110,7 +110,7 @@ def test_an_incomplete_run_renders_fail(digits_pair: tuple[Path, Path], tmp_path
     out = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         audit(spec, teacher=teacher, student=student, out=out, progress=False, on_unit=kill_after_the_clean_units)
-    assert main(["report", str(out)]) == 0
+    assert main(["report", str(out)]) == 1  # FAIL on stdout, in the files and in the exit code
     stdout = capsys.readouterr().out
     raw = json.loads((out / "report.json").read_text())
     assert [g["status"] for g in raw["gates"]] == ["passed"]  # the gated unit finished ...

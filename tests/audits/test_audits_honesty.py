@@ -90,7 +90,7 @@ def test_defensive_distillation_is_flagged_and_autoattack_sees_through_it(honest
     assert all(f["kind"] == "gradient_masking" and f["evidence"] for f in flags)
     fgsm = report.value("student", "fgsm", "robust_accuracy")
     auto = report.value("student", "autoattack", "robust_accuracy")
-    assert fgsm > 0.6 and auto < fgsm - 0.5, (fgsm, auto)
+    assert fgsm > 0.5 and auto < fgsm - 0.4, (fgsm, auto)  # measured: fgsm 0.65-0.78, auto 0.08-0.11 (3 seeds x 2 ISAs)
     assert "student" in report.untrusted
 
 

@@ -143,13 +143,18 @@ def test_shadow_models_are_not_shared_between_pinned_and_native_kernels(pinned_b
         assert shadow_key(Recipe("standard", {"epochs": 3}, "x"), "data", 0, None) == pinned_by_cli["shadow_key"]
 
 
-def test_training_records_its_kernels_in_the_checkpoint(tmp_path: Path) -> None:
-    from robustdistill import trainers
+def test_training_and_audits_record_their_kernels(tmp_path: Path) -> None:
+    from robustdistill import audit, trainers
 
     out = trainers.create("standard", recipe=REPO / "defenses/digits-standard.toml",
                           overrides=["epochs=1", "arch=cnn-tiny", "val_robust=false"]).fit(tmp_path / "model")
     cpu = json.loads((out / "config.json").read_text())["provenance"]["cpu"]
     assert cpu == reproducibility.cpu_record() and cpu["capability"] == torch.backends.cpu.get_cpu_capability()
+    suite = {"name": "kernels", "samples": 20, "pipeline": {"teacher": str(out), "student": str(out)},
+             "data": {"kind": "digits"}, "threat_model": {"norm": "linf", "eps": 0.125}, "probes": [{"kind": "clean"}]}
+    report = audit(suite, out=tmp_path / "run", progress=False, render=False)
+    assert report.manifest["cpu"] == cpu
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["manifest"]["cpu"] == cpu
 
 
 def test_pin_after_torch_loaded_other_kernels_is_a_clear_error() -> None:

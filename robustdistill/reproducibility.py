@@ -61,7 +61,9 @@ def pin() -> None:
     (e.g. set by a parent process); otherwise raises a UserInputError, since the kernels can no longer change.
     """
     if "torch" in sys.modules:
-        if env_is_pinned() and cpu_capability() in (PINNED_CAPABILITY, None):
+        # Pinned before torch loaded (here or by a parent process); a CPU that cannot run AVX2 kernels is recorded
+        # as unpinned by cpu_record(), not refused: the tests and the demo still run there.
+        if env_is_pinned() and (cpu_capability() in (PINNED_CAPABILITY, None) or not _supports_pinned_kernels()):
             return
         raise UserInputError(
             "reproducibility", f"torch was imported before pinning (CPU capability {cpu_capability()})",
@@ -71,6 +73,16 @@ def pin() -> None:
         if os.environ.get(name, value) != value:
             log.info("reproducible mode: %s=%s replaced by %s", name, os.environ[name], value)
         os.environ[name] = value
+
+
+def _supports_pinned_kernels() -> bool:
+    """Whether this CPU can run the pinned (AVX2) kernels at all: an x86-64 CPU with AVX2."""
+    import torch
+
+    if platform.machine().lower() not in {"x86_64", "amd64"}:
+        return False
+    check = getattr(torch.cpu, "_is_avx2_supported", None)  # private in torch 2.x; assume yes where it is missing
+    return bool(check()) if callable(check) else True
 
 
 def cpu_capability() -> str | None:

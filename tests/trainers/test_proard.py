@@ -111,8 +111,9 @@ def test_training_makes_the_small_sub_networks_robust(proard_teacher: Path, fami
     assert after > before + 0.05, (before, after)
 
 
-def test_export_slices_the_family_and_records_where_it_came_from(family: Path, tmp_path: Path) -> None:
-    out = export_subnet(family, TRAINED_SMALLEST, tmp_path / "small", calibration_images=300)
+def test_export_slices_the_family_and_records_where_it_came_from(family: Path, tmp_path: Path, test_seed: int) -> None:
+    # The training's calibration images (same count, same seed): the export must then score what training measured.
+    out = export_subnet(family, TRAINED_SMALLEST, tmp_path / "small", calibration_images=300, seed=test_seed)
     exported, fam = load_model(out), load_family(family)
     expected = fam.network.extract(SubnetConfig.parse(TRAINED_SMALLEST, fam.space)).state_dict()
     got = exported.network.state_dict()
@@ -126,10 +127,14 @@ def test_export_slices_the_family_and_records_where_it_came_from(family: Path, t
     assert provenance["parents"][0]["role"] == "family"
     assert provenance["proard_subnet"]["parameters"] == sum(p.numel() for p in exported.parameters())
     val = load_split({"kind": "digits"}, "val")
-    # A working model, not a trained-to-convergence one: after two epochs per stage the smallest sub-network scores
-    # 0.44-0.61 on val across seeds and CPU kernels (0.5 failed on AVX-512 and on one seed); chance is 0.1.
+    # Not an absolute accuracy: after two epochs per stage the smallest sub-network scores 0.34-0.61 on val over 3
+    # seeds x 2 CPU kernel sets (> 0.5 failed on 4 of the 6). The export must reproduce the val accuracy the
+    # training recorded for this sub-network at the epoch it kept, and be a working model (chance is 0.1).
     score = accuracy(exported, val.x, val.y)
-    assert score > 0.25, score
+    trained = json.loads((family / "config.json").read_text())["provenance"]
+    kept = trained["history"][trained["proard"]["stages"][-1]["best_epoch"] - 1]
+    assert score == pytest.approx(kept["val_clean_accuracy_smallest"], abs=1e-6), (score, kept)
+    assert score > 0.2, score
 
 
 def test_select_stays_within_the_budget_and_ranks_by_robustness(family: Path) -> None:

@@ -142,7 +142,9 @@ def test_calibration_on_two_sets_of_nonmembers(overfit_pair: tuple[Path, Path], 
                    render=False)
     for probe in ("mia-loss", "mia-confidence", "mia-lira", "mia-lira-offline"):
         row = rows_of(report, probe, "teacher")["auc"]
-        assert abs(row["value"] - 0.5) <= 0.05, (probe, row["value"])
+        # The AUC of two same-distribution sets of 359 and 1078 points has a standard error of 0.018: 0.07 is four
+        # of them (measured: at most 0.033 from 0.5 over 3 seeds x 2 CPU kernel sets, where 0.05 left under one).
+        assert abs(row["value"] - 0.5) <= 0.07, (probe, row["value"])
         assert row["params"]["ground_truth"] == "suite"
         assert (row["params"]["n_members"], row["params"]["n_nonmembers"]) == (359, 1078)
     assert rows_of(report, "mia-lira-offline", "teacher")["auc"]["params"]["variant"] == "offline"

@@ -27,6 +27,8 @@ MAX_STEPS = 100_000
 MAX_RESTARTS = 1_000
 # Square's query budget (the paper's 5,000 ... 10,000, with room for 100x more).
 MAX_QUERIES = 1_000_000
+# Training epochs: the papers' longest schedules are 400 (GUARD's student) and 300 (MTARD); 10**9 only runs for ever.
+MAX_EPOCHS = 100_000
 # Learning rates: SGD on CIFAR uses 0.1, recover steps 0.25; anything over 10 only diverges.
 MAX_LR = 10.0
 # Images read from user datasets: checked from the file header before decoding. PIL's own limit (89.5M pixels)
@@ -66,6 +68,10 @@ def check_seed(field: str, value: Any) -> int:
 
 def check_steps(field: str, value: Any) -> int:
     return check_int(field, value, 1, MAX_STEPS, f"use at most {MAX_STEPS:,} iterations")
+
+
+def check_epochs(field: str, value: Any) -> int:
+    return check_int(field, value, 1, MAX_EPOCHS, f"use at most {MAX_EPOCHS:,} epochs")
 
 
 def check_restarts(field: str, value: Any) -> int:

@@ -19,7 +19,8 @@ from pydantic.dataclasses import dataclass
 
 from robustdistill.data import DataSpec, parse_spec
 from robustdistill.errors import UserInputError
-from robustdistill.limits import MAX_LR, check_eps, check_finite, check_lr, check_seed, check_steps, read_text
+from robustdistill.limits import (MAX_LR, check_epochs, check_eps, check_finite, check_lr, check_seed, check_steps,
+                                  read_text)
 
 STRICT = ConfigDict(extra="forbid")
 SelectMetric = Literal["clean", "robust", "mean", "last"]  # "last": no selection, keep the final epoch
@@ -185,6 +186,8 @@ def check_bounds(config: Any, prefix: str = "") -> None:
             raise UserInputError(where, f"must be at most {MAX_LR:g}, got {value:g}")
         elif (name.endswith("steps") or name == "iterations") and isinstance(value, int):
             check_steps(where, value)
+        elif (name == "epochs" or name.endswith("_epochs")) and isinstance(value, int):
+            check_epochs(where, value)
         elif name == "eps":
             check_eps(where, value, norm, dims=dims)
         elif name.endswith("step_size") and value <= 0:

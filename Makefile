@@ -31,4 +31,4 @@ test-slow: $(STAMP)
 	$(REPRODUCIBLE) $(BIN)/python -m pytest -q -m slow
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis reports/demo checkpoints
+	rm -rf $(VENV) .pytest_cache .hypothesis reports/demo reports/demo-quick checkpoints

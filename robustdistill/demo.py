@@ -147,6 +147,9 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, checkpoints:
                         what="the demo's checkpoints")
     ownership.refuse_if_held(out)
     with ownership.using(out, kind, f"robustdistill demo{' --quick' if quick else ''}", legacy=is_legacy_demo):
+        index = out / "index.html"
+        if index.exists() and not ownership.owns(out, index):  # checked before training, not after the audits
+            raise UserInputError("out", f"{index} exists and was not written by robustdistill", "move it away")
         result = _run_demo(out, quick, checkpoints, suite)
     result.seconds = time.perf_counter() - started
     return result
@@ -228,8 +231,6 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
         result.table.append({"student": pipeline.name, "passed": report.passed, "untrusted": report.untrusted,
                              **_headline(report)})
     index = out / "index.html"
-    if index.exists() and not ownership.owns(out, index):
-        raise UserInputError("out", f"{index} exists and was not written by robustdistill", "move it away")
     render_index(entries, index, title="robustdistill demo: digits teachers and students")
     ownership.record(out, [index])
     result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -291,8 +291,11 @@ def refuse_if_held(directory: str | os.PathLike[str], field: str = "out") -> Non
     """Raise (exit 2, naming the holder) when another run holds ``directory``'s lock."""
     held_by = holder(directory)
     if held_by is not None:
-        raise UserInputError(field, f"{directory} is in use by {held_by}",
-                             "wait for that run to finish, or choose another folder")
+        raise _in_use(directory, held_by, field)
+
+
+def _in_use(directory: str | os.PathLike[str], held_by: str, field: str) -> UserInputError:
+    return UserInputError(field, f"{directory} is in use by {held_by}", "wait for that run to finish, or choose another folder")
 
 
 def acquire(directory: str | os.PathLike[str], what: str, *, field: str = "out") -> DirectoryLock:
@@ -313,8 +316,7 @@ def acquire(directory: str | os.PathLike[str], what: str, *, field: str = "out")
         handle.seek(0)
         held_by = _holder_text(handle.read())
         handle.close()
-        raise UserInputError(field, f"{directory} is in use by {held_by}",
-                             "wait for that run to finish, or choose another folder") from None
+        raise _in_use(directory, held_by, field) from None
     handle.seek(0)
     handle.truncate()
     handle.write(json.dumps({"what": what, "pid": os.getpid(), "host": socket.gethostname(), "started": _now()}))

@@ -68,6 +68,21 @@ def test_a_quick_demo_never_writes_over_a_full_demos_reports(tmp_path: Path) -> 
     assert snapshot(out) == before and not (tmp_path / "checkpoints").exists()
 
 
+def test_a_users_index_in_a_demo_folder_is_refused_before_any_training(tmp_path: Path) -> None:
+    from robustdistill.demo import run_demo
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "index.html").write_text("<p>my own index</p>")  # not in the marker's list: a user's file
+    (out / ".robustdistill.json").write_text(json.dumps(
+        {"tool": "robustdistill", "kind": "demo-quick", "run_id": "0" * 32, "created": "2026-01-01T00:00:00+00:00",
+         "files": []}))
+    with pytest.raises(UserInputError, match="index.html exists and was not written by robustdistill"):
+        run_demo(out, quick=True, checkpoints=tmp_path / "checkpoints")
+    assert (out / "index.html").read_text() == "<p>my own index</p>"
+    assert not (tmp_path / "checkpoints").exists()  # refused before anything was trained
+
+
 @pytest.mark.parametrize("where", ["a file", "under a file", "under /proc"])
 def test_the_cli_refuses_an_unusable_out_before_training(tmp_path: Path, where: str,
                                                          capsys: pytest.CaptureFixture[str]) -> None:

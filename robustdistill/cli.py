@@ -83,7 +83,7 @@ def _check_counts(args: argparse.Namespace, bounds: dict[str, tuple[int, int]]) 
 
 
 def _proard_export(args: argparse.Namespace) -> int:
-    from robustdistill.models.dynamic import SubnetConfig
+    from robustdistill.models.search_space import SubnetConfig
     from robustdistill.trainers.proard_family import export_subnet, load_family, size_of
 
     _check_counts(args, {"calibration_images": (1, 10**7)})

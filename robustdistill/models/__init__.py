@@ -4,7 +4,7 @@ Heavy libraries (transformers, diffusers) are imported only when a function that
 robustdistill.models stays fast.
 """
 
-from robustdistill.models import dynamic as dynamic  # registers the "proard-subnet" architecture
+from robustdistill.models import dynamic as dynamic  # ProARD; imports models.subnet, which registers "proard-subnet"
 from robustdistill.models.architectures import ARCHITECTURES, build_network, infer_arch_params
 from robustdistill.models.builders import build_tiny_causal_lm, build_tiny_class_unet, build_tiny_text_unet
 from robustdistill.models.checkpoint import checkpoint_sha256, load_model, save_checkpoint

@@ -34,7 +34,8 @@ from torch import nn
 from robustdistill.data import ImageSplit
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, save_checkpoint
-from robustdistill.models.dynamic import DynamicNetwork, SearchSpace, SubnetConfig, recalibrate_batchnorm, space_from
+from robustdistill.models.dynamic import DynamicNetwork, recalibrate_batchnorm
+from robustdistill.models.search_space import SearchSpace, SubnetConfig, space_from
 from robustdistill.trainers.base import TRAINERS, Trainer, TrainState
 from robustdistill.trainers.config import STRICT, SelectMetric, TrainConfig
 from robustdistill.trainers.teachers import check_teacher, ensure_teacher, inference_forward, load_teacher

@@ -24,14 +24,8 @@ from robustdistill.data import ImageSplit, load_split
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, checkpoint_sha256, load_model, save_checkpoint
 from robustdistill.models.checkpoint import check_checkpoint_out
-from robustdistill.models.dynamic import (
-    DynamicNetwork,
-    SearchSpace,
-    SubnetConfig,
-    count_macs,
-    count_params,
-    recalibrate_batchnorm,
-)
+from robustdistill.models.dynamic import DynamicNetwork, count_macs, count_params, recalibrate_batchnorm
+from robustdistill.models.search_space import SearchSpace, SubnetConfig
 from robustdistill.trainers.base import accuracy
 from robustdistill.trainers.proard import family_space, subnet_classifier
 

@@ -6,16 +6,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from robustdistill.reports.data import (
-    MIA_METRICS,
+from robustdistill.reports.data import Report
+from robustdistill.reports.privacy_data import MIA_METRICS, PRIVACY_INTRO, VIEWS, Privacy
+from robustdistill.reports.records import (
     NOT_RESOLVABLE,
-    PRIVACY_INTRO,
-    SIZE_TITLE,
-    VIEWS,
-    Privacy,
-    Report,
     Row,
-    Size,
     fmt_ci,
     fmt_interval,
     fmt_params,
@@ -25,6 +20,7 @@ from robustdistill.reports.data import (
     humanise,
     role_sort_key,
 )
+from robustdistill.reports.size_data import SIZE_TITLE, Size
 
 SHA_CHARS = 12
 

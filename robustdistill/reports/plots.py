@@ -12,7 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from robustdistill.reports.data import VIEWS, Examples, Report, RocCurve, Row, Size, fmt_size, order_roles
+from robustdistill.reports.data import Report
+from robustdistill.reports.examples import Examples
+from robustdistill.reports.privacy_data import VIEWS, RocCurve
+from robustdistill.reports.records import Row, fmt_size, order_roles
+from robustdistill.reports.size_data import Size
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -13,9 +13,13 @@ from typing import Any
 from robustdistill import ownership
 from robustdistill.errors import UserInputError
 from robustdistill.reports import plots as plotting
-from robustdistill.reports.data import ROC_KEY, SIZE_TITLE, Privacy, Report, load_examples, load_privacy
-from robustdistill.reports.html import render_html, render_index_html
+from robustdistill.reports.data import Report
+from robustdistill.reports.examples import load_examples
+from robustdistill.reports.html import render_html
+from robustdistill.reports.html_index import render_index_html
 from robustdistill.reports.markdown import render_markdown
+from robustdistill.reports.privacy_data import ROC_KEY, Privacy, load_privacy
+from robustdistill.reports.size_data import SIZE_TITLE
 
 log = logging.getLogger(__name__)
 

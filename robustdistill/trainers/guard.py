@@ -38,14 +38,18 @@ Outputs of ``robustdistill train guard --config RECIPE --out OUT``::
 
 Every piece is written atomically. An interrupted run keeps what finished: ``--resume`` reuses a finished squeeze
 and distilled dataset made with the same settings and continues the student from its last epoch.
+
+This module holds the pipeline: the configs (:class:`GuardConfig`, :class:`SRe2LConfig`, :func:`squeeze_config`) and
+the trainers registered as ``guard`` and ``sre2l``, which squeeze, recover, relabel and then train the student. The
+stages live beside it: :mod:`robustdistill.trainers.guard_squeeze` (1), :mod:`robustdistill.trainers.guard_recover`
+(2), :mod:`robustdistill.trainers.guard_relabel` (3 and the distilled dataset's files); their public names are
+re-exported here.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
-import math
-from dataclasses import dataclass as plain_dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -55,69 +59,48 @@ import torch
 from pydantic import Field
 from pydantic.dataclasses import dataclass
 from torch import nn
-from tqdm.auto import tqdm
 
 from robustdistill import ownership
-from robustdistill.data import ImageSplit, clear_cache, load_split
+from robustdistill.data import ImageSplit, load_split
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, checkpoint_sha256, load_model
 from robustdistill.models.checkpoint import check_checkpoint_out
 from robustdistill.trainers.base import TRAINERS, Trainer, TrainState, derived_seed
 from robustdistill.trainers.config import STRICT, TrainConfig, config_to_dict
-from robustdistill.trainers.curvature import curvature_penalty, simple_curvature_penalty
-from robustdistill.utils import atomic_path, seed_everything, sha256_tensors, write_json_atomic
+from robustdistill.trainers.guard_recover import (
+    Recovered,
+    RecoverSettings,
+    batchnorm_layers,
+    bn_matching_loss,
+    recover,
+)
+from robustdistill.trainers.guard_relabel import (
+    DISTILLED,
+    _is_legacy_distilled,
+    distilled_fingerprint,
+    distilled_paths,
+    relabel,
+    save_distilled_dataset,
+    save_grid,
+)
+from robustdistill.trainers.guard_squeeze import (
+    Curvature,
+    Optimizer,
+    Schedule,
+    SqueezeConfig,
+    SqueezeSettings,
+    SqueezeTrainer,
+    make_optimizer,
+)
+from robustdistill.utils import seed_everything, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-Curvature = Literal["double-backprop", "simple", "none"]
 CURVATURE_WEIGHTS = {"double-backprop": 100.0, "simple": 1e-4, "none": 0.0}  # GUARD's lambda (CIFAR) and beta
-Optimizer = Literal["sgd", "adam", "adamw"]
-Schedule = Literal["multistep", "cosine"]
-MANIFEST = "distilled.json"
-DISTILLED = "distilled"  # the marker kind of <out>.distilled/
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Configs
-
-
-@dataclass(config=STRICT)
-class SqueezeSettings:
-    """The squeeze model's training (``[squeeze]`` in a recipe). Defaults: GUARD's pretrain_cifar.py - ResNet-18,
-    SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine over 200 epochs, batch 128, crop + flip, the last epoch
-    kept. Data, normalisation, seed and device are the recipe's own."""
-
-    arch: str = "resnet18-cifar"
-    arch_params: dict[str, Any] = field(default_factory=dict)
-    epochs: int = Field(200, ge=1)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Optimizer = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
-    lr_schedule: Schedule = "cosine"
-    lr_milestones: list[int] = field(default_factory=list)
-    lr_gamma: float = Field(0.1, gt=0, le=1)
-    augment: Literal["crop-flip", "shift", "none"] = "crop-flip"
-    select_metric: Literal["clean", "robust", "mean", "last"] = "last"
-    val_robust: bool = False
-
-
-@dataclass(config=STRICT)
-class RecoverSettings:
-    """The recover stage (``[recover]`` in a recipe). Defaults: the official CIFAR recover (recover_cifar.py via
-    run.sh): Adam lr 0.25, betas (0.5, 0.9), cosine decay without warm-up, 1000 iterations, r_bn 0.01, first BatchNorm
-    layer weighted x10, a random roll of up to 4 pixels (32x32 images), no flip, batches of one image per class."""
-
-    iterations: int = Field(1000, ge=1)
-    lr: float = Field(0.25, gt=0)
-    betas: tuple[float, float] = (0.5, 0.9)
-    r_bn: float = Field(0.01, ge=0)
-    first_bn_multiplier: float = Field(10.0, ge=0)
-    jitter: int = Field(4, ge=0)  # pixels of random roll (wrapping) per iteration, each direction
-    flip: bool = False  # random horizontal flip per iteration (never for digits: a flip changes the class)
-    classes_per_batch: int = Field(100, ge=1)  # classes (one image each) whose BatchNorm statistics are matched together
-    parallel: int = Field(50, ge=1)  # batches optimised side by side (independent; only speed and memory change)
 
 
 @dataclass(config=STRICT)
@@ -166,17 +149,6 @@ class SRe2LConfig(GuardConfig):
     curvature: Curvature = "none"
 
 
-@dataclass(config=STRICT)
-class SqueezeConfig(TrainConfig):
-    """The squeeze stage as a trainer config (built from a GuardConfig; recorded in the squeezed checkpoint)."""
-
-    optimizer: Optimizer = "sgd"  # type: ignore[assignment]
-    lr_schedule: Schedule = "cosine"
-    curvature: Curvature = "none"
-    curvature_weight: float = Field(0.0, ge=0)
-    curvature_h: float = Field(3.0, gt=0)
-
-
 def squeeze_config(cfg: GuardConfig) -> SqueezeConfig:
     s = cfg.squeeze
     return SqueezeConfig(
@@ -189,361 +161,6 @@ def squeeze_config(cfg: GuardConfig) -> SqueezeConfig:
         val_robust=s.val_robust, val_attack_steps=cfg.val_attack_steps, curvature=cfg.curvature,
         curvature_weight=cfg.curvature_strength, curvature_h=cfg.curvature_h,
     )
-
-
-def make_optimizer(
-    params: Any, optimizer: str, lr: float, momentum: float, weight_decay: float, schedule: str,
-    milestones: list[int], gamma: float, epochs: int,
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD / Adam / AdamW with a step or cosine schedule (stepped once per epoch, as the official scripts do)."""
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if schedule == "cosine":
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Squeeze
-
-
-def batchnorm_layers(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    """The BatchNorm layers whose running statistics the recover stage matches, in registration order."""
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-
-
-class SqueezeTrainer(Trainer):
-    """The squeeze stage: cross-entropy on the real data, plus GUARD's curvature regulariser unless it is "none"."""
-
-    config_class = SqueezeConfig
-    method = "squeeze"
-
-    def __init__(self, config: SqueezeConfig) -> None:
-        super().__init__(config)
-        self._penalty_sum, self._penalty_n = 0.0, 0
-
-    def make_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        c = self.config
-        return make_optimizer(model.parameters(), c.optimizer, c.lr, c.momentum, c.weight_decay, c.lr_schedule,
-                              c.lr_milestones, c.lr_gamma, c.epochs)
-
-    def batch_loss(self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        cfg = self.config
-        if cfg.curvature == "none" or cfg.curvature_weight == 0:
-            return loss, logits
-        # Eval mode (BatchNorm uses, and does not update, its running statistics) and the network's normalised
-        # input space: both as in the official pretrain_cifar.py, whose inputs are already normalised.
-        model.eval()
-        network = model.network
-
-        def per_point(u: torch.Tensor) -> torch.Tensor:
-            return nn.functional.cross_entropy(network(u), y, reduction="none")
-
-        u = model.normalize(x).detach()
-        penalty_fn = curvature_penalty if cfg.curvature == "double-backprop" else simple_curvature_penalty
-        penalty = penalty_fn(per_point, u, h=cfg.curvature_h, weight=cfg.curvature_weight)
-        model.train()
-        self._penalty_sum += float(penalty.detach()) * len(y)
-        self._penalty_n += len(y)
-        return loss + penalty, logits
-
-    def train_epoch(self, model: Classifier, optimizer: torch.optim.Optimizer, train: ImageSplit, epoch: int) -> dict[str, float]:
-        self._penalty_sum, self._penalty_n = 0.0, 0
-        record = super().train_epoch(model, optimizer, train, epoch)
-        if self._penalty_n:
-            record["curvature_penalty"] = self._penalty_sum / self._penalty_n
-        return record
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Recover
-
-
-class _BNStatistics:
-    """Forward hooks on every BatchNorm layer: per group of ``group_size`` consecutive images, the distance between
-    the batch mean / variance of the layer's input and the layer's running mean / variance (SRe2L's R_bn terms)."""
-
-    def __init__(self, network: nn.Module, group_size: int) -> None:
-        self.layers = batchnorm_layers(network)
-        self.group_size = group_size
-        self.losses: list[torch.Tensor] = []
-        self.handles = [layer.register_forward_hook(self._hook) for layer in self.layers]
-
-    def _hook(self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-        x = inputs[0]
-        n, channels = x.shape[0], x.shape[1]
-        groups = x.reshape(n // self.group_size, self.group_size, channels, -1).transpose(1, 2)
-        groups = groups.reshape(n // self.group_size, channels, -1)
-        mean = groups.mean(dim=2)
-        var = groups.var(dim=2, unbiased=False)
-        assert isinstance(module, nn.modules.batchnorm._BatchNorm)
-        distance = (var - module.running_var).norm(dim=1) + (mean - module.running_mean).norm(dim=1)
-        self.losses.append(distance)  # (groups,)
-
-    def take(self) -> torch.Tensor:
-        """(layers, groups) for the last forward pass."""
-        losses, self.losses = self.losses, []
-        return torch.stack(losses)
-
-    def close(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-
-
-def _normalisation(model: Classifier, channels: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    mean = torch.tensor(model.mean if model.mean is not None else [0.0] * channels, device=device).view(1, -1, 1, 1)
-    std = torch.tensor(model.std if model.std is not None else [1.0] * channels, device=device).view(1, -1, 1, 1)
-    return mean, std
-
-
-def bn_matching_loss(model: Classifier, images: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Per BatchNorm layer, the mean over groups of ``group_size`` consecutive images of
-    ||mu(x) - running_mean||_2 + ||var(x) - running_var||_2 (no layer weights): how far the images' feature
-    statistics are from the squeezed model's. ``images`` are [0, 1] pixels."""
-    if len(images) % group_size:
-        raise UserInputError("images", f"{len(images)} images do not split into groups of {group_size}", "pass whole groups")
-    was_training = model.training
-    model.eval()
-    hooks = _BNStatistics(model.network, group_size)
-    try:
-        with torch.no_grad():
-            model(images)
-        return hooks.take().mean(dim=1)
-    finally:
-        hooks.close()
-        model.train(was_training)
-
-
-@plain_dataclass
-class Recovered:
-    images: torch.Tensor  # (classes * ipc, C, H, W) in [0, 1], class-major: class 0's ipc images first
-    labels: torch.Tensor  # (classes * ipc,)
-    bn_initial: list[float]  # per BatchNorm layer, mean over batches, at initialisation
-    bn_final: list[float]  # the same for the recovered images
-    squeezed_accuracy: float  # the squeezed model's accuracy on the recovered images
-
-
-def recover(model: Classifier, ipc: int, settings: RecoverSettings | None = None, *, seed: int = 0,
-            progress: bool | None = None) -> Recovered:
-    """SRe2L's recover stage: ``ipc`` images per class synthesised from noise against the squeezed ``model``.
-
-    Batch ``b`` of class chunk ``k`` holds one image of each class in the chunk; every batch is its own problem
-    (its own BatchNorm statistics, its own Adam state), so optimising ``parallel`` batches side by side gives what
-    optimising them one after another would. The same seed gives the same images on the same machine.
-    """
-    settings = settings or RecoverSettings()
-    if ipc < 1:
-        raise UserInputError("ipc", f"{ipc} images per class is nothing to distil", "use ipc >= 1, e.g. 10 or 50")
-    layers = batchnorm_layers(model.network)
-    if not layers:
-        raise UserInputError("squeeze.arch", f"the squeezed model ({model.arch}) has no BatchNorm layers, and the "
-                             "recover stage matches BatchNorm statistics", "squeeze with a BatchNorm architecture, "
-                             "e.g. cnn-bn (digits) or resnet18-cifar")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    channels, height, width = model.input_shape
-    mean, std = _normalisation(model, channels, device)
-    low, high = (0 - mean) / std, (1 - mean) / std
-    classes = model.num_classes
-    chunks = [list(range(start, min(start + settings.classes_per_batch, classes)))
-              for start in range(0, classes, settings.classes_per_batch)]
-    runs = [(k, start, min(settings.parallel, ipc - start)) for k in range(len(chunks))
-            for start in range(0, ipc, settings.parallel)]
-    multipliers = torch.tensor([settings.first_bn_multiplier] + [1.0] * (len(layers) - 1), device=device)
-    result = torch.empty(classes, ipc, channels, height, width)
-    bn_initial = torch.zeros(len(layers))
-    bn_final = torch.zeros(len(layers))
-    correct = 0
-    bar = tqdm(total=len(runs) * settings.iterations, desc=f"recover {ipc} per class", unit="it", leave=False,
-               disable=None if progress is None else not progress)
-    try:
-        for k, start, batches in runs:
-            chunk = chunks[k]
-            size = len(chunk)
-            targets = torch.tensor(chunk, device=device).repeat(batches)  # batch-major: [c0..cK, c0..cK, ...]
-            # Each batch's starting noise has its own stream, and every batch sees the same jitter sequence, so the
-            # images do not depend on how many batches run side by side.
-            noise = torch.cat([torch.randn(size, channels, height, width,
-                                           generator=torch.Generator().manual_seed(derived_seed(seed, "init", k, b)))
-                               for b in range(start, start + batches)]).to(device)
-            generator = torch.Generator().manual_seed(derived_seed(seed, "jitter", k))
-            inputs = torch.max(torch.min(noise, high), low).requires_grad_(True)
-            before = bn_matching_loss(model, inputs.detach() * std + mean, size)
-            optimizer = torch.optim.Adam([inputs], lr=settings.lr, betas=settings.betas, eps=1e-8)
-            hooks = _BNStatistics(model.network, size)
-            try:
-                for iteration in range(settings.iterations):
-                    for group in optimizer.param_groups:  # cosine decay, no warm-up (lr_cosine_policy(lr, 0, T))
-                        group["lr"] = 0.5 * (1 + math.cos(math.pi * iteration / settings.iterations)) * settings.lr
-                    jittered = inputs
-                    if settings.jitter:
-                        dy, dx = (int(v) for v in torch.randint(-settings.jitter, settings.jitter + 1, (2,), generator=generator))
-                        jittered = torch.roll(jittered, shifts=(dy, dx), dims=(2, 3))
-                    if settings.flip and bool(torch.rand(1, generator=generator) < 0.5):
-                        jittered = jittered.flip(3)
-                    optimizer.zero_grad(set_to_none=True)
-                    logits = model.network(jittered)
-                    ce = nn.functional.cross_entropy(logits, targets, reduction="none").view(batches, size).mean(1)
-                    bn = (hooks.take() * multipliers[:, None]).sum(0)
-                    # A sum over independent batches: each batch gets exactly the gradient it would get alone.
-                    loss = (ce + settings.r_bn * bn).sum()
-                    loss.backward()
-                    optimizer.step()
-                    with torch.no_grad():
-                        inputs.copy_(torch.max(torch.min(inputs, high), low))
-                    bar.update(1)
-            finally:
-                hooks.close()
-            images = (inputs.detach() * std + mean).clamp(0, 1)
-            after = bn_matching_loss(model, images, size)
-            bn_initial += before.cpu() * batches
-            bn_final += after.cpu() * batches
-            with torch.no_grad():
-                correct += int((model(images).argmax(1) == targets).sum())
-            images = images.view(batches, size, channels, height, width).cpu()
-            result[chunk[0] : chunk[-1] + 1, start : start + batches] = images.transpose(0, 1)
-    finally:
-        bar.close()
-        for p, flag in zip(model.parameters(), requires):
-            p.requires_grad_(flag)
-        model.train(was_training)
-    total_batches = ipc * len(chunks)
-    labels = torch.arange(classes).repeat_interleave(ipc)
-    return Recovered(result.reshape(classes * ipc, channels, height, width), labels,
-                     (bn_initial / total_batches).tolist(), (bn_final / total_batches).tolist(), correct / (classes * ipc))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Relabel and the distilled dataset
-
-
-@torch.no_grad()
-def relabel(model: Classifier, images: torch.Tensor, temperature: float = 20.0, batch_size: int = 512) -> torch.Tensor:
-    """Soft labels: softmax(model(x) / T) of the squeezed model in eval mode (SRe2L's relabel, T = 20)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    try:
-        parts = [torch.softmax(model(images[i : i + batch_size].to(device)) / temperature, dim=1).cpu()
-                 for i in range(0, len(images), batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(parts)
-
-
-def distilled_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
-    """sha256 of the synthetic images (float32) and their labels: the distilled dataset's identity."""
-    return sha256_tensors(images.to(torch.float32), labels.to(torch.int64))
-
-
-def _hwc(x: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) [0, 1] floats -> (N, H, W, C) uint8 when they are exact 8-bit levels (real CIFAR-10), else float32."""
-    array = x.permute(0, 2, 3, 1).contiguous().numpy()
-    scaled = array * 255.0
-    if np.allclose(scaled, np.round(scaled), atol=1e-4, rtol=0):
-        return np.round(scaled).astype(np.uint8)
-    return array.astype(np.float32)
-
-
-def _is_distilled_dataset(path: Path) -> bool:
-    """An existing folder the dataset may replace: empty, or one whose every file the marker of ``<out>.distilled``
-    lists (robustdistill wrote them all; a user's file among them keeps the folder)."""
-    if path.is_dir() and not any(path.iterdir()):
-        return True
-    files = ownership.files_under(path) if path.is_dir() else []
-    return bool(files) and all(ownership.owns(path.parent, path / name) for name in files)
-
-
-def _is_legacy_distilled(root: Path) -> bool:
-    """A ``<out>.distilled`` folder of an earlier version (no marker): only what a GUARD / SRe2L run writes there."""
-    known = {"distilled.json", "grid.png", "dataset", "squeezed", "squeezed.partial"}
-    entries = list(root.iterdir())
-    return (all(e.name in known or ownership.is_tmp_leftover(e.name) for e in entries)
-            and (root / "dataset" / "dataset_dict.json").is_file())
-
-
-def save_distilled_dataset(out: str | Path, images: torch.Tensor, labels: torch.Tensor, soft_labels: torch.Tensor,
-                           classes: tuple[str, ...], val: ImageSplit | None = None,
-                           test: ImageSplit | None = None) -> Path:
-    """Write the distilled dataset with ``save_to_disk``, atomically: "train" = the synthetic images (image,
-    label, soft_label), plus the real "validation" and "test" splits when given. Reads back with
-    ``load_split({"kind": "hf-disk", "root": out}, "train")``."""
-    from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
-    from datasets import utils as datasets_utils
-
-    from robustdistill.models.checkpoint import atomic_directory
-
-    out = Path(out)
-    _, channels, height, width = images.shape
-
-    def split(x: torch.Tensor, y: torch.Tensor, soft: torch.Tensor | None) -> Dataset:
-        array = _hwc(x) if soft is None else x.permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32)
-        columns: dict[str, Any] = {"image": array, "label": y.numpy().astype(np.int64)}
-        features = {"image": Array3D(shape=(height, width, channels), dtype=str(array.dtype)),
-                    "label": ClassLabel(names=list(classes))}
-        if soft is not None:
-            columns["soft_label"] = soft.numpy().astype(np.float32)
-            features["soft_label"] = Sequence(Value("float32"), length=len(classes))
-        return Dataset.from_dict(columns, features=Features(features))
-
-    parts = {"train": split(images, labels, soft_labels)}
-    if val is not None:
-        parts["validation"] = split(val.x, val.y, None)
-    if test is not None:
-        parts["test"] = split(test.x, test.y, None)
-    quiet = datasets_utils.are_progress_bars_disabled()
-    datasets_utils.disable_progress_bars()  # a bar per split for a few hundred rows is noise
-    try:
-        with atomic_directory(out, may_replace=_is_distilled_dataset) as tmp:
-            DatasetDict(parts).save_to_disk(str(tmp))
-    finally:
-        if not quiet:
-            datasets_utils.enable_progress_bars()
-    clear_cache()  # a dataset rewritten at the same path must not be served from the in-process cache
-    return out
-
-
-def save_grid(images: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], out: str | Path,
-              max_columns: int = 50) -> Path:
-    """A PNG of the synthetic images: one row per class (its name on the left), up to ``max_columns`` per row."""
-    from PIL import Image, ImageDraw
-
-    out = Path(out)
-    _, channels, height, width = images.shape
-    scale = max(1, 32 // max(height, width))
-    cell_h, cell_w, pad, margin = height * scale, width * scale, 2, 28
-    columns = min(max_columns, max(int((labels == c).sum()) for c in range(len(classes))))
-    canvas = Image.new("RGB", (margin + columns * (cell_w + pad) + pad, len(classes) * (cell_h + pad) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for row, name in enumerate(classes):
-        top = pad + row * (cell_h + pad)
-        draw.text((2, top + cell_h // 2 - 5), str(name)[:4], fill="black")
-        members = images[labels == row][:columns]
-        for col, image in enumerate(members):
-            pixels = (image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-            tile = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels).convert("RGB")
-            tile = tile.resize((cell_w, cell_h), Image.Resampling.NEAREST)
-            canvas.paste(tile, (margin + pad + col * (cell_w + pad), top))
-    with atomic_path(out) as tmp:
-        canvas.save(tmp, format="PNG")
-    return out
-
-
-def distilled_paths(out: str | Path) -> dict[str, Path]:
-    """Where a run with student checkpoint ``out`` writes the distilled data and the squeezed model."""
-    root = Path(out).with_name(Path(out).name + ".distilled")
-    return {"root": root, "squeezed": root / "squeezed", "dataset": root / "dataset", "grid": root / "grid.png",
-            "manifest": root / MANIFEST}
 
 
 # --------------------------------------------------------------------------------------------------------------

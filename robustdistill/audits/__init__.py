@@ -15,10 +15,12 @@ __all__ = ["PROBES", "Probe", "Report", "Suite", "audit", "build_report", "load_
 
 if TYPE_CHECKING:
     from robustdistill.audits.probes import PROBES, Probe
-    from robustdistill.audits.runner import Report, audit, build_report
+    from robustdistill.audits.build import build_report
+    from robustdistill.audits.report import Report
+    from robustdistill.audits.runner import audit
     from robustdistill.audits.schema import Suite, load_suite
 
-_WHERE = {"PROBES": "probes", "Probe": "probes", "Report": "runner", "audit": "runner", "build_report": "runner",
+_WHERE = {"PROBES": "probes", "Probe": "probes", "Report": "report", "audit": "runner", "build_report": "build",
           "Suite": "schema", "load_suite": "schema"}
 
 

@@ -97,7 +97,7 @@ def _load_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def _report(args: argparse.Namespace) -> int:
     from robustdistill import ownership
-    from robustdistill.audits.runner import build_report, render_reports
+    from robustdistill.audits.build import build_report, render_reports
     from robustdistill.audits.store import chain_line
     from robustdistill.errors import UserInputError
 

@@ -7,22 +7,22 @@
 Everything the user controls (suite, checkpoints, data, models against data) is validated before the run
 directory is created, so bad input leaves nothing behind. Each finished probe unit is appended to
 ``results.jsonl``; ``resume=True`` skips finished units, and the report is a pure function of the stored units,
-so a killed and resumed audit gives the same report.json results as an uninterrupted one.
+so a killed and resumed audit gives the same report.json results as an uninterrupted one. The report itself (:class:`Report`, its summary text) lives in robustdistill.audits.report, and building it from
+the stored units (``build_report``, retention, gates, examples) in robustdistill.audits.build; this module
+validates the input, plans the probe units and runs them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
 import subprocess
 import time
-import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,184 +30,23 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustdistill import ownership
-from robustdistill.audits import masking
-from robustdistill.audits.probes import NON_FINITE, EvalContext, Probe, default_examples_probe
-from robustdistill.audits.verdict import decide, flagged_checks
-from robustdistill.audits.schema import Gate, Suite, load_suite
-from robustdistill.audits.stats import bootstrap_ratio_ci, pack_mask, unpack_mask
+from robustdistill.audits.build import ARTIFACTS, EXAMPLES, build_report, clean_row, now, render_reports
+from robustdistill.audits.probes import EvalContext, Probe, default_examples_probe
+from robustdistill.audits.report import Report
+from robustdistill.audits.schema import Suite, load_suite
 from robustdistill.audits.store import REPORT, RunStore
 from robustdistill.errors import UserInputError
 from robustdistill.reproducibility import cpu_record
-from robustdistill.utils import atomic_path, resolve_device, seed_everything, write_json_atomic
-
-if TYPE_CHECKING:
-    import pandas as pd
+from robustdistill.stats import pack_mask
+from robustdistill.utils import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-ARTIFACTS = "artifacts"
-EXAMPLES = "examples.npz"
 N_EXAMPLES = 12
 IN_MEMORY = "in-memory"
-ROW_KEYS = ("probe", "model", "metric", "value", "ci95", "n", "params")
 
 UnitCallback = Callable[[dict[str, Any]], None]
 LoadOptions = Mapping[str, Mapping[str, Any]]  # role (or "*") -> load_model keywords
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The report
-
-
-@dataclass
-class Report:
-    """An audit's outcome; ``to_dict()`` is report.json (DESIGN.md).
-
-    ``verdict``: the one decision (robustdistill.audits.verdict) that the CLI, the exit code and every rendered
-    report show; ``passed`` is its ``passed``: every gate passed, every planned unit finished, no model gave
-    non-finite outputs and none is flagged for gradient masking (unless the suite's ``[verdict]`` opts out).
-    ``results``: a DataFrame, one row per (probe, model, metric[, params]). ``flags``: gradient-masking and
-    ``non_finite_outputs`` flags with evidence. ``gates``: each gate with its value, ``passed`` and ``status``
-    ("passed", "failed", "untrusted", "invalid" or "missing"). ``untrusted``: the models whose robust accuracy is
-    not to be trusted (flagged for gradient masking).
-    """
-
-    suite: dict[str, Any]
-    manifest: dict[str, Any]
-    rows: list[dict[str, Any]]
-    gates: list[dict[str, Any]]
-    flags: list[dict[str, Any]]
-    run_dir: Path | None = None
-    missing: list[str] = field(default_factory=list)
-    rendered: list[Path] = field(default_factory=list)
-    verdict: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if not self.verdict:
-            self.verdict = decide(self.gates, self.flags, self.missing, self.suite.get("verdict"),
-                                  self.manifest.get("chain"))
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.verdict["passed"])
-
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every gate passed, 1 otherwise (DESIGN.md's exit codes of ``robustdistill audit``)."""
-        return 0 if self.passed else 1
-
-    @property
-    def untrusted(self) -> list[str]:
-        return sorted({f["model"] for f in self.flags if f.get("kind") == masking.KIND})
-
-    @property
-    def results(self) -> pd.DataFrame:
-        import pandas as pd
-
-        return pd.DataFrame(self.rows, columns=list(ROW_KEYS))
-
-    def value(self, model: str, probe: str, metric: str, **params: Any) -> float | None:
-        """The value of the single row matching (model, probe, metric) and any given params."""
-        matches = [r for r in self.rows if r["model"] == model and r["probe"] == probe and r["metric"] == metric
-                   and all(r["params"].get(k) == v for k, v in params.items())]
-        if len(matches) != 1:
-            raise KeyError(f"{len(matches)} rows match {model}.{probe}.{metric} {params or ''}".strip())
-        return matches[0]["value"]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"suite": self.suite, "manifest": self.manifest, "results": self.rows, "gates": self.gates,
-                "flags": self.flags, "verdict": self.verdict}
-
-    def summary(self) -> str:
-        """A short teacher-vs-student table, the flags, the gates and the verdict (what the CLI prints)."""
-        roles = list(self.manifest.get("checkpoints", {})) or sorted({r["model"] for r in self.rows})
-        lines: list[str] = []
-        table: list[tuple[str, list[str]]] = []
-        retention = {(r["model"], r["params"].get("of")): r for r in self.rows if r["probe"] == "retention"}
-        show_retention = "student" in roles and "teacher" in roles
-        for row in self.rows:
-            if row["model"] != roles[0] or row["metric"] not in ("accuracy", "robust_accuracy"):
-                continue
-            if row["probe"] != "clean" and "attack" not in row["params"] or "check" in row["params"]:
-                continue
-            if row["probe"] in ("curve",):
-                continue
-            cells = []
-            for role in roles:
-                other = next((r for r in self.rows if r["model"] == role and r["probe"] == row["probe"]
-                              and r["metric"] == row["metric"] and r["params"] == row["params"]), None)
-                text = _pct(other["value"]) if other else "-"
-                if other and role in self.untrusted and row["probe"] != "clean":
-                    text += " *"
-                cells.append(text)
-            if show_retention:
-                ret = retention.get(("student", row["probe"]))
-                cells.append(_pct(ret["value"]) if ret else "-")
-            label = "clean accuracy" if row["probe"] == "clean" else f"{row['probe']} robust accuracy"
-            table.append((label, cells))
-        header = roles + (["retention"] if show_retention else [])
-        width = max([len(label) for label, _ in table] + [10])
-        lines.append(f"{'':<{width}}  " + "  ".join(f"{h:>10}" for h in header))
-        for label, cells in table:
-            lines.append(f"{label:<{width}}  " + "  ".join(f"{c:>10}" for c in cells))
-        lines.extend(self._privacy_summary(roles))
-        if self.untrusted:
-            lines.append("* not to be trusted: gradient masking flagged for " + ", ".join(self.untrusted))
-        invalid = flagged_checks(self.flags, NON_FINITE)
-        if invalid:
-            lines.append("invalid: NaN or infinite outputs from " + ", ".join(invalid) + "; every gate on them fails")
-        for item in self.flags:
-            lines.append(f"FLAG {item['model']}: {item['check']}: {item['evidence']}")
-        for gate in self.gates:
-            value = "missing" if gate["value"] is None else f"{gate['value']:.4g}"
-            note = f" ({gate['note']})" if gate.get("note") else ""
-            lines.append(f"{gate['status'].upper():<9} {gate['metric']} {gate['op']} {gate['threshold']:g}: {value}{note}")
-        if self.missing:
-            lines.append(f"INCOMPLETE: {len(self.missing)} probe unit(s) did not finish; continue with --resume")
-        lines += [f"warning: {note}" for note in self.verdict.get("notes", [])]
-        lines.append(f"verdict: {self.verdict['summary']}")
-        return "\n".join(lines)
-
-
-    def _privacy_summary(self, roles: list[str]) -> list[str]:
-        """Membership inference: per probe and ground truth, each model's AUC and TPR at 0.1% and 1% FPR."""
-        probes = [p["name"] for p in self.suite.get("probes", []) if str(p.get("kind", "")).startswith("mia-")]
-        if not probes:
-            return []
-        metrics = (("auc", "AUC"), ("tpr_at_0_1pct_fpr", "TPR@0.1%"), ("tpr_at_1pct_fpr", "TPR@1%"))
-        table: list[tuple[str, list[str]]] = []
-        for name in probes:
-            for prefix, view in (("", "own members"), ("teacher_members_", "teacher's members")):
-                cells = []
-                for role in roles:
-                    for metric, _ in metrics:
-                        row = next((r for r in self.rows if r["probe"] == name and r["model"] == role
-                                    and r["metric"] == prefix + metric), None)
-                        if row is None:
-                            cells.append("-")
-                        elif row["value"] is None:
-                            cells.append("n/r")
-                        else:
-                            cells.append(f"{row['value']:.3f}" if metric == "auc" else _pct(row["value"]))
-                if any(c != "-" for c in cells):
-                    table.append((f"{name} ({view})", cells))
-        width = max([len(label) for label, _ in table] + [len("membership inference")])
-        group = 3 * 8 + 2
-        lines = [f"{'membership inference':<{width}}  " + " ".join(f"{role:^{group}}" for role in roles),
-                 f"{'':<{width}}  " + " ".join(" ".join(f"{label:>8}" for _, label in metrics) for _ in roles)]
-        lines += [f"{label:<{width}}  " + " ".join(" ".join(f"{c:>8}" for c in cells[i:i + 3])
-                                                   for i in range(0, len(cells), 3)) for label, cells in table]
-        if any("n/r" in cells for _, cells in table):
-            lines.append("n/r: not resolvable (too few non-members for that false-positive rate)")
-        return lines
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -245,10 +84,6 @@ def git_revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
-
-
-def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def load_models(suite: Suite, modules: Mapping[str, nn.Module], device: torch.device,
@@ -293,7 +128,7 @@ def load_models(suite: Suite, modules: Mapping[str, nn.Module], device: torch.de
 
 def check_compatible(models: Mapping[str, nn.Module], x: torch.Tensor, num_classes: int, data_kind: str) -> None:
     """One forward pass per model on two evaluation points: right input shape, one logit per class."""
-    from robustdistill.audits.probes import model_device
+    from robustdistill.utils import model_device
 
     sample = x[:2]
     for role, model in models.items():
@@ -461,236 +296,3 @@ def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progres
     if render:
         report.rendered = render_reports(run_dir)
     return report
-
-
-def clean_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    """Exactly the report.json row keys, with plain JSON values."""
-    out = {key: row.get(key) for key in ROW_KEYS}
-    value = out["value"]
-    out["value"] = None if value is None or not np.isfinite(value) else float(value)
-    out["ci95"] = None if out["ci95"] is None else [float(v) for v in out["ci95"]]
-    out["n"] = None if out["n"] is None else int(out["n"])
-    return out
-
-
-def render_reports(run_dir: Path) -> list[Path]:
-    """report.md / report.html by robustdistill.reports, when that module is there."""
-    try:
-        from robustdistill.reports import render
-    except ImportError:
-        log.debug("robustdistill.reports.render is not available; wrote report.json only")
-        return []
-    try:
-        return list(render(Path(run_dir)))
-    except UserInputError:
-        raise
-    except Exception as exc:  # a rendering bug must not lose the audit: report.json is already written
-        log.warning("rendering the report failed (%s: %s); report.json is complete", type(exc).__name__, exc)
-        return []
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Building the report from results.jsonl
-
-
-def build_report(run_dir: str | Path) -> Report:
-    """Rebuild report.json from results.jsonl (what ``robustdistill report RUN_DIR`` does before rendering)."""
-    run_dir = Path(run_dir)
-    stored = RunStore(run_dir).load()  # shapes, plan and duplicates checked; a broken chain fails the verdict
-    manifests, units = stored.manifests, stored.units
-    first, last = manifests[0], manifests[-1]
-    rows: list[dict[str, Any]] = []
-    flags: list[dict[str, Any]] = []
-    missing: list[str] = []
-    attacks: dict[str, list[masking.AttackResult]] = {}
-    curves: dict[str, list[tuple[str, list[tuple[float, np.ndarray]]]]] = {}
-    correct: dict[tuple[str, str], np.ndarray] = {}  # (role, probe) -> per-point correct (clean or robust)
-    retainable: list[tuple[str, str, dict[str, Any]]] = []  # (probe name, kind, params) in plan order
-    for entry in last["plan"]:
-        record = units.get(entry["key"])
-        if record is None:
-            missing.append(f"{entry['probe']} on {'+'.join(entry['roles'])}")
-            continue
-        rows.extend(record["rows"])
-        flags.extend(record.get("flags", []))
-        n = int(record["n"])
-        masks = {role: {k: unpack_mask(v, n) for k, v in m.items()} for role, m in record.get("masks", {}).items()}
-        params = record.get("params", {})
-        kind, name = record["kind"], record["probe"]
-        if kind in ("clean", "attack") and (name, kind, params) not in retainable:
-            retainable.append((name, kind, params))
-        for role, m in masks.items():
-            if kind == "clean":
-                correct[(role, name)] = m["correct"]
-            elif kind == "attack":
-                correct[(role, name)] = m["robust"]
-                attack = params.get("attack", name)
-                loss = "ce" if attack in ("fgsm", "pgd", "apgd-ce") and params.get("loss", "ce") == "ce" else "other"
-                eps = params.get("eps")
-                attacks.setdefault(role, []).append(masking.AttackResult(
-                    name, attack, float(eps) if isinstance(eps, (int, float)) else None, params.get("norm", "linf"),
-                    loss, m["robust"], m["clean"], m))
-            elif kind == "curve":
-                points = [(float(k.split("@", 1)[1]), v) for k, v in m.items() if k.startswith("robust@")]
-                curves.setdefault(role, []).append((name, points))
-    checkpoints = last.get("checkpoints", {})
-    roles = list(checkpoints)
-    rows.extend(retention_rows(last, roles, retainable, correct, int(last["seed"])))
-    settings = next((p for p in last["suite"].get("probes", []) if p.get("kind") == "masking"), {})
-    tolerances = {"tolerance": settings.get("tolerance", masking.TOLERANCE),
-                  "loss_tolerance": settings.get("loss_tolerance", masking.LOSS_TOLERANCE)}
-    for role in roles:
-        flags.extend(masking.cross_checks(role, attacks.get(role, []), curves.get(role, []), **tolerances))
-    flags = one_non_finite_flag_per_model(masking.dedupe(flags))
-    invalid = set(flagged_checks(flags, NON_FINITE))
-    untrusted = {f["model"]: [] for f in flags if f.get("kind") == masking.KIND}
-    for item in flags:
-        if item["model"] in untrusted:
-            untrusted[item["model"]].append(item["check"])
-    # Gradient masking makes robust accuracy untrustworthy; it says nothing about membership leakage or model size.
-    not_robustness = {p["name"] for p in last["suite"].get("probes", [])
-                      if str(p.get("kind", "")).startswith("mia-") or p.get("kind") == "size"}
-    gates = [evaluate_gate(Gate(**g), rows, untrusted, not_robustness, invalid) for g in last.get("gates", [])]
-    manifest = {
-        "robustdistill": last["robustdistill"], "torch": last["torch"], "git": last["git"], "seed": last["seed"],
-        "checkpoints": checkpoints, "started": first["started"], "finished": now(),
-        "device": last.get("device"), "data": last.get("data"), "cpu": last.get("cpu"),
-    }
-    if missing:
-        manifest["incomplete"] = missing
-    manifest |= stored.evidence()
-    report = Report(last["suite"], manifest, rows, gates, flags, run_dir, missing)
-    merge_examples(run_dir, last, units, roles)
-    write_json_atomic(run_dir / REPORT, report.to_dict())
-    return report
-
-
-def retention_rows(manifest: Mapping[str, Any], roles: list[str], retainable: list[tuple[str, str, dict[str, Any]]],
-                   correct: Mapping[tuple[str, str], np.ndarray], seed: int) -> list[dict[str, Any]]:
-    """Student (and extra model) accuracy / teacher accuracy per clean and attack probe, paired-bootstrap CI."""
-    only: set[str] | None = None
-    for probe in manifest.get("suite", {}).get("probes", []):
-        if probe.get("kind") == "retention" and probe.get("of"):
-            only = set(probe["of"])
-    rows = []
-    for role in roles:
-        if role == "teacher":
-            continue
-        for name, kind, params in retainable:
-            if only is not None and name not in only:
-                continue
-            teacher, other = correct.get(("teacher", name)), correct.get((role, name))
-            if teacher is None or other is None:
-                continue
-            metric = "accuracy_retention" if kind == "clean" else "robust_accuracy_retention"
-            value = float(other.mean() / teacher.mean()) if teacher.any() else None
-            row_params = {"of": name, "with": "teacher"}
-            if kind == "attack":
-                row_params |= {"attack": params.get("attack"), "eps": params.get("eps")}
-            rows.append({"probe": "retention", "model": role, "metric": metric, "value": value,
-                         "ci95": bootstrap_ratio_ci(other.astype(float), teacher.astype(float), seed=seed),
-                         "n": int(teacher.size), "params": row_params})
-    return rows
-
-
-def one_non_finite_flag_per_model(flags: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every unit of a model with NaN or infinite outputs carries the flag; the report keeps the first (plan order)."""
-    seen: set[str] = set()
-    out = []
-    for item in flags:
-        if item.get("kind") == NON_FINITE:
-            if item["model"] in seen:
-                continue
-            seen.add(item["model"])
-        out.append(item)
-    return out
-
-
-CLEAN_METRICS = frozenset({"accuracy", "agreement_clean", "accuracy_retention"})
-
-
-def evaluate_gate(gate: Gate, rows: list[dict[str, Any]], untrusted: Mapping[str, list[str]],
-                  not_robustness: frozenset[str] | set[str] = frozenset(),
-                  invalid: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
-    """A gate's entry in report.json: its value and status. "invalid" when a model whose outputs enter the value
-    gave NaN or infinite logits; "untrusted" when a model whose gradients made the adversarial examples (the gated
-    one, a transfer's source, a retention's teacher) is flagged for gradient masking; else "passed", "failed" or
-    "missing"."""
-    if gate.is_retention:
-        matches = [r for r in rows if r["probe"] == "retention" and r["model"] == gate.role
-                   and r["params"].get("of") == gate.measure]
-        involved = [gate.role, "teacher"]
-    else:
-        matches = [r for r in rows if r["probe"] == gate.probe and r["model"] == gate.role and r["metric"] == gate.measure]
-        involved = [gate.role]
-    row = matches[0] if len(matches) == 1 else None
-    # A transfer row's adversarial examples were crafted on params.source: its gradients count too; an agreement
-    # row also holds the predictions of params.with.
-    source = row["params"].get("source") if row is not None else None
-    if isinstance(source, str) and source not in involved:
-        involved.append(source)
-    other = row["params"].get("with") if row is not None else None
-    measured = involved + ([other] if isinstance(other, str) else [])
-    entry: dict[str, Any] = {"metric": gate.metric, "op": gate.op, "threshold": gate.threshold, "value": None,
-                             "passed": False}
-    void = [role for role in dict.fromkeys(measured) if role in invalid]
-    if void:
-        entry |= {"value": row["value"] if row is not None else None, "status": "invalid",
-                  "note": f"{', '.join(void)} gave NaN or infinite outputs: the value means nothing"}
-        return entry
-    if row is None:
-        entry |= {"status": "missing", "note": "not measured" if not matches else f"{len(matches)} rows match"}
-        return entry
-    value = row["value"]
-    entry["value"] = value
-    if value is None:
-        entry |= {"status": "missing", "note": "undefined (e.g. the teacher's accuracy is 0)"}
-        return entry
-    ok = value >= gate.threshold if gate.op == ">=" else value <= gate.threshold
-    robust = row["metric"] not in CLEAN_METRICS and row["probe"] not in not_robustness
-    flagged = [role for role in involved if role in untrusted]
-    if robust and flagged:
-        checks = sorted({c for role in flagged for c in untrusted[role]})
-        entry |= {"status": "untrusted", "note": f"gradient masking flagged for {', '.join(flagged)} "
-                  f"({', '.join(checks)}): its robust accuracy is not to be trusted"}
-        return entry
-    entry |= {"passed": bool(ok), "status": "passed" if ok else "failed"}
-    return entry
-
-
-def merge_examples(run_dir: Path, manifest: Mapping[str, Any], units: Mapping[str, Mapping[str, Any]], roles: list[str]) -> None:
-    """artifacts/examples.npz for the renderer: clean, labels, attack, and adv_/pred_clean_/pred_adv_<role>."""
-    name = manifest.get("examples")
-    if not name:
-        return
-    files: dict[str, Path] = {}
-    for entry in manifest["plan"]:
-        record = units.get(entry["key"])
-        if entry["probe"] != name or record is None:
-            continue
-        for artifact in record.get("artifacts", []):
-            role = entry["roles"][0]
-            files[role] = run_dir / ARTIFACTS / artifact
-    if set(files) != set(roles) or not all(p.is_file() for p in files.values()):
-        return
-    inside = (run_dir / ARTIFACTS).resolve()
-    for path in files.values():  # the store checked the names; a symbolic link could still lead elsewhere
-        if not path.resolve().is_relative_to(inside):
-            raise UserInputError(str(path), f"leads outside {inside}", "a run reads only its own files; re-run the "
-                                 "audit into a new --out")
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        for role in roles:
-            with np.load(files[role], allow_pickle=False) as part:
-                if "clean" not in arrays:
-                    arrays |= {"clean": part["clean"], "labels": part["labels"], "index": part["index"],
-                               "attack": np.array(name)}
-                arrays[f"adv_{role}"] = part["adv"]
-                arrays[f"pred_clean_{role}"] = part["pred_clean"]
-                arrays[f"pred_adv_{role}"] = part["pred_adv"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # damaged examples cost the examples only
-        log.warning("cannot merge the examples of %s (%s: %s): the report shows none", name, type(exc).__name__, exc)
-        return
-    with atomic_path(run_dir / ARTIFACTS / EXAMPLES) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)

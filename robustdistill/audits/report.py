@@ -1,0 +1,179 @@
+"""The audit's outcome: the :class:`Report` dataclass (report.json's content) and its summary text.
+
+``Report`` holds what one audit produced (suite, manifest, result rows, gates, flags) and the single verdict
+decided from them (robustdistill.audits.verdict); ``summary()`` is the teacher-vs-student table, membership
+inference table, flags, gates and verdict that the CLI prints. ``ROW_KEYS`` are the keys of a report.json result
+row, in column order. The report is built from the run store by robustdistill.audits.build; the runner
+(robustdistill.audits.runner) returns one from ``audit()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from robustdistill.audits import masking
+from robustdistill.audits.probes import NON_FINITE
+from robustdistill.audits.verdict import decide, flagged_checks
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+ROW_KEYS = ("probe", "model", "metric", "value", "ci95", "n", "params")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class Report:
+    """An audit's outcome; ``to_dict()`` is report.json (DESIGN.md).
+
+    ``verdict``: the one decision (robustdistill.audits.verdict) that the CLI, the exit code and every rendered
+    report show; ``passed`` is its ``passed``: every gate passed, every planned unit finished, no model gave
+    non-finite outputs and none is flagged for gradient masking (unless the suite's ``[verdict]`` opts out).
+    ``results``: a DataFrame, one row per (probe, model, metric[, params]). ``flags``: gradient-masking and
+    ``non_finite_outputs`` flags with evidence. ``gates``: each gate with its value, ``passed`` and ``status``
+    ("passed", "failed", "untrusted", "invalid" or "missing"). ``untrusted``: the models whose robust accuracy is
+    not to be trusted (flagged for gradient masking).
+    """
+
+    suite: dict[str, Any]
+    manifest: dict[str, Any]
+    rows: list[dict[str, Any]]
+    gates: list[dict[str, Any]]
+    flags: list[dict[str, Any]]
+    run_dir: Path | None = None
+    missing: list[str] = field(default_factory=list)
+    rendered: list[Path] = field(default_factory=list)
+    verdict: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            self.verdict = decide(self.gates, self.flags, self.missing, self.suite.get("verdict"),
+                                  self.manifest.get("chain"))
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.verdict["passed"])
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every gate passed, 1 otherwise (DESIGN.md's exit codes of ``robustdistill audit``)."""
+        return 0 if self.passed else 1
+
+    @property
+    def untrusted(self) -> list[str]:
+        return sorted({f["model"] for f in self.flags if f.get("kind") == masking.KIND})
+
+    @property
+    def results(self) -> pd.DataFrame:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=list(ROW_KEYS))
+
+    def value(self, model: str, probe: str, metric: str, **params: Any) -> float | None:
+        """The value of the single row matching (model, probe, metric) and any given params."""
+        matches = [r for r in self.rows if r["model"] == model and r["probe"] == probe and r["metric"] == metric
+                   and all(r["params"].get(k) == v for k, v in params.items())]
+        if len(matches) != 1:
+            raise KeyError(f"{len(matches)} rows match {model}.{probe}.{metric} {params or ''}".strip())
+        return matches[0]["value"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"suite": self.suite, "manifest": self.manifest, "results": self.rows, "gates": self.gates,
+                "flags": self.flags, "verdict": self.verdict}
+
+    def summary(self) -> str:
+        """A short teacher-vs-student table, the flags, the gates and the verdict (what the CLI prints)."""
+        roles = list(self.manifest.get("checkpoints", {})) or sorted({r["model"] for r in self.rows})
+        lines: list[str] = []
+        table: list[tuple[str, list[str]]] = []
+        retention = {(r["model"], r["params"].get("of")): r for r in self.rows if r["probe"] == "retention"}
+        show_retention = "student" in roles and "teacher" in roles
+        for row in self.rows:
+            if row["model"] != roles[0] or row["metric"] not in ("accuracy", "robust_accuracy"):
+                continue
+            if row["probe"] != "clean" and "attack" not in row["params"] or "check" in row["params"]:
+                continue
+            if row["probe"] in ("curve",):
+                continue
+            cells = []
+            for role in roles:
+                other = next((r for r in self.rows if r["model"] == role and r["probe"] == row["probe"]
+                              and r["metric"] == row["metric"] and r["params"] == row["params"]), None)
+                text = _pct(other["value"]) if other else "-"
+                if other and role in self.untrusted and row["probe"] != "clean":
+                    text += " *"
+                cells.append(text)
+            if show_retention:
+                ret = retention.get(("student", row["probe"]))
+                cells.append(_pct(ret["value"]) if ret else "-")
+            label = "clean accuracy" if row["probe"] == "clean" else f"{row['probe']} robust accuracy"
+            table.append((label, cells))
+        header = roles + (["retention"] if show_retention else [])
+        width = max([len(label) for label, _ in table] + [10])
+        lines.append(f"{'':<{width}}  " + "  ".join(f"{h:>10}" for h in header))
+        for label, cells in table:
+            lines.append(f"{label:<{width}}  " + "  ".join(f"{c:>10}" for c in cells))
+        lines.extend(self._privacy_summary(roles))
+        if self.untrusted:
+            lines.append("* not to be trusted: gradient masking flagged for " + ", ".join(self.untrusted))
+        invalid = flagged_checks(self.flags, NON_FINITE)
+        if invalid:
+            lines.append("invalid: NaN or infinite outputs from " + ", ".join(invalid) + "; every gate on them fails")
+        for item in self.flags:
+            lines.append(f"FLAG {item['model']}: {item['check']}: {item['evidence']}")
+        for gate in self.gates:
+            value = "missing" if gate["value"] is None else f"{gate['value']:.4g}"
+            note = f" ({gate['note']})" if gate.get("note") else ""
+            lines.append(f"{gate['status'].upper():<9} {gate['metric']} {gate['op']} {gate['threshold']:g}: {value}{note}")
+        if self.missing:
+            lines.append(f"INCOMPLETE: {len(self.missing)} probe unit(s) did not finish; continue with --resume")
+        lines += [f"warning: {note}" for note in self.verdict.get("notes", [])]
+        lines.append(f"verdict: {self.verdict['summary']}")
+        return "\n".join(lines)
+
+
+    def _privacy_summary(self, roles: list[str]) -> list[str]:
+        """Membership inference: per probe and ground truth, each model's AUC and TPR at 0.1% and 1% FPR."""
+        probes = [p["name"] for p in self.suite.get("probes", []) if str(p.get("kind", "")).startswith("mia-")]
+        if not probes:
+            return []
+        metrics = (("auc", "AUC"), ("tpr_at_0_1pct_fpr", "TPR@0.1%"), ("tpr_at_1pct_fpr", "TPR@1%"))
+        table: list[tuple[str, list[str]]] = []
+        for name in probes:
+            for prefix, view in (("", "own members"), ("teacher_members_", "teacher's members")):
+                cells = []
+                for role in roles:
+                    for metric, _ in metrics:
+                        row = next((r for r in self.rows if r["probe"] == name and r["model"] == role
+                                    and r["metric"] == prefix + metric), None)
+                        if row is None:
+                            cells.append("-")
+                        elif row["value"] is None:
+                            cells.append("n/r")
+                        else:
+                            cells.append(f"{row['value']:.3f}" if metric == "auc" else _pct(row["value"]))
+                if any(c != "-" for c in cells):
+                    table.append((f"{name} ({view})", cells))
+        width = max([len(label) for label, _ in table] + [len("membership inference")])
+        group = 3 * 8 + 2
+        lines = [f"{'membership inference':<{width}}  " + " ".join(f"{role:^{group}}" for role in roles),
+                 f"{'':<{width}}  " + " ".join(" ".join(f"{label:>8}" for _, label in metrics) for _ in roles)]
+        lines += [f"{label:<{width}}  " + " ".join(" ".join(f"{c:>8}" for c in cells[i:i + 3])
+                                                   for i in range(0, len(cells), 3)) for label, cells in table]
+        if any("n/r" in cells for _, cells in table):
+            lines.append("n/r: not resolvable (too few non-members for that false-positive rate)")
+        return lines
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+

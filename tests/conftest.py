@@ -15,6 +15,9 @@ os.environ["ROBUSTDISTILL_CACHE"] = os.path.join(_CACHE, "robustdistill")  # LiR
 os.environ["MPLCONFIGDIR"] = os.path.join(_CACHE, "mpl")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+from collections.abc import Callable, Mapping  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import pytest  # noqa: E402
 
 from robustdistill import reproducibility  # noqa: E402 - imports no torch
@@ -37,3 +40,34 @@ def test_seed() -> int:
     """The seed of the trained test models: 0, or $ROBUSTDISTILL_TEST_SEED to check that a threshold holds across
     seeds, not just for the one it was tuned on."""
     return int(os.environ.get("ROBUSTDISTILL_TEST_SEED", "0"))
+
+
+def snapshot_of(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (its path relative to ``root``, in POSIX form -> its bytes)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def make_users_folder(folder: Path, files: Mapping[str, str | bytes]) -> dict[str, bytes]:
+    """Create ``folder`` (and its parents) holding a user's own ``files`` (name -> text or bytes); returns its
+    snapshot."""
+    folder.mkdir(parents=True)
+    for name, content in files.items():
+        if isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            (folder / name).write_text(content)
+    return snapshot_of(folder)
+
+
+@pytest.fixture(scope="session")
+def snapshot() -> Callable[[Path], dict[str, bytes]]:
+    """``snapshot(root)``: every file under ``root`` (relative POSIX path -> bytes), to compare before and after a
+    write that must be refused."""
+    return snapshot_of
+
+
+@pytest.fixture(scope="session")
+def plant_users_files() -> Callable[[Path, Mapping[str, str | bytes]], dict[str, bytes]]:
+    """``plant_users_files(folder, {name: content})``: a new folder holding a user's own files, where robustdistill is
+    about to write; returns its snapshot."""
+    return make_users_folder

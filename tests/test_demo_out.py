@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,17 +21,13 @@ def in_repo(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)  # the demo reads audits/ and defenses/ relative to the repository root
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize("pipeline", ["kd-student", "privacy"])
-def test_a_users_folder_inside_the_demo_out_is_refused_before_any_training(tmp_path: Path, pipeline: str) -> None:
+def test_a_users_folder_inside_the_demo_out_is_refused_before_any_training(
+        tmp_path: Path, pipeline: str, snapshot: Any, plant_users_files: Any) -> None:
     from robustdistill.demo import run_demo
 
     out = tmp_path / "reports"
-    (out / pipeline).mkdir(parents=True)
-    (out / pipeline / "notes.txt").write_text("mine")
+    plant_users_files(out / pipeline, {"notes.txt": "mine"})
     before = snapshot(out)
     with pytest.raises(UserInputError, match="not written by robustdistill"):
         run_demo(out, quick=True, checkpoints=tmp_path / "checkpoints")
@@ -39,20 +36,18 @@ def test_a_users_folder_inside_the_demo_out_is_refused_before_any_training(tmp_p
     assert sorted(p.name for p in out.iterdir()) == [pipeline]
 
 
-def test_a_checkpoints_folder_robustdistill_did_not_make_is_refused_before_any_training(tmp_path: Path) -> None:
+def test_a_checkpoints_folder_robustdistill_did_not_make_is_refused_before_any_training(
+        tmp_path: Path, snapshot: Any, plant_users_files: Any) -> None:
     from robustdistill.demo import run_demo
 
     checkpoints = tmp_path / "my-models"
-    checkpoints.mkdir()
-    (checkpoints / "ledger.json").write_text('{"experiment": "mine"}')
-    (checkpoints / "notes.txt").write_text("mine")
-    before = snapshot(checkpoints)
+    before = plant_users_files(checkpoints, {"ledger.json": '{"experiment": "mine"}', "notes.txt": "mine"})
     with pytest.raises(UserInputError, match="not written by robustdistill"):
         run_demo(tmp_path / "reports", quick=True, checkpoints=checkpoints)
     assert snapshot(checkpoints) == before and not (tmp_path / "reports").exists()
 
 
-def test_a_quick_demo_never_writes_over_a_full_demos_reports(tmp_path: Path) -> None:
+def test_a_quick_demo_never_writes_over_a_full_demos_reports(tmp_path: Path, snapshot: Any) -> None:
     from robustdistill.demo import run_demo
 
     out = tmp_path / "demo"
@@ -84,7 +79,7 @@ def test_a_users_index_in_a_demo_folder_is_refused_before_any_training(tmp_path:
 
 
 @pytest.mark.parametrize("where", ["a file", "under a file", "under /proc"])
-def test_the_cli_refuses_an_unusable_out_before_training(tmp_path: Path, where: str,
+def test_the_cli_refuses_an_unusable_out_before_training(tmp_path: Path, where: str, snapshot: Any,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "a-file").write_text("x")
     out = {"a file": tmp_path / "a-file", "under a file": tmp_path / "a-file" / "reports",
@@ -97,7 +92,8 @@ def test_the_cli_refuses_an_unusable_out_before_training(tmp_path: Path, where: 
     assert (snapshot(REPO / "checkpoints") if (REPO / "checkpoints").is_dir() else {}) == ledgers  # nothing trained
 
 
-def test_a_companion_teacher_folder_with_a_users_files_is_not_deleted(tmp_path: Path) -> None:
+def test_a_companion_teacher_folder_with_a_users_files_is_not_deleted(tmp_path: Path, snapshot: Any,
+                                                                      plant_users_files: Any) -> None:
     """The demo retrains a companion teacher whose sha256 changed; it removes only a checkpoint robustdistill wrote."""
     from robustdistill.demo import MODELS, _recipe_key, _train_or_reuse
 
@@ -105,9 +101,7 @@ def test_a_companion_teacher_folder_with_a_users_files_is_not_deleted(tmp_path: 
     overrides = [*model.overrides, "epochs=1", "lr_milestones=[]", "val_robust=false"]
     checkpoints = tmp_path / "checkpoints"
     companion = checkpoints / "defensive-distillation-student-teacher"
-    companion.mkdir(parents=True)
-    (companion / "config.json").write_text('{"format": "robustdistill.classifier"}')
-    (companion / "my-results.csv").write_text("mine")
+    plant_users_files(companion, {"config.json": '{"format": "robustdistill.classifier"}', "my-results.csv": "mine"})
     ledger = {companion.name: {"recipe": _recipe_key(model, overrides), "sha256": "0" * 64}}
     with pytest.raises(UserInputError, match="not a checkpoint directory robustdistill wrote"):
         _train_or_reuse(model, overrides, checkpoints, ledger)

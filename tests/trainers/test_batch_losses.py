@@ -219,13 +219,23 @@ def test_adaad_outer_loss_by_hand(alpha: float, teacher: Path, train: ImageSplit
                                   "other reduction": adaad(t_adv, red=other)})
 
 
+def adversarial_training_batch(
+    method: str, train: ImageSplit, batch: tuple[torch.Tensor, torch.Tensor], students: dict[str, Path],
+    attack_method: str,
+) -> tuple[Trainer, Classifier, float, torch.Tensor]:
+    """A teacher-free method's digits recipe, its (trained) model and one real batch_loss call on it: (trainer,
+    model, loss, the x' its attack returned)."""
+    trainer = trainers.create(method, recipe=f"defenses/digits-{method}.toml")
+    model = student_for(trainer, train, students)
+    loss, x_adv = run_batch(trainer, model, batch, attack_method)
+    assert x_adv is not None
+    return trainer, model, loss, x_adv
+
+
 def test_trades_loss_by_hand(train: ImageSplit, batch: tuple[torch.Tensor, torch.Tensor],
                              students: dict[str, Path]) -> None:
     """TRADES: CE(f(x), y) + beta * KL(f(x) || f(x')), beta = 6, batchmean KL, f in train mode."""
-    trainer = trainers.create("trades", recipe="defenses/digits-trades.toml")
-    model = student_for(trainer, train, students)
-    loss, x_adv = run_batch(trainer, model, batch, "trades_adversarial")
-    assert x_adv is not None
+    trainer, model, loss, x_adv = adversarial_training_batch("trades", train, batch, students, "trades_adversarial")
     x, y = batch
     beta = trainer.config.beta
     assert beta == 6.0
@@ -241,10 +251,7 @@ def test_trades_loss_by_hand(train: ImageSplit, batch: tuple[torch.Tensor, torch
 def test_pgd_at_loss_by_hand(train: ImageSplit, batch: tuple[torch.Tensor, torch.Tensor],
                              students: dict[str, Path]) -> None:
     """PGD-AT (Madry): CE(f(x'), y), averaged over the batch, f in train mode."""
-    trainer = trainers.create("pgd-at", recipe="defenses/digits-pgd-at.toml")
-    model = student_for(trainer, train, students)
-    loss, x_adv = run_batch(trainer, model, batch, "adversarial")
-    assert x_adv is not None
+    _, model, loss, x_adv = adversarial_training_batch("pgd-at", train, batch, students, "adversarial")
     x, y = batch
     distinct(loss, ce(outputs(model, x_adv, True), y), {"CE on x": ce(outputs(model, x, True), y)})
 

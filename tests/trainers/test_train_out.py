@@ -26,10 +26,6 @@ def trainer(*extra: str) -> Any:
     return trainers.create("standard", recipe=RECIPE, overrides=[*FAST, *extra])
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def train_cli(out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     sets = [arg for s in FAST for arg in ("--set", s)]
     return subprocess.run([sys.executable, "-m", "robustdistill", "-q", "train", "standard", "--config", RECIPE,
@@ -42,11 +38,10 @@ def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], field: str 
     assert len(lines) == 1 and lines[0].startswith(f"robustdistill: error: {field}: "), result.stderr
 
 
-def test_a_folder_that_only_looks_like_a_checkpoint_is_refused_before_epoch_1(tmp_path: Path) -> None:
+def test_a_folder_that_only_looks_like_a_checkpoint_is_refused_before_epoch_1(tmp_path: Path, snapshot: Any,
+                                                                              plant_users_files: Any) -> None:
     out = tmp_path / "mine"
-    out.mkdir()
-    (out / "config.json").write_text('{"format": "robustdistill.classifier"}')
-    (out / "thesis.tex").write_text("precious")
+    plant_users_files(out, {"config.json": '{"format": "robustdistill.classifier"}', "thesis.tex": "precious"})
     before = snapshot(tmp_path)
     epochs: list[int] = []
     with pytest.raises(UserInputError, match="not a model directory robustdistill wrote"):
@@ -55,7 +50,7 @@ def test_a_folder_that_only_looks_like_a_checkpoint_is_refused_before_epoch_1(tm
     assert snapshot(tmp_path) == before and sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
-def test_saving_never_replaces_a_folder_with_other_files_next_to_a_checkpoint(tmp_path: Path) -> None:
+def test_saving_never_replaces_a_folder_with_other_files_next_to_a_checkpoint(tmp_path: Path, snapshot: Any) -> None:
     """What `proard export`, GUARD's squeeze and every trainer save through: only a folder holding nothing but a
     robustdistill checkpoint's config.json and model.safetensors is replaced."""
     from robustdistill.models import Classifier, save_checkpoint
@@ -100,7 +95,7 @@ def test_a_users_file_where_the_training_report_goes_is_refused_before_training(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.training.html"]
 
 
-def test_retraining_replaces_its_own_checkpoint_and_report(tmp_path: Path) -> None:
+def test_retraining_replaces_its_own_checkpoint_and_report(tmp_path: Path, snapshot: Any) -> None:
     out = tmp_path / "model"
     assert train_cli(out).returncode == 0
     first = snapshot(tmp_path)
@@ -112,17 +107,17 @@ def test_retraining_replaces_its_own_checkpoint_and_report(tmp_path: Path) -> No
     assert after["model.training.png"] != first["model.training.png"]
 
 
-def test_a_users_folder_named_like_the_work_folder_is_never_emptied(tmp_path: Path) -> None:
+def test_a_users_folder_named_like_the_work_folder_is_never_emptied(tmp_path: Path, snapshot: Any,
+                                                                    plant_users_files: Any) -> None:
     out = tmp_path / "model"
     work = tmp_path / "model.partial"
-    work.mkdir()
-    (work / "notes.txt").write_text("mine")
+    plant_users_files(work, {"notes.txt": "mine"})
     with pytest.raises(UserInputError, match="not written by robustdistill"):
         trainer().fit(out, resume=True)
     assert snapshot(work) == {"notes.txt": b"mine"} and not out.exists()
 
 
-def test_files_a_user_adds_to_the_work_folder_survive_the_end_of_training(tmp_path: Path) -> None:
+def test_files_a_user_adds_to_the_work_folder_survive_the_end_of_training(tmp_path: Path, snapshot: Any) -> None:
     out = tmp_path / "model"
     work = tmp_path / "model.partial"
 
@@ -137,7 +132,8 @@ def test_files_a_user_adds_to_the_work_folder_survive_the_end_of_training(tmp_pa
     assert left == {"my-note.txt": b"mine"}  # its own state file is gone, the note stays
 
 
-def test_a_second_training_into_a_checkpoint_in_training_is_refused_naming_the_holder(tmp_path: Path) -> None:
+def test_a_second_training_into_a_checkpoint_in_training_is_refused_naming_the_holder(tmp_path: Path,
+                                                                                      snapshot: Any) -> None:
     out = tmp_path / "model"
     started, go_on = threading.Event(), threading.Event()
 
@@ -164,12 +160,11 @@ def test_a_second_training_into_a_checkpoint_in_training_is_refused_naming_the_h
     assert ownership.holder(tmp_path / "model.partial") is None
 
 
-def test_a_users_folder_where_guard_writes_its_distilled_data_is_refused_before_the_squeeze(tmp_path: Path) -> None:
+def test_a_users_folder_where_guard_writes_its_distilled_data_is_refused_before_the_squeeze(
+        tmp_path: Path, snapshot: Any, plant_users_files: Any) -> None:
     out = tmp_path / "student"
     root = tmp_path / "student.distilled"
-    root.mkdir()
-    (root / "grid.png").write_bytes(b"\x89PNG my picture")
-    (root / "notes.txt").write_text("mine")
+    plant_users_files(root, {"grid.png": b"\x89PNG my picture", "notes.txt": "mine"})
     fast = ["ipc=2", "epochs=1", "recover.iterations=5", "squeeze.epochs=1", "squeeze.arch_params={width=8, hidden=32}",
             "arch_params={width=8, hidden=32}", "device=cpu"]
     guard = trainers.create("guard", recipe=str(REPO / "defenses" / "digits-guard.toml"), overrides=fast)

@@ -60,6 +60,22 @@ def pgd_at_student(one_thread: None, models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def audit_pair() -> Any:
+    """The audit of a suite on a (teacher, student) pair into a fresh run folder, without a progress bar:
+    ``audit_pair(spec, pair, tmp_path_factory, name, render=False) -> Report``."""
+    return run_audit_on_pair
+
+
+def run_audit_on_pair(spec: dict[str, Any], pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
+                      name: str, render: bool = False) -> Any:
+    from robustdistill.audits import audit
+
+    teacher, student = pair
+    return audit(spec, teacher=teacher, student=student, out=tmp_path_factory.mktemp(name) / "run", progress=False,
+                 render=render)
+
+
+@pytest.fixture(scope="session")
 def cheap_suite() -> Any:
     """The builder of a fast suite: ``cheap_suite(teacher, student, **top_level_overrides) -> dict``."""
     return build_cheap_suite

@@ -67,12 +67,11 @@ LIRA_SUITE = suite([{"kind": "mia-loss", "views": ["own"]}, {"kind": "mia-lira",
 
 
 @pytest.fixture(scope="module")
-def lira_run(overfit_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def lira_run(overfit_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
+             audit_pair: Any) -> dict[str, Any]:
     """The first LiRA audit (16 shadows for the teacher, 16 for the student), with the shadow cache around it."""
-    teacher, student = overfit_pair
     before = shadow_state()
-    report = audit(LIRA_SUITE, teacher=teacher, student=student, out=tmp_path_factory.mktemp("lira") / "run",
-                   progress=False, render=False)
+    report = audit_pair(LIRA_SUITE, overfit_pair, tmp_path_factory, "lira")
     return {"report": report, "before": before, "after": shadow_state()}
 
 
@@ -155,12 +154,10 @@ def test_calibration_on_two_sets_of_nonmembers(overfit_pair: tuple[Path, Path], 
 
 
 @pytest.fixture(scope="module")
-def views_run(overfit_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
-    teacher, student = overfit_pair
+def views_run(overfit_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, audit_pair: Any) -> Any:
     views = ["own", "teacher"]
     probes = [{"kind": "mia-loss", "views": views}, {"kind": "mia-confidence", "views": views}]
-    return audit(suite(probes), teacher=teacher, student=student, out=tmp_path_factory.mktemp("views") / "run",
-                 progress=False)
+    return audit_pair(suite(probes), overfit_pair, tmp_path_factory, "views", render=True)
 
 
 @pytest.mark.parametrize("probe", ["mia-loss", "mia-confidence"])

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from robustdistill.audits import audit, load_suite
+from robustdistill.audits import load_suite
 from robustdistill.audits.probes import PROBES
 
 EPS = 0.125  # attacks/digits-linf.toml
@@ -47,11 +47,11 @@ def every_probe_suite() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def contract_run(digits_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any]:
+def contract_run(digits_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory,
+                 audit_pair: Any) -> tuple[Any, Any]:
     teacher, student = digits_pair
     spec = every_probe_suite()
-    report = audit(spec, teacher=teacher, student=student, out=tmp_path_factory.mktemp("contract") / "run",
-                   progress=False, render=False)
+    report = audit_pair(spec, digits_pair, tmp_path_factory, "contract")
     return load_suite(spec, teacher=str(teacher), student=str(student)), report
 
 

@@ -79,6 +79,7 @@ def test_cli_exit_code_and_every_report_give_one_verdict(masked_cli_run: tuple[i
     assert next(line for line in stdout.splitlines() if line.startswith("verdict: ")).startswith("verdict: FAIL")
     assert verdicts(out) == ("FAIL", "FAIL", "FAIL")
     md, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    assert raw["verdict"]["reasons"], raw["verdict"]  # the flag is named as the reason, not only implied
     for reason in raw["verdict"]["reasons"]:
         assert reason["kind"] == "gradient_masking" and "student" in reason["text"]
         assert reason["text"] in md

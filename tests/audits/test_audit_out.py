@@ -30,10 +30,6 @@ def suite(digits_pair: tuple[Path, Path], cheap_suite: Any) -> dict[str, Any]:
     return built
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def users_folder(root: Path) -> Path:
     """A folder with a user's own report.md, a plot and an artifact, named as an audit would name its files."""
     (root / "plots").mkdir(parents=True)
@@ -44,7 +40,8 @@ def users_folder(root: Path) -> Path:
     return root
 
 
-def test_an_existing_folder_robustdistill_did_not_make_is_refused_before_work(suite: dict[str, Any], tmp_path: Path) -> None:
+def test_an_existing_folder_robustdistill_did_not_make_is_refused_before_work(suite: dict[str, Any], tmp_path: Path,
+                                                                               snapshot: Any) -> None:
     out = users_folder(tmp_path / "mine")
     before = snapshot(out)
     units: list[Any] = []
@@ -55,7 +52,7 @@ def test_an_existing_folder_robustdistill_did_not_make_is_refused_before_work(su
     assert snapshot(out) == before and sorted(p.name for p in out.iterdir()) == ["artifacts", "plots", "report.md"]
 
 
-def test_the_cli_exits_2_with_one_line_and_writes_nothing(suite: dict[str, Any], tmp_path: Path,
+def test_the_cli_exits_2_with_one_line_and_writes_nothing(suite: dict[str, Any], tmp_path: Path, snapshot: Any,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     path = write_suite(tmp_path / "suite.toml", suite)
     out = users_folder(tmp_path / "mine")
@@ -98,7 +95,7 @@ def test_rerendering_keeps_a_users_files_in_the_run_directory(suite: dict[str, A
 
 
 def test_report_never_overwrites_a_report_json_in_a_folder_robustdistill_did_not_make(
-        suite: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        suite: dict[str, Any], tmp_path: Path, snapshot: Any, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     audit(suite, out=run, progress=False)
     mine = tmp_path / "mine"  # a user's folder with a copy of the results beside their own files

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from robustdistill.errors import UserInputError
 
 
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-def test_a_users_model_folder_is_never_replaced_by_a_built_tiny_model(tmp_path: Path) -> None:
+def test_a_users_model_folder_is_never_replaced_by_a_built_tiny_model(tmp_path: Path, snapshot: Any) -> None:
     from robustdistill.models import build_tiny_causal_lm
 
     out = tmp_path / "lm"

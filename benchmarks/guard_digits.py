@@ -192,7 +192,7 @@ def unit_masks(run_dir: Path, probe: str, role: str, mask: str) -> Any:
     """The per-point boolean mask ``mask`` a probe stored for ``role`` in a run's results.jsonl."""
     import numpy as np
 
-    from robustdistill.audits.stats import unpack_mask
+    from robustdistill.stats import unpack_mask
 
     for line in (run_dir / "results.jsonl").read_text().splitlines():
         record = json.loads(line)

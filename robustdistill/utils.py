@@ -1,4 +1,4 @@
-"""Small shared helpers: seeding, atomic writes, hashing."""
+"""Small shared helpers: seeding, atomic writes, hashing, devices."""
 
 from __future__ import annotations
 
@@ -97,3 +97,12 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserInputError("device", "CUDA is not available on this machine", "use device = 'cpu' or 'auto'")
     return device
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's first parameter (or buffer); CPU for a model with neither."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")

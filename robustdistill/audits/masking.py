@@ -6,7 +6,7 @@ probes of a suite (:func:`cross_checks`). A flagged model's robust accuracy is n
 gate on its robust metrics fails (see runner).
 
 A difference counts only when it exceeds a tolerance *and* two standard errors of the paired difference
-(:func:`robustdistill.audits.stats.paired_excess`), so sampling noise on a few hundred points is not a flag.
+(:func:`robustdistill.stats.paired_excess`), so sampling noise on a few hundred points is not a flag.
 
 What the tolerances can miss. ``TOLERANCE`` (0.05) covers checks (a) iterative vs single-step, (b) black-box vs
 white-box (more than 5% of the points, and more than 2), (d) more steps or restarts, and ``curve_not_decreasing``.
@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from robustdistill.audits.stats import paired_excess
+from robustdistill.stats import paired_excess
 
 KIND = "gradient_masking"
 SINGLE_STEP = frozenset({"fgsm"})

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 
-from robustdistill.audits.probes import PROBES, EvalContext, Probe, UnitResult
+from robustdistill.audits.probes.base import PROBES, EvalContext, Probe, UnitResult
 from robustdistill.models.size import count_macs, count_params
 
 log = logging.getLogger(__name__)

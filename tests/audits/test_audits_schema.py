@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from robustdistill.audits import PROBES, load_suite
-from robustdistill.audits.stats import paired_excess, wilson
+from robustdistill.stats import paired_excess, wilson
 from robustdistill.errors import UserInputError
 
 REPO = Path(__file__).resolve().parents[2]

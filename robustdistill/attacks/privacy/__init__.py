@@ -1,8 +1,8 @@
 """Privacy attacks: membership inference against classifiers (loss, confidence, LiRA).
 
-The audit probes (``kind = "mia-loss" | "mia-confidence" | "mia-lira"``) are in
-:mod:`robustdistill.attacks.privacy.probes`; the scores, LiRA statistics and metrics are plain functions usable on
-their own::
+The audit probes (``kind = "mia-loss" | "mia-confidence" | "mia-lira"``) are on the audits side, in
+:mod:`robustdistill.audits.probes.privacy`; the scores, LiRA statistics and metrics are plain functions usable on
+their own (this package imports nothing of audits, reports or the CLI)::
 
     from robustdistill.attacks.privacy import membership_metrics
     m = membership_metrics(scores, is_member)      # AUC, balanced accuracy, TPR at 0.1% / 1% FPR, ROC

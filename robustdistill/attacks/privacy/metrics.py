@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from robustdistill.audits.stats import Z95, wilson
+from robustdistill.stats import Z95, wilson
 from robustdistill.errors import UserInputError
 
 LOW_FPRS: tuple[float, ...] = (0.001, 0.01)

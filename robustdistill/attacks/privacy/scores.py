@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from robustdistill.utils import model_device
+
 Query = Literal["auto", "none", "flip", "shift", "flip-shift"]
 QUERIES: tuple[str, ...] = ("auto", "none", "flip", "shift", "flip-shift")
 SHIFTS: tuple[tuple[int, int], ...] = ((0, 1), (0, -1), (1, 0), (-1, 0))
@@ -47,8 +49,6 @@ def query_views(x: torch.Tensor, queries: str) -> list[torch.Tensor]:
 @torch.no_grad()
 def logits_of(model: nn.Module, x: torch.Tensor, queries: str = "none", batch_size: int = 512) -> torch.Tensor:
     """(views, N, classes) float64 logits of ``model`` on every query view of x (eval mode, model's device)."""
-    from robustdistill.audits.probes import model_device
-
     device = model_device(model)
     was_training = model.training
     model.eval()

@@ -1,4 +1,5 @@
-"""Membership-inference probes: ``kind = "mia-loss"``, ``"mia-confidence"`` and ``"mia-lira"`` in a suite.
+"""Membership-inference probes: ``kind = "mia-loss"``, ``"mia-confidence"`` and ``"mia-lira"`` in a suite. The
+scores, LiRA statistics, metrics and shadow training they use are in :mod:`robustdistill.attacks.privacy`.
 
 Each model is attacked against its own training members and - the distillation view - every model other than the
 teacher is also attacked with the TEACHER's members as ground truth: did the student inherit the teacher's
@@ -35,10 +36,10 @@ from robustdistill.attacks.privacy import lira, membership, scores
 from robustdistill.attacks.privacy.metrics import TPR_METRICS, MembershipMetrics, membership_metrics
 from robustdistill.attacks.privacy.shadows import (Recipe, ShadowJob, cache_root, recipe_from_file,
                                                    recipe_from_provenance, train_shadow)
-from robustdistill.audits.probes import PROBES, EvalContext, Probe, ProbeConfig, UnitResult, model_device, value_row
+from robustdistill.audits.probes.base import PROBES, EvalContext, Probe, ProbeConfig, UnitResult, value_row
 from robustdistill.data import SPLITS, parse_spec
 from robustdistill.errors import UserInputError
-from robustdistill.utils import atomic_path
+from robustdistill.utils import atomic_path, model_device
 
 log = logging.getLogger(__name__)
 

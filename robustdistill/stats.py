@@ -1,4 +1,5 @@
-"""Statistics for audit rows: Wilson intervals, paired comparisons of per-point results, bit packing.
+"""Statistics for audit rows and attack metrics: Wilson intervals, paired comparisons of per-point results, bit
+packing. It imports nothing of robustdistill, so attacks, audits and reports can all use it.
 
 Every accuracy in a report carries a 95% Wilson score interval (Wilson 1927; recommended over the normal
 approximation by Brown, Cai and DasGupta 2001 because it stays inside [0, 1] and behaves at 0 and 1).

@@ -3,7 +3,7 @@ of Carlini et al., "On Evaluating Adversarial Robustness" (2019), as flags with 
 
 Two places run them: the ``masking`` probe (its own attack variants on one model) and the runner, across the
 probes of a suite (:func:`cross_checks`). A flagged model's robust accuracy is not to be trusted, and every
-gate on its robust metrics fails (see runner).
+gate on its robust metrics fails (see audits/build.py).
 
 A difference counts only when it exceeds a tolerance *and* two standard errors of the paired difference
 (:func:`robustdistill.stats.paired_excess`), so sampling noise on a few hundred points is not a flag.

@@ -291,23 +291,18 @@ class Trainer:
         ownership.refuse_if_held(work)
         if work.exists() and not resume:
             raise UserInputError("--resume", f"an interrupted run is kept in {work}", f"add --resume to continue it, or delete {work} to start over")
-        # The work folder is this run's from here to its end, before any work (a missing teacher may be trained in
-        # prepare()): a second training into the same --out is refused, naming this one.
+        self.check_inputs()
+        seed_everything(cfg.seed)
+        if train_data is not None:
+            train = full = train_data
+        else:
+            train, full = self.training_split()
+        val = load_split(cfg.data, "val")
+        self.prepare(train)
+        seed_everything(cfg.seed)  # training a missing teacher in prepare() must not change the student's init
+        model = self.build_model(train).to(self.device)
+        # The work folder is this run's until it ends: a second training into the same --out is refused.
         self._work_lock = ownership.acquire(work, f"robustdistill train {self.method}")
-        try:
-            self.check_inputs()
-            seed_everything(cfg.seed)
-            if train_data is not None:
-                train = full = train_data
-            else:
-                train, full = self.training_split()
-            val = load_split(cfg.data, "val")
-            self.prepare(train)
-            seed_everything(cfg.seed)  # training a missing teacher in prepare() must not change the student's init
-            model = self.build_model(train).to(self.device)
-        except BaseException:
-            self.end_run(abandon=True)  # leaves the folder as it was found (a folder made for the run is removed)
-            raise
         ownership.adopt(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work)
         ownership.record(work, [work / STATE_FILE])
         return work, train, full, val, model

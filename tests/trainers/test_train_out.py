@@ -173,28 +173,3 @@ def test_a_users_folder_where_guard_writes_its_distilled_data_is_refused_before_
     assert snapshot(root) == {"grid.png": b"\x89PNG my picture", "notes.txt": b"mine"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student.distilled"]  # nothing squeezed, nothing trained
 
-
-
-def test_the_work_folder_is_locked_before_any_preparation(tmp_path: Path) -> None:
-    """Two trainings started at the same instant: the lock is taken before prepare() (which may train a missing
-    teacher), not after it, so the second is refused before doing any work; a failed preparation leaves nothing."""
-    from robustdistill import ownership
-
-    out, held_during_prepare = tmp_path / "model", []
-    base = type(trainer())
-
-    class Watched(base):  # the real standard trainer, observed while it prepares
-        def prepare(self, train: Any) -> None:
-            held_during_prepare.append(ownership.holder(tmp_path / "model.partial"))
-            super().prepare(train)
-
-    Watched(trainer().config).fit(out)
-    assert held_during_prepare and "robustdistill train standard" in str(held_during_prepare[0])
-
-    class Failing(base):
-        def prepare(self, train: Any) -> None:
-            raise UserInputError("teacher", "cannot be trained")
-
-    with pytest.raises(UserInputError, match="cannot be trained"):
-        Failing(trainer().config).fit(tmp_path / "other")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no other.partial left to block a rerun

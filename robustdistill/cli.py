@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -176,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads",
         metavar="N",
-        help="CPU threads for torch (default 1, or $ROBUSTDISTILL_THREADS: for small models more threads are slower, "
-        "and much slower on a busy machine; raise it for large models on many cores, up to 4 per core)",
+        help="CPU threads for torch (default $ROBUSTDISTILL_THREADS, else $OMP_NUM_THREADS, else 1: for small models more "
+        "threads are slower, and much slower on a busy machine; raise it for large models on many cores, up to 4 per core)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -245,19 +244,6 @@ def _pin_kernels(args: argparse.Namespace) -> None:
         log.debug("CPU kernels pinned: %s", reproducibility.PINNED_ENV)
 
 
-def _threads(flag: str | None) -> int:
-    """--threads, else $ROBUSTDISTILL_THREADS, else 1. Read after parsing, not as the parser's default, so that a
-    bad environment value is one line naming it rather than a traceback; bounded, as torch crashes on 100000."""
-    from robustdistill.limits import check_threads
-
-    field, raw = ("--threads", flag) if flag is not None else ("ROBUSTDISTILL_THREADS", os.environ.get("ROBUSTDISTILL_THREADS", "1"))
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise UserInputError(field, f"{raw!r} is not a whole number", "e.g. 1") from None
-    return check_threads(field, value)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -267,14 +253,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"robustdistill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from robustdistill.threads import apply_thread_default
+
     try:
-        threads = _threads(args.threads)
+        apply_thread_default(args.threads, field="--threads")
     except UserInputError as exc:
         print(f"robustdistill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    import torch
-
-    torch.set_num_threads(threads)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)

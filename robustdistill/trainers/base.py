@@ -69,6 +69,24 @@ def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> tor
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def make_optimizer(params: Any, config: TrainConfig) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimiser (SGD with momentum, Adam or AdamW, each with the config's weight decay) and its learning-rate
+    schedule, stepped once per epoch: ``lr_milestones`` x ``lr_gamma`` steps, or cosine decay over ``epochs`` where
+    the config has ``lr_schedule = "cosine"`` (GUARD / SRe2L's configs, as their official scripts; the other
+    configs have no ``lr_schedule`` field and always step). Every trainer, and GUARD's squeeze stage, builds its
+    optimiser here."""
+    c = config
+    if c.optimizer == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    elif c.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+    if getattr(c, "lr_schedule", "multistep") == "cosine":
+        return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=c.epochs)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(c.lr_milestones), gamma=c.lr_gamma)
+
+
 @dataclass
 class TrainState:
     """Everything needed to continue after the last finished epoch, saved as tensors and plain values only."""
@@ -147,15 +165,7 @@ class Trainer:
         )
 
     def make_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        cfg = self.config
-        if cfg.optimizer == "sgd":
-            optimizer: torch.optim.Optimizer = torch.optim.SGD(
-                model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-            )
-        else:
-            optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_milestones), gamma=cfg.lr_gamma)
-        return optimizer, scheduler
+        return make_optimizer(model.parameters(), self.config)
 
     def validate(self, model: Classifier, val: ImageSplit) -> dict[str, float]:
         model.eval()

@@ -90,7 +90,6 @@ from robustdistill.trainers.guard_squeeze import (
     SqueezeConfig,
     SqueezeSettings,
     SqueezeTrainer,
-    make_optimizer,
 )
 from robustdistill.utils import seed_everything, write_json_atomic
 
@@ -345,11 +344,6 @@ class GuardTrainer(Trainer):
         return super().fit(out, resume=resume, on_epoch_end=on_epoch_end, train_data=synthetic)
 
     # --- the student ------------------------------------------------------------------------------------------
-    def make_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        c = self.config
-        return make_optimizer(model.parameters(), c.optimizer, c.lr, c.momentum, c.weight_decay, c.lr_schedule,
-                              c.lr_milestones, c.lr_gamma, c.epochs)
-
     def batch_loss(self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
         assert self.squeezed is not None, "fit() loads the squeezed model first"

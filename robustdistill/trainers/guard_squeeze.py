@@ -3,8 +3,8 @@
 Here live the squeeze stage's settings (``[squeeze]`` in a recipe, :class:`SqueezeSettings`), its trainer config
 (:class:`SqueezeConfig`, recorded in the squeezed checkpoint), :class:`SqueezeTrainer` (cross-entropy plus the
 curvature penalty of :mod:`robustdistill.trainers.curvature`, computed in eval mode in the network's normalised input
-space) and :func:`make_optimizer`, the SGD / Adam / AdamW + step / cosine set-up shared with the student trainer in
-:mod:`robustdistill.trainers.guard`, which runs the whole pipeline.
+space). Its optimiser and schedule come from :func:`robustdistill.trainers.base.make_optimizer`, as every trainer's.
+The whole pipeline runs in :mod:`robustdistill.trainers.guard`.
 """
 
 from __future__ import annotations
@@ -61,22 +61,6 @@ class SqueezeConfig(TrainConfig):
     curvature_h: float = Field(3.0, gt=0)
 
 
-def make_optimizer(
-    params: Any, optimizer: str, lr: float, momentum: float, weight_decay: float, schedule: str,
-    milestones: list[int], gamma: float, epochs: int,
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD / Adam / AdamW with a step or cosine schedule (stepped once per epoch, as the official scripts do)."""
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if schedule == "cosine":
-        return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(milestones), gamma=gamma)
-
-
 class SqueezeTrainer(Trainer):
     """The squeeze stage: cross-entropy on the real data, plus GUARD's curvature regulariser unless it is "none"."""
 
@@ -86,11 +70,6 @@ class SqueezeTrainer(Trainer):
     def __init__(self, config: SqueezeConfig) -> None:
         super().__init__(config)
         self._penalty_sum, self._penalty_n = 0.0, 0
-
-    def make_optimizer(self, model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-        c = self.config
-        return make_optimizer(model.parameters(), c.optimizer, c.lr, c.momentum, c.weight_decay, c.lr_schedule,
-                              c.lr_milestones, c.lr_gamma, c.epochs)
 
     def batch_loss(self, model: Classifier, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x)

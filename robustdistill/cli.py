@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from robustdistill.catalog import FAMILIES
 from robustdistill.errors import UserInputError
 
 log = logging.getLogger("robustdistill")
@@ -142,23 +144,12 @@ def _add_proard(sub: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from robustdistill import attacks, trainers
-    from robustdistill.audits import PROBES
-    from robustdistill.models import ARCHITECTURES
+    from robustdistill.catalog import load_index, render
 
-    families: dict[str, list[tuple[str, object]]] = {
-        "attacks": attacks.ATTACKS.items(),
-        "probes": PROBES.items(),
-        "trainers": trainers.TRAINERS.items(),
-        "architectures": ARCHITECTURES.items(),
-    }
-    for family, entries in families.items():
-        if args.family and args.family != family:
-            continue
-        print(f"{family}:")
-        for name, factory in entries:
-            doc = (factory.__doc__ or "").strip().splitlines()
-            print(f"  {name:<26} {doc[0] if doc else ''}")
+    try:
+        print(render(load_index(), args.family))
+    except BrokenPipeError:  # `robustdistill list | head`: the reader has what it wanted
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so that Python's exit flush does not fail again
     return 0
 
 
@@ -206,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     lister = sub.add_parser("list", help="list attacks, probes, trainers and architectures", description="List what is registered.")
-    lister.add_argument("family", nargs="?", choices=["attacks", "probes", "trainers", "architectures"], help="only this family")
-    lister.set_defaults(handler=_list)
+    lister.add_argument("family", nargs="?", choices=FAMILIES, help="only this family")
+    lister.set_defaults(handler=_list, uses_torch=False)  # a static index: answers without loading torch
 
     _add_proard(sub)
     from robustdistill.audits.commands import add_commands
@@ -253,10 +244,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as exc:
         print(f"robustdistill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from robustdistill.threads import apply_thread_default
+    from robustdistill.threads import apply_thread_default, requested
 
     try:
-        apply_thread_default(args.threads, field="--threads")
+        if getattr(args, "uses_torch", True):
+            apply_thread_default(args.threads, field="--threads")
+        else:
+            requested(args.threads, field="--threads")  # still refuse a bad value, as every command does
     except UserInputError as exc:
         print(f"robustdistill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -24,7 +24,11 @@ REPRODUCIBLE := ROBUSTDISTILL_REPRODUCIBLE=1
 demo: $(STAMP)
 	$(REPRODUCIBLE) $(BIN)/robustdistill demo
 
-test: $(STAMP)
+# The layering contracts (pyproject.toml, [tool.importlinter]) first: a forbidden import fails the run in a second.
+lint: $(STAMP)
+	$(BIN)/lint-imports --no-cache
+
+test: lint
 	$(REPRODUCIBLE) $(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

@@ -193,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", metavar="DIR",
                       help="where the reports go (default reports/demo, or reports/demo-quick with --quick)")
-    demo.add_argument("--quick", action="store_true", help="a smoke run: few epochs, 100 test points (under a minute)")
+    from robustdistill.demo import QUICK_SAMPLES  # imports no torch
+
+    demo.add_argument("--quick", action="store_true",
+                      help=f"a smoke run: few epochs, {QUICK_SAMPLES} test points (under a minute)")
     demo.set_defaults(handler=_demo)
 
     lister = sub.add_parser("list", help="list attacks, probes, trainers and architectures", description="List what is registered.")

@@ -19,12 +19,12 @@ from typing import Any
 
 from robustdistill import ownership
 from robustdistill.errors import UserInputError
-from robustdistill.models.checkpoint import remove_checkpoint
-from robustdistill.utils import write_json_atomic
 
 log = logging.getLogger(__name__)
 
 # Quick mode trains each model for a few epochs and audits with audits/demo-quick.toml (a smoke run, < 60 s).
+QUICK_SUITE = "audits/demo-quick.toml"
+QUICK_SAMPLES = 50  # the quick suite's `samples` (`demo --help` says it; tests/test_demo_out.py checks they agree)
 QUICK_EPOCHS = {"standard": 5, "trades": 3, "kd": 5, "pgd-at": 6, "defensive-distillation": 5}
 PRIVACY_SUITE = "audits/digits-privacy.toml"
 PRIVACY_QUICK_SUITE = "audits/demo-privacy-quick.toml"
@@ -98,6 +98,8 @@ def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledge
     """Reuse a checkpoint only if its sha256 is the one recorded when the demo trained it, from the same recipe."""
     from robustdistill import trainers
     from robustdistill.models import checkpoint_sha256
+    from robustdistill.models.checkpoint import remove_checkpoint
+    from robustdistill.utils import write_json_atomic
 
     out = checkpoints / model.name
     companion = out.with_name(out.name + "-teacher")
@@ -134,7 +136,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, checkpoints:
     locked while the demo runs."""
     started = time.perf_counter()
     out = Path(out) if out is not None else Path("reports") / ("demo-quick" if quick else "demo")
-    suite = suite or ("audits/demo-quick.toml" if quick else "audits/demo.toml")
+    suite = suite or (QUICK_SUITE if quick else "audits/demo.toml")
     if not Path(suite).is_file():
         raise UserInputError("suite", f"file not found: {suite}", "run the demo from the repository root")
     checkpoints = Path(checkpoints) if checkpoints else Path("checkpoints") / ("demo-quick" if quick else "demo")

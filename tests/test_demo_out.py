@@ -133,3 +133,13 @@ def test_the_quick_demo_has_its_own_folder_and_keeps_a_users_files(tmp_path: Pat
     assert again.table == result.table
     for name, payload in mine.items():
         assert (quick / name).read_bytes() == payload, name
+
+
+def test_demo_help_states_the_quick_runs_test_points(capsys: pytest.CaptureFixture[str]) -> None:
+    import tomllib
+
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    samples = tomllib.loads((REPO / "audits" / "demo-quick.toml").read_text())["samples"]
+    assert f"--quick a smoke run: few epochs, {samples} test points" in text

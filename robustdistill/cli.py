@@ -258,8 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"robustdistill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     handler: Callable[[argparse.Namespace], int] = args.handler
+    from robustdistill.progress import logs_above_bars
+
     try:
-        return handler(args)
+        with logs_above_bars():  # INFO lines above the progress bars, never glued onto a bar's line
+            return handler(args)
     except UserInputError as exc:
         print(f"robustdistill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

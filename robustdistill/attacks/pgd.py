@@ -7,10 +7,12 @@ logits from a uniform random start, with optional restarts keeping each sample's
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from robustdistill.attacks.base import ATTACKS, LOSSES, Attack, LossFn, Norm, check_positive, gradient, project
+from robustdistill.attacks.base import ATTACKS, LOSSES, Attack, Norm, check_positive, project
 from robustdistill.errors import UserInputError
 from robustdistill.limits import check_restarts, check_steps
 
@@ -26,28 +28,35 @@ def random_start(x: torch.Tensor, eps: float, norm: Norm, generator: torch.Gener
     return project(x + (direction * radius).view_as(x), x, eps, norm)
 
 
-def pgd_steps(
-    model: nn.Module,
+def ascent_direction(grad: torch.Tensor, norm: Norm) -> torch.Tensor:
+    """The steepest-ascent step of unit size in ``norm``: the gradient's sign (L-inf) or the gradient scaled to unit
+    L2 norm per sample (L2)."""
+    if norm == "linf":
+        return grad.sign()
+    flat = grad.flatten(1)
+    return (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(grad)
+
+
+def projected_ascent(
+    objective: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
-    y: torch.Tensor,
     x_start: torch.Tensor,
     *,
     eps: float,
-    alpha: float,
+    step_size: float,
     steps: int,
     norm: Norm,
-    loss_fn: LossFn,
 ) -> torch.Tensor:
-    """Run ``steps`` projected ascent steps of ``loss_fn`` from ``x_start``; reused by the trainers' attacks."""
+    """``steps`` steps of projected gradient ascent of ``objective(x_adv)`` (a scalar) from ``x_start``: each a step
+    of ``step_size`` along :func:`ascent_direction`, then projection onto the eps-ball around x inside [0, 1].
+
+    The one ascent loop of PGD (its loss of the logits) and of the adversarial trainers' inner maximisation (any
+    objective, e.g. a teacher-student KL: robustdistill.trainers.adversarial.maximise)."""
     x_adv = x_start.detach()
     for _ in range(steps):
-        grad, _ = gradient(model, x_adv, y, loss_fn)
-        if norm == "linf":
-            step = grad.sign()
-        else:
-            flat = grad.flatten(1)
-            step = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(grad)
-        x_adv = project(x_adv + alpha * step, x, eps, norm).detach()
+        x_adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
+        x_adv = project(x_adv.detach() + step_size * ascent_direction(grad, norm), x, eps, norm).detach()
     return x_adv
 
 
@@ -93,11 +102,12 @@ class PGD(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         best = x.clone()
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        loss_fn = LOSSES[self.loss]
         for _ in range(self.restarts):
             start = random_start(x, self.eps, self.norm, generator) if self.random_start else x
-            x_adv = pgd_steps(
-                model, x, y, start, eps=self.eps, alpha=self.alpha, steps=self.steps, norm=self.norm,
-                loss_fn=LOSSES[self.loss],
+            x_adv = projected_ascent(
+                lambda x_adv: loss_fn(model(x_adv), y), x, start, eps=self.eps, step_size=self.alpha,
+                steps=self.steps, norm=self.norm,
             )
             if self.restarts == 1:
                 return x_adv

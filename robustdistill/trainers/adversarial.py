@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from robustdistill.attacks.base import project
-from robustdistill.attacks.pgd import random_start
+from robustdistill.attacks.pgd import projected_ascent, random_start
 
 KLReduction = Literal["mean", "batchmean"]
 AttackStart = Literal["uniform", "normal"]  # uniform in the ball (Madry, ARD) or x + 0.001 N(0, 1) (TRADES, RSLAD)
@@ -68,20 +68,11 @@ def maximise(
     around x, inside [0, 1], with ``model`` in the given BatchNorm mode; the model's mode is restored after."""
     was_training = model.training
     model.train(bn_mode == "train")
-    x_adv = attack_start(x, start, eps, norm, generator).detach()
     try:
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
-            if norm == "linf":
-                step = grad.sign()
-            else:
-                flat = grad.flatten(1)
-                step = (flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-12)).view_as(grad)
-            x_adv = project(x_adv.detach() + step_size * step, x, eps, norm).detach()
+        return projected_ascent(objective, x, attack_start(x, start, eps, norm, generator), eps=eps,
+                                step_size=step_size, steps=steps, norm=norm)  # type: ignore[arg-type]
     finally:
         model.train(was_training)
-    return x_adv
 
 
 def mixes_samples(model: nn.Module) -> bool:

@@ -1,84 +1,26 @@
 """The training report ``robustdistill train`` writes next to a checkpoint: per-epoch curves from its provenance.
 
 ``<out>.training.png`` and a self-contained ``<out>.training.html`` (outside the checkpoint directory, so the
-checkpoint's sha256 stays the one of its weights and config). Panels: the training loss; clean and PGD accuracy on
-val with the selected epoch marked; and any method-specific series the trainer recorded per epoch (MTARD's teacher
-weights ``w_*``, B-MTARD's temperatures ``tau_*``).
+checkpoint's sha256 stays the one of its weights and config). The page has the audit reports' look and number
+formats (:mod:`robustdistill.reports.html_page`, :func:`robustdistill.reports.records.fmt_value`): the selected
+epoch and its val accuracy, the curves (:mod:`robustdistill.reports.training_plot`), a table per epoch and the
+recipe.
 """
 
 from __future__ import annotations
 
 import base64
-import html
-import itertools
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
 from robustdistill.errors import UserInputError
-from robustdistill.reports import plots
+from robustdistill.reports.html_page import _figure, _section, esc, html_table, page
+from robustdistill.reports.records import fmt_param, fmt_value, humanise, to_float
+from robustdistill.reports.training_plot import SUBNETS, extra_series, series_name, training_png
 
-STANDARD = {"epoch", "lr", "train_loss", "train_accuracy", "val_clean_accuracy", "val_robust_accuracy",
-            "stage", "stage_epoch"}  # ProARD's stage is drawn as boundaries, not as a series
-SUBNETS = ("smallest", "largest")  # ProARD validates these sub-networks: one panel per metric, a line each
-
-
-def extra_series(history: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
-    """Method-specific per-epoch numbers (everything but the standard keys), by name."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    for record in history:
-        for key, value in record.items():
-            if key not in STANDARD and isinstance(value, (int, float)):
-                series.setdefault(key, []).append((int(record["epoch"]), float(value)))
-    return series
-
-
-def training_figure(provenance: dict[str, Any], title: str) -> bytes:
-    history = provenance.get("history") or []
-    best = (provenance.get("selection") or {}).get("best_epoch")
-    extras = extra_series(history)
-    groups = {}  # one panel per family: w_* together, tau_* together, a metric over sub-networks together, the rest alone
-    for key in extras:
-        head, _, tail = key.rpartition("_")
-        family = key.split("_")[0] if key.split("_")[0] in ("w", "tau") else head if tail in SUBNETS else key
-        groups.setdefault(family, []).append(key)
-    # Epochs after which a new stage begins (ProARD's progressive stages).
-    stages = [int(r["epoch"]) for previous, r in itertools.pairwise(history) if r.get("stage") != previous.get("stage")]
-    panels = 2 + len(groups)
-    from matplotlib import rc_context
-
-    with rc_context(plots._style()):
-        figure = plots._figure(4.2 * min(panels, 3), 3.2 * ((panels + 2) // 3))
-        epochs = [int(r["epoch"]) for r in history]
-        ax = figure.add_subplot((panels + 2) // 3, min(panels, 3), 1)
-        ax.plot(epochs, [r.get("train_loss") for r in history], color="#57606a")
-        ax.set(title="training loss", xlabel="epoch")
-        ax = figure.add_subplot((panels + 2) // 3, min(panels, 3), 2)
-        for key, label, colour in (("val_clean_accuracy", "clean (val)", "#3b6fb6"),
-                                   ("val_robust_accuracy", "PGD (val)", "#e07b39")):
-            if any(key in r for r in history):
-                ax.plot(epochs, [r.get(key) for r in history], label=label, color=colour)
-        for i, start in enumerate(stages):
-            ax.axvline(start - 0.5, color="#8c959f", linewidth=0.8, label="new stage" if i == 0 else None)
-        if best:
-            ax.axvline(best, color="#2e9e6a", linestyle=":", label=f"selected (epoch {best})")
-        ax.set(title="validation accuracy", xlabel="epoch", ylim=(0, 1.02))
-        ax.legend(loc="lower right")
-        for i, (family, keys) in enumerate(groups.items()):
-            ax = figure.add_subplot((panels + 2) // 3, min(panels, 3), 3 + i)
-            for key in keys:
-                points = extras[key]
-                tail = key.rpartition("_")[2]
-                ax.plot([p[0] for p in points], [p[1] for p in points], label=f"{tail} of the stage" if tail in SUBNETS else key)
-            name = {"w": "teacher weights", "tau": "teacher temperatures"}.get(family, family)
-            if all(key.rpartition("_")[2] in SUBNETS for key in keys):
-                name = f"{family.removeprefix('val_').replace('_', ' ')} (val) by sub-network"
-            ax.set(title=name, xlabel="epoch")
-            ax.legend(loc="best")
-        figure.suptitle(title, fontweight="bold")
-        figure.tight_layout()
-        return plots._png(figure)
-
+__all__ = ["check_training_report", "extra_series", "report_paths", "training_page", "write_training_report"]
 
 GENERATOR = '<meta name="generator" content="robustdistill training report">'
 # What an earlier version's training report (no generator tag) always holds.
@@ -118,6 +60,13 @@ def check_training_report(checkpoint: str | Path) -> None:
                                  "goes there)", "move it away, or choose another --out")
 
 
+# Table headers as (line 1, line 2): two short lines keep a wide history (MTARD's, ProARD's) within the page.
+COLUMN_NAMES = {"epoch": ("Epoch", ""), "lr": ("Learning", "rate"), "train_loss": ("Train", "loss"),
+                "train_accuracy": ("Train", "accuracy"), "val_clean_accuracy": ("Val", "clean"),
+                "stage": ("Stage", ""), "stage_epoch": ("Epoch", "of stage")}
+SELECTION = {"clean": "clean accuracy", "robust": "robust accuracy", "mean": "the mean of clean and robust accuracy"}
+
+
 def write_training_report(checkpoint: str | Path) -> list[Path]:
     """Write ``<checkpoint>.training.png`` and ``.training.html`` from the checkpoint's provenance; a file of the
     same name that robustdistill did not write is never replaced."""
@@ -126,25 +75,132 @@ def write_training_report(checkpoint: str | Path) -> list[Path]:
     checkpoint = Path(checkpoint)
     check_training_report(checkpoint)
     provenance = json.loads((checkpoint / "config.json").read_text()).get("provenance") or {}
-    recipe = provenance.get("recipe") or {}
-    title = f"{recipe.get('method', 'training')}: {checkpoint.name}"
-    png = training_figure(provenance, title)
+    png = training_png(provenance, f"{robust_name(provenance)} (val)")
     png_path, html_path = report_paths(checkpoint)
     _write_bytes(png_path, png)
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(f'{v:.4g}' if isinstance(v, float) else str(v))}</td>" for v in r.values())
-        + "</tr>" for r in provenance.get("history") or [])
-    header = "".join(f"<th>{html.escape(k)}</th>" for k in ((provenance.get("history") or [{}])[0]))
-    selection = provenance.get("selection") or {}
-    _write_text(html_path, f"""<!doctype html><html><head><meta charset="utf-8">{GENERATOR}<title>{html.escape(title)}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem;color:#1f2328}}table{{border-collapse:collapse;font-size:13px}}
-td,th{{border-bottom:1px solid #d0d7de;padding:3px 8px;text-align:right}}img{{max-width:100%}}</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>Selected epoch {html.escape(str(selection.get('best_epoch')))} on the {html.escape(str(selection.get('split', 'val')))}
-split by {html.escape(str(selection.get('metric')))} accuracy. Checkpoint: <code>{html.escape(str(checkpoint))}</code>.</p>
-<img alt="training curves" src="data:image/png;base64,{base64.b64encode(png).decode()}">
-<h2>Per epoch</h2><table><tr>{header}</tr>{rows}</table>
-<details><summary>Recipe</summary><pre>{html.escape(json.dumps(recipe, indent=2))}</pre></details>
-</body></html>
-""")
+    _write_text(html_path, training_page(checkpoint, provenance, png))
     return [png_path, html_path]
+
+
+def robust_name(provenance: dict[str, Any]) -> str:
+    """The val attack as the curves and the table name it: ``PGD-10``."""
+    steps = ((provenance.get("recipe") or {}).get("config") or {}).get("val_attack_steps")
+    return f"PGD-{steps}" if isinstance(steps, int) else "PGD"
+
+
+def training_page(checkpoint: Path, provenance: dict[str, Any], png: bytes) -> str:
+    """The HTML page around the curves ``png``: a header, the selected epoch, the curves, every epoch, the recipe."""
+    recipe = provenance.get("recipe") or {}
+    method = str(recipe.get("method", "training"))
+    history = provenance.get("history") or []
+    parts = [  # the audit report's layout: header, sections, footer
+        f'<header><p class="eyebrow">robustdistill training report · {esc(method)}</p><h1>{esc(checkpoint.name)}</h1>'
+        f'<p class="sub">{esc(_subtitle(method, provenance))}</p>'
+        '<nav><a href="#selected">Selected epoch</a><a href="#curves">Curves</a><a href="#epochs">Per epoch</a>'
+        '<a href="#recipe">Recipe</a></nav></header>',
+        _section("selected", "Selected epoch", _selection(checkpoint, provenance)),
+        _section("curves", "Curves", _figure(png, "training curves", _caption(provenance), "No epochs recorded.")),
+        _section("epochs", "Per epoch", _epoch_table(provenance) if history else '<p class="note">No epochs recorded.</p>'),
+        _section("recipe", "Recipe", "<details><summary>The recipe as trained (every setting, defaults included)"
+                 f"</summary><pre>{esc(json.dumps(recipe, indent=2))}</pre></details>"),
+        f"<footer>robustdistill{(' ' + esc(provenance['robustdistill'])) if provenance.get('robustdistill') else ''}"
+        f" · rendered {esc(dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))}</footer>",
+    ]
+    html = page(f"{checkpoint.name} ({method}) — robustdistill training report", "\n".join(parts))
+    # The generator tag marks the page as ours (see _ours): in <head>, which page() does not take content for.
+    tagged = html.replace("</title>", f"</title>\n{GENERATOR}", 1)
+    if GENERATOR not in tagged:
+        raise RuntimeError("html_page.page() wrote no <title>: the training report would not be recognised as ours")
+    return tagged
+
+
+def _subtitle(method: str, provenance: dict[str, Any]) -> str:
+    config = (provenance.get("recipe") or {}).get("config") or {}
+    data = provenance.get("data") or {}
+    kind = (data.get("spec") or {}).get("kind", "data")
+    n = data.get("n_trained_on")
+    points = f" ({n:,} points)" if isinstance(n, int) else ""
+    epochs = len(provenance.get("history") or [])
+    created = _when(provenance.get("created"))
+    return (f"{method} training of {config.get('arch', 'a model')} on {kind}{points}, {epochs} epoch"
+            f"{'s' if epochs != 1 else ''}" + (f" · {created}" if created else ""))
+
+
+def _when(stamp: Any) -> str:
+    """``2026-12-01 02:08 UTC`` from provenance's ISO time stamp (as the reports' footers write times)."""
+    try:
+        return dt.datetime.fromisoformat(str(stamp)).astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except ValueError:
+        return str(stamp or "")
+
+
+def _selection(checkpoint: Path, provenance: dict[str, Any]) -> str:
+    selection = provenance.get("selection") or {}
+    history = provenance.get("history") or []
+    best = selection.get("best_epoch")
+    metric = str(selection.get("metric"))
+    record = next((r for r in history if r.get("epoch") == best), None)
+    where = f"<p>Checkpoint: <code>{esc(checkpoint)}</code></p>"
+    if record is None:
+        return f'<p class="note">No epoch was selected.</p>{where}'
+    how = ("the last epoch, kept without selection" if metric == "last"
+           else f"the best {esc(selection.get('split', 'val'))} {esc(SELECTION.get(metric, metric))}")
+    values = [f"{esc(_val_name(key, provenance))} <strong>{esc(fmt_value(record[key], key))}</strong>"
+              for key in record if key.startswith("val_") and to_float(record[key]) is not None]
+    return (f"<p>Epoch <strong>{esc(best)}</strong> of {len(history)}, {how}."
+            + (f" On val: {', '.join(values)}." if values else "") + f"</p>{where}")
+
+
+def _val_name(key: str, provenance: dict[str, Any]) -> str:
+    """``PGD-10 accuracy`` for ``val_robust_accuracy`` (in a sentence that already says "on val")."""
+    if key == "val_robust_accuracy":
+        return f"{robust_name(provenance)} accuracy"
+    if key == "val_clean_accuracy":
+        return "clean accuracy"
+    name = series_name(key.removeprefix("val_"))
+    return name[:1].lower() + name[1:]
+
+
+def _caption(provenance: dict[str, Any]) -> str:
+    config = (provenance.get("recipe") or {}).get("config") or {}
+    eps, norm = to_float(config.get("eps")), config.get("norm", "linf")
+    attack = (f"{robust_name(provenance)}: {config.get('val_attack_steps')}-step PGD at eps {eps:.4g} ({norm}) on "
+              "every val point." if eps else "")
+    return f"Loss and accuracy per epoch; the dotted line marks the selected epoch. {attack}".strip()
+
+
+def _column_name(key: str, provenance: dict[str, Any]) -> tuple[str, str]:
+    if key == "val_robust_accuracy":
+        return "Val", robust_name(provenance)
+    if key in COLUMN_NAMES:
+        return COLUMN_NAMES[key]
+    head, _, tail = key.rpartition("_")
+    if tail in SUBNETS:  # ProARD: val_clean_accuracy_smallest -> "Val clean", "smallest"
+        return humanise(head.removesuffix("_accuracy")), tail
+    name, _, detail = series_name(key).partition(" · ")
+    return name, detail
+
+
+def _cell(key: str, value: Any) -> str:
+    """The audit reports' formats: accuracies as ``93.3%``, other numbers with three decimals, settings (the
+    learning rate) as written."""
+    if key == "lr":
+        return esc(fmt_param(value))
+    if isinstance(value, int) and not isinstance(value, bool):
+        return esc(value)
+    return esc(fmt_value(value, key))
+
+
+def _epoch_table(provenance: dict[str, Any]) -> str:
+    history = provenance.get("history") or []
+    best = (provenance.get("selection") or {}).get("best_epoch")
+    keys = list(dict.fromkeys(key for record in history for key in record))
+    rows = []
+    for record in history:
+        cells = [_cell(key, record[key]) if key in record else "—" for key in keys]
+        if record.get("epoch") == best:
+            cells[keys.index("epoch")] += ' <span class="pill pass">selected</span>'
+        rows.append(cells)
+    numeric = [i for i, key in enumerate(keys) if key != "stage"]
+    header = ["<br>".join(esc(line) for line in _column_name(key, provenance) if line) for key in keys]
+    return html_table(header, rows, numeric=numeric, css="compact")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from robustdistill.reports.records import (  # fmt_ci, fmt_size, fmt_value: impo
     to_float,
 )
 from robustdistill.reports.size_data import SIZE_KINDS, Size, SizeColumn, SizeModel
+from robustdistill.reports.status import reduced_labels, with_reduced
 
 __all__ = ["ComparisonRow", "Report", "fmt_ci", "fmt_size", "fmt_value"]
 
@@ -103,6 +105,38 @@ class Report:
     @property
     def suite_name(self) -> str:
         return str(self.suite.get("name") or "audit")
+
+    def checkpoint_names(self) -> dict[str, str]:
+        """Role -> the file or folder name of its checkpoint (``checkpoints/demo/kd-student`` -> ``kd-student``)."""
+        names = {}
+        for role, info in self.checkpoints.items():
+            path = str(info.get("path") or "").rstrip("/\\")
+            if path:
+                names[role] = path.replace("\\", "/").rsplit("/", 1)[-1]
+        return names
+
+    @property
+    def pipeline(self) -> str:
+        """Which models the report audits, for its title: ``clean-teacher → kd-student`` (any other roles after
+        them), or "" when the manifest names no checkpoints."""
+        names = self.checkpoint_names()
+        pair = [names.pop("teacher") + " → " + names.pop("student")] if {"teacher", "student"} <= set(names) else []
+        return ", ".join(pair + [names[role] for role in order_roles(names)])
+
+    @property
+    def title(self) -> str:
+        """The pipeline, else the suite name: every demo report has the suite name "demo", which tells them apart
+        from nothing."""
+        return self.pipeline or self.suite_name
+
+    @cached_property
+    def reduced(self) -> dict[str, str]:
+        """Attack label (and probe name) -> why it ran reduced (robustdistill.reports.status.reduced_attack)."""
+        return reduced_labels(self.rows)
+
+    def display_label(self, label: str) -> str:
+        """An attack's label as every report prints it: ``autoattack (reduced)`` when it ran reduced."""
+        return with_reduced(label, self.reduced)
 
     @property
     def passed(self) -> bool | None:
@@ -215,7 +249,8 @@ class Report:
                 continue
             shared = {k: v for k, v in row.params.items() if k not in ("source", "target", "model", "seed")}
             key = (row.probe, row.label, row.metric, json.dumps(shared, sort_keys=True, default=str))
-            entry = groups.setdefault(key, ComparisonRow(row.probe, row.label, row.metric, shared, {}))
+            reduced = self.reduced.get(row.label, "")
+            entry = groups.setdefault(key, ComparisonRow(row.probe, row.label, row.metric, shared, {}, reduced=reduced))
             entry.cells.setdefault(row.model, row)
         roles = order_roles(role for entry in groups.values() for role in entry.cells)
         ordered = sorted(groups.values(), key=lambda e: (e.probe != "clean", e.metric != "accuracy", e.probe))
@@ -352,13 +387,18 @@ class ComparisonRow:
     params: dict[str, Any]
     cells: dict[str, Row]
     ambiguous: bool = False
+    reduced: str = ""  # why the attack ran reduced (robustdistill.reports.status), "" at full strength
+
+    @property
+    def display_label(self) -> str:
+        return f"{self.label} (reduced)" if self.reduced else self.label
 
     def title(self) -> str:
         if self.probe == "clean" and self.metric == "accuracy":
             return "Clean accuracy"
         base = humanise(self.metric)
         if self.label != self.probe or self.probe not in ("clean", "attack"):
-            base += f" · {self.label}"
+            base += f" · {self.display_label}"
         eps = to_float(self.params.get("eps"))
         if self.ambiguous and eps is not None:
             base += f" (ε = {eps:.3g})"
@@ -367,7 +407,7 @@ class ComparisonRow:
     def short_title(self) -> str:
         if self.probe == "clean" and self.metric == "accuracy":
             return "clean"
-        title = self.label
+        title = self.display_label
         eps = to_float(self.params.get("eps"))
         if self.ambiguous and eps is not None:
             title += f"\nε={eps:.3g}"

@@ -1,5 +1,9 @@
-"""index.html: the demo's index page, one row per audited student linking its report.html, with the students'
-summary values formatted by :func:`fmt_summary`.
+"""index.html: the demo's index page, linking every report. Each pipeline takes two lines, teacher above student, so
+their numbers (each with its 95% interval) sit side by side; pipelines measuring the same things share a table (the
+robustness pipelines one, the privacy pipeline another), so no table carries a column of dashes for the others.
+
+:func:`index_summary` gathers an entry's numbers from a :class:`~robustdistill.reports.data.Report`;
+:func:`render_index_html` lays out the entries (an entry's ``summary`` may also hold plain numbers, the student's).
 """
 
 from __future__ import annotations
@@ -9,19 +13,22 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from robustdistill.reports.html_page import _section, esc, html_table, page, pill
-from robustdistill.reports.records import fmt_value, is_fraction, to_float
+from robustdistill.reports.data import Report
+from robustdistill.reports.html_page import Footnotes, _section, esc, page, pill, value_cell
+from robustdistill.reports.records import Row, fmt_value, is_fraction, to_float
+from robustdistill.reports.status import reduced_note
 
-
+ROLES = ("teacher", "student")
 # Words of a metric name that say its value is not a fraction. Matched as whole words of the snake_case name, so
 # an attack called "cw-linf" still reads as an accuracy while "median_linf" does not.
 NOT_FRACTIONS = frozenset({"auc", "l2", "linf", "norm", "loss", "time", "seconds", "eps", "dist", "distance", "count", "n",
                            "queries", "steps"})
+LIRA_VIEWS = {"auc": "LiRA AUC (own members)", "teacher_members_auc": "LiRA AUC (teacher's members)"}
 
 
 def fmt_summary(key: str, value: Any) -> str:
-    """An index summary value: fractions (accuracy-like names, or any value in [0, 1] whose name does not say it
-    is a distance, loss, time or count) as percentages, the rest as numbers."""
+    """A plain index summary value: fractions (accuracy-like names, or any value in [0, 1] whose name does not say
+    it is a distance, loss, time or count) as percentages, the rest as numbers."""
     number = to_float(value)
     if number is None or isinstance(value, bool):
         return fmt_value(value, key)
@@ -31,48 +38,113 @@ def fmt_summary(key: str, value: Any) -> str:
     return fmt_value(number, key)
 
 
+def _cell(row: Row) -> dict[str, Any]:
+    return {"value": row.value, "ci95": list(row.ci95) if row.ci95 else None, "metric": row.metric, "n": row.n}
+
+
+def index_summary(report: Report) -> tuple[dict[str, dict[str, dict[str, Any]]], list[str]]:
+    """Column -> role -> ``{"value", "ci95", "metric", "n"}`` for the teacher and the student: clean accuracy, robust
+    accuracy per attack (reduced ones labelled so), the LiRA AUCs; and the one-line notes on reduced attacks."""
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
+    reduced: list[str] = []
+    _, entries = report.comparison()
+    for entry in entries:
+        clean = entry.probe == "clean" and entry.metric == "accuracy"
+        if not clean and entry.metric != "robust_accuracy":
+            continue
+        key = "clean" if clean else entry.short_title().replace("\n", " ")
+        cells = {role: _cell(row) for role, row in entry.cells.items() if role in ROLES and row.value is not None}
+        if cells and key not in summary:
+            summary[key] = cells
+            if entry.reduced:
+                reduced.append(reduced_note(entry.label, entry.reduced))
+    for row in report.rows:
+        if row.probe == "mia-lira" and row.model in ROLES and row.metric in LIRA_VIEWS and row.value is not None:
+            summary.setdefault(LIRA_VIEWS[row.metric], {}).setdefault(row.model, _cell(row))
+    return summary, reduced
+
+
+def _value(found: Any, key: str, notes: Footnotes, untrusted: bool) -> str:
+    """A cell: a value with its interval, or a plain number (an entry written by hand, or by an older version)."""
+    if not isinstance(found, Mapping):
+        return esc(fmt_summary(key, found))
+    ci = found.get("ci95")
+    ci95 = (float(ci[0]), float(ci[1])) if isinstance(ci, list | tuple) and len(ci) == 2 else None
+    n = to_float(found.get("n"))
+    row = Row("", str(found.get("role", "")), str(found.get("metric", key)), to_float(found.get("value")), ci95,
+              int(n) if n is not None else None, {})
+    return value_cell(row, notes, untrusted)
+
+
+def _columns(entry: Mapping[str, Any]) -> tuple[str, ...]:
+    summary = entry.get("summary")
+    return tuple(str(k) for k in summary) if isinstance(summary, Mapping) else ()
+
+
+def _entry_rows(entry: Mapping[str, Any], columns: Sequence[str], notes: Footnotes) -> list[str]:
+    """The entry's two lines: the report (its link, verdict and flags) spanning both, then per role its model and
+    values."""
+    name = esc(entry.get("name") or entry.get("report") or "?")
+    link = entry.get("report")
+    title = f'<a href="{esc(link)}"><strong>{name}</strong></a>' if link else f"<strong>{name}</strong>"
+    passed = entry.get("passed")
+    flags = to_float(entry.get("flags"))
+    flag_text = ""
+    if flags:
+        flag_text = f' <span class="pill warn" title="see the report\'s Flags section">⚠ {int(flags)} flags</span>'
+    summary = entry.get("summary") if isinstance(entry.get("summary"), Mapping) else {}
+    masked = set(entry.get("masked") or ())
+    klass = ' class="failed"' if passed is False else ""
+    lines = []
+    for i, role in enumerate(ROLES):
+        head = (f'<td rowspan="2" class="pipeline">{title}<div>{pill(passed if isinstance(passed, bool) else None)}'
+                f"{flag_text}</div></td>" if i == 0 else "")
+        cells = []
+        for column in columns:
+            found = summary.get(column)
+            if isinstance(found, Mapping) and role in found:
+                robust = column not in ("clean", *LIRA_VIEWS.values())
+                cells.append(_value({**found[role], "role": role}, column, notes, robust and role in masked))
+            elif not isinstance(found, Mapping) and found is not None and role == "student":
+                cells.append(_value(found, column, notes, False))
+            else:
+                cells.append('<span class="note">—</span>')
+        model = f'<span class="note">{role}</span> {esc(entry.get(role, "—"))}'
+        lines.append(f"<tr{klass}>{head}<td>{model}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells)
+                     + "</tr>")
+    return lines
+
+
 def render_index_html(entries: Sequence[Mapping[str, Any]], title: str) -> str:
-    """The demo's index: one row per audited student, linking its report.html."""
-    metrics: list[str] = []
+    """The demo's index: per pipeline its teacher and student side by side, linking its report.html."""
+    tables: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for entry in entries:
-        summary = entry.get("summary")
-        if isinstance(summary, Mapping):
-            metrics += [str(k) for k in summary if str(k) not in metrics]
-    header = ["Report", "Teacher", "Student", "Verdict", "Flags", *map(esc, metrics)]
-    rows, classes = [], []
-    for entry in entries:
-        name = esc(entry.get("name") or entry.get("report") or "?")
-        link = entry.get("report")
-        cell = f'<a href="{esc(link)}"><strong>{name}</strong></a>' if link else f"<strong>{name}</strong>"
-        passed = entry.get("passed")
-        flags = to_float(entry.get("flags"))
-        flag_text = '<span class="note">0</span>'
-        if flags:
-            flag_text = f'<span class="pill warn" title="see the report\'s Flags section">⚠ {int(flags)}</span>'
-        summary = entry.get("summary") if isinstance(entry.get("summary"), Mapping) else {}
-        values = [esc(fmt_summary(m, summary.get(m))) for m in metrics]
-        rows.append(
-            [
-                cell,
-                esc(entry.get("teacher", "—")),
-                esc(entry.get("student", "—")),
-                pill(passed if isinstance(passed, bool) else None),
-                flag_text,
-                *values,
-            ]
+        tables.setdefault(_columns(entry), []).append(entry)
+    notes = Footnotes()
+    content = []
+    for columns, group in tables.items():
+        head = "".join(f'<th class="num">{esc(c)}</th>' for c in columns)
+        body = "".join(line for entry in group for line in _entry_rows(entry, columns, notes))
+        content.append(
+            f'<div class="scroll"><table class="index stack"><thead><tr><th>Pipeline</th><th>Model</th>{head}</tr>'
+            f"</thead><tbody>{body}</tbody></table></div>"
         )
-        classes.append("failed" if passed is False else "")
+    reduced = list(dict.fromkeys(note for entry in entries for note in entry.get("notes") or ()))
+    content.append(notes.html())
+    content += [f'<p class="note reduced">⚠ {esc(text)}</p>' for text in reduced]
+    content.append(
+        '<p class="note">Each value is followed by its 95% confidence interval; percentages are accuracies, AUCs '
+        "are membership-inference attack AUCs (0.5: no measurable leakage). A flag count above zero means a check "
+        "(e.g. gradient masking) fired: read that report's warning.</p>"
+    )
     n_pass = sum(1 for e in entries if e.get("passed") is True)
     body = (
         f'<header><p class="eyebrow">robustdistill</p><h1>{esc(title)}</h1>'
         f'<p class="sub">{len(entries)} report{"s" if len(entries) != 1 else ""} · {n_pass} passed</p></header>'
-        + _section(
-            "reports",
-            "Reports",
-            html_table(header, rows, numeric=range(5, len(header)), row_classes=classes)
-            + '<p class="note">Summary values are the student\'s; percentages are accuracies. A flag count '
-            "above zero means a check (e.g. gradient masking) fired: read that report's warning.</p>",
-        )
+        + _section("reports", "Reports", "\n".join(content))
         + f"<footer>rendered {esc(dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))}</footer>"
     )
     return page(title, body)
+
+
+__all__ = ["fmt_summary", "index_summary", "render_index_html"]

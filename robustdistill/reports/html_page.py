@@ -11,7 +11,8 @@ from collections.abc import Iterable, Sequence
 from html import escape
 from typing import Any
 
-from robustdistill.reports.records import Row, fmt_ci, fmt_interval
+from robustdistill.reports.records import NOT_RESOLVABLE, Row, fmt_interval, fmt_value
+from robustdistill.reports.status import MASKED_NOTE, GateStatus, Notes
 
 CSS = """
 :root { --fg: #1f2328; --muted: #59636e; --line: #d1d9e0; --zebra: #f6f8fa; --bg: #eef1f4;
@@ -63,6 +64,12 @@ table.privacy td:first-child { white-space: nowrap; }
 table.size th { vertical-align: bottom; }
 td.num .wrap { white-space: normal; }
 ol.footnotes { margin: 6px 0 0; padding-left: 20px; color: var(--muted); font-size: 13px; }
+sup.fn { color: var(--warn); font-weight: 700; margin-left: 1px; }
+.ci { color: var(--muted); font-size: 0.9em; }
+table.stack .ci, table.stack .gate { display: block; }
+td .gate { display: block; margin-top: 2px; }
+.reduced { color: var(--warn); font-weight: 600; }
+p.settings { margin: 4px 0 8px; font-size: 13px; color: var(--muted); }
 .pill { display: inline-block; padding: 1px 10px; border-radius: 999px; font-weight: 700; font-size: 12px;
   letter-spacing: .03em; white-space: nowrap; }
 .pill.pass { color: var(--pass); background: var(--pass-bg); }
@@ -98,14 +105,6 @@ def esc(value: Any) -> str:
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
-#: Hover text of a gate's warning pill (the status the runner gave the gate).
-GATE_TITLES = {
-    "untrusted": "gradient masking detected on a model whose gradients made the adversarial examples",
-    "invalid": "a model behind this value gave NaN or infinite outputs",
-    "missing": "no value: not measured, or undefined",
-}
 
 
 def pill(passed: bool | None) -> str:
@@ -144,19 +143,49 @@ def page(title: str, body: str) -> str:
     )
 
 
-def _cell_value(row: Row | None, untrusted: bool) -> str:
+class Footnotes(Notes):
+    """Footnotes under an HTML table: ``<sup>n</sup>`` marks, the reasons as an ordered list."""
+
+    def mark(self, text: str) -> str:
+        return f'<sup class="fn">{self.number(text)}</sup>'
+
+    def html(self) -> str:
+        if not self.texts:
+            return ""
+        return '<ol class="footnotes">' + "".join(f"<li>{esc(text)}</li>" for text in self.texts) + "</ol>"
+
+
+def gate_badges(status: GateStatus, notes: Footnotes | None = None) -> str:
+    """The one rendering of a gate's status in HTML: its PASS/FAIL pill, then UNTRUSTED, INVALID or MISSING and the
+    reason, as a footnote mark when ``notes`` collects them, else as a line under the pills."""
+    passed = {"pass": True, "fail": False}.get(status.result)
+    html = pill(passed)
+    if status.warning:
+        html += f' <span class="pill warn">{esc(status.warning.upper())}</span>'
+        html += notes.mark(status.reason) if notes is not None else f'<span class="detail">{esc(status.reason)}</span>'
+    return html
+
+
+
+def value_cell(row: Row | None, notes: Footnotes | None = None, untrusted: bool = False, gate: str = "") -> str:
+    """A value and its 95% interval (``66.0% [52.2, 77.6]``, the interval in a span that narrow tables put on its
+    own line), n on hover; ``gate``: the badges of a gate on this value; ``untrusted``: the value of a model
+    flagged for gradient masking, marked ⚠ with the reason as a footnote."""
     if row is None:
-        return '<span class="note">—</span>'
-    text = esc(fmt_ci(row.value, row.ci95, row.metric))
-    tip = []
-    if row.ci95 is not None:
-        tip.append(f"95% CI {fmt_interval(row.ci95, row.metric)}")
+        return '<span class="note">—</span>' + (f" {gate}" if gate else "")
+    if row.unresolvable:
+        text = f'<span class="note wrap">{NOT_RESOLVABLE}</span>'
+        return text + (notes.mark(row.note) if notes is not None and row.note else "")
+    text = esc(fmt_value(row.value, row.metric))
+    if untrusted and not gate:
+        mark = notes.mark(MASKED_NOTE.format(role=row.model)) if notes is not None else ""
+        text += f' <span class="untrusted" title="{esc(MASKED_NOTE.format(role=row.model))}">⚠{mark}</span>'
+    if row.ci95 is not None and row.value is not None:
+        text += f' <span class="ci">{esc(fmt_interval(row.ci95, row.metric))}</span>'
     if row.n is not None:
-        tip.append(f"n = {row.n}")
-    if tip:
-        text = f'<span title="{esc(", ".join(tip))}">{text}</span>'
-    if untrusted:
-        text += ' <span class="untrusted" title="gradient masking detected: not to be trusted">⚠</span>'
+        text = f'<span title="n = {row.n}">{text}</span>'
+    if gate:
+        text += f'<span class="gate">{gate}</span>'
     return text
 
 

@@ -101,7 +101,7 @@ def robustness_curve(report: Report) -> bytes | None:
             eps = np.array([r.eps for r in rows], dtype=float)
             value = np.array([r.value for r in rows], dtype=float)
             colour = role_colour(role, roles)
-            name = role if len(labels) == 1 else f"{role} · {label}"
+            name = role if len(labels) == 1 else f"{role} · {report.display_label(label)}"
             ax.plot(
                 eps,
                 value,
@@ -140,7 +140,7 @@ def robustness_curve(report: Report) -> bytes | None:
         ax.set_xlim(left=0)
         ax.set_xlabel("ε (perturbation budget)")
         ax.set_ylabel("robust accuracy")
-        title = "Robustness curve" + (f" ({labels[0]})" if len(labels) == 1 else "")
+        title = "Robustness curve" + (f" ({report.display_label(labels[0])})" if len(labels) == 1 else "")
         ax.set_title(title, loc="left")
         _legend(ax, len(curves))
         return _png(figure)
@@ -316,7 +316,7 @@ def _strip(cells: list[np.ndarray], borders: list[str], border: int, gap: int) -
     return strip
 
 
-def examples_grid(examples: Examples, max_examples: int = 10) -> bytes:
+def examples_grid(examples: Examples, attack: str = "", max_examples: int = 10) -> bytes:
     """A row of clean inputs, then per role its adversarial inputs and the perturbation (adv - clean).
 
     Titles give the true label over the clean row and ``clean prediction → adversarial prediction`` over the
@@ -387,7 +387,7 @@ def examples_grid(examples: Examples, max_examples: int = 10) -> bytes:
                     )
         figure.subplots_adjust(hspace=0.35)
         figure.suptitle(
-            f"Clean and adversarial examples ({examples.attack}); perturbation colour scale ±{scale:.3g}",
+            f"Clean and adversarial examples, {attack or examples.attack}; perturbation colour scale ±{scale:.3g}",
             x=0.02,
             ha="left",
             fontsize=12,

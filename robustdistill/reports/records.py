@@ -21,6 +21,8 @@ ROLE_ORDER = ("teacher", "student")
 NOT_RESOLVABLE = "not resolvable"
 #: Metrics that count things (shown as whole numbers with thousands separators).
 COUNT_METRICS = frozenset({"parameters", "macs"})
+#: Metrics printed as whole numbers: the counts, and the masking probe's number of checks that flagged.
+WHOLE_NUMBERS = COUNT_METRICS | {"checks_failed"}
 
 
 def role_sort_key(role: str) -> tuple[int, str]:
@@ -58,7 +60,7 @@ def fmt_value(value: Any, metric: str = "") -> str:
         )
     if is_fraction(metric):
         return f"{number * 100:.1f}%"
-    if metric.rsplit(".", 1)[-1].lower() in COUNT_METRICS and number.is_integer():
+    if metric.rsplit(".", 1)[-1].lower() in WHOLE_NUMBERS and number.is_integer():
         return f"{int(number):,}"
     if abs(number) >= 1e4:
         return f"{number:.4g}"
@@ -80,27 +82,36 @@ def fmt_size(value: Any) -> str:
     return f"{scaled:.3g} {unit}"
 
 
+def fmt_bound(value: float, metric: str = "") -> str:
+    """One end of an interval, in the unit of its value but without the "%": ``85.0``; the ends of the scale exactly
+    (0 and 100%) as ``0`` and ``100``, which read as "cannot go further" rather than as a rounded number."""
+    if is_fraction(metric):
+        percent = value * 100
+        return f"{percent:.0f}" if percent in (0.0, 100.0) else f"{percent:.1f}"
+    return fmt_value(value, metric)
+
+
+def fmt_interval(ci95: tuple[float, float] | None, metric: str = "") -> str:
+    """``[85.0, 100]``: the 95% interval itself (Wilson intervals are asymmetric: "± half-width" would misstate
+    them), or "—" without one."""
+    if ci95 is None:
+        return "—"
+    return f"[{fmt_bound(ci95[0], metric)}, {fmt_bound(ci95[1], metric)}]"
+
+
 def fmt_ci(value: Any, ci95: tuple[float, float] | None, metric: str = "") -> str:
-    """``61.0 ± 4.0%`` (half-width of the 95% interval) or ``0.842 ± 0.031``; just the value without a CI."""
+    """The one way every report prints a value with its 95% interval: ``100.0% [85.0, 100]`` or
+    ``0.842 [0.811, 0.873]``; just the value without an interval."""
     number = to_float(value)
     if number is None or ci95 is None:
         return fmt_value(value, metric)
-    half = (ci95[1] - ci95[0]) / 2
-    if is_fraction(metric):
-        return f"{number * 100:.1f} ± {half * 100:.1f}%"
-    return f"{number:.3f} ± {half:.3f}"
+    return f"{fmt_value(number, metric)} {fmt_interval(ci95, metric)}"
 
 
 def fmt_row(row: Row) -> str:
     """:func:`fmt_value`, except that a TPR the probe could not resolve reads "not resolvable": a blank or 0 there
     would read as "the attack found nothing" when the run simply had too few non-members to measure it."""
     return NOT_RESOLVABLE if row.unresolvable else fmt_value(row.value, row.metric)
-
-
-def fmt_interval(ci95: tuple[float, float] | None, metric: str = "") -> str:
-    if ci95 is None:
-        return "—"
-    return f"[{fmt_value(ci95[0], metric)}, {fmt_value(ci95[1], metric)}]"
 
 
 def fmt_param(value: Any) -> str:
@@ -116,6 +127,42 @@ def fmt_param(value: Any) -> str:
 def fmt_params(params: Mapping[str, Any], skip: Iterable[str] = ()) -> str:
     skipped = set(skip)
     return ", ".join(f"{k}={fmt_param(v)}" for k, v in params.items() if k not in skipped)
+
+
+def shared_params(rows: Iterable[Row], skip: Iterable[str] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The params every row has with the same value (printed once above a table), and each row's other params
+    (printed on its row); with a single row nothing is "shared"."""
+    rows = list(rows)
+    skipped = set(skip)
+    params = [{k: v for k, v in row.params.items() if k not in skipped} for row in rows]
+    if len(params) < 2:
+        return {}, params
+
+    def same(key: str) -> bool:
+        first = json.dumps(params[0][key], sort_keys=True, default=str)
+        return all(key in p and json.dumps(p[key], sort_keys=True, default=str) == first for p in params[1:])
+
+    shared = {key: value for key, value in params[0].items() if same(key)}
+    return shared, [{k: v for k, v in p.items() if k not in shared} for p in params]
+
+
+#: Hex digests longer than this are shortened in the manifest (the full one stays in report.json).
+DIGEST_CHARS = 12
+
+
+def fmt_fact(value: Any) -> str:
+    """A manifest value for people: a mapping as ``kind: digits · split: test · n: 50``, a long hex digest shortened
+    to its first 12 characters, lists comma-separated; never raw JSON."""
+    if isinstance(value, Mapping):
+        return " · ".join(f"{k}: {fmt_fact(v)}" for k, v in value.items()) or "—"
+    if isinstance(value, list | tuple):
+        return ", ".join(fmt_fact(v) for v in value) or "—"
+    if value is None:
+        return "—"
+    text = str(value)
+    if len(text) > 2 * DIGEST_CHARS and all(c in "0123456789abcdef" for c in text.lower()):
+        return text[:DIGEST_CHARS] + "…"
+    return fmt_param(value)
 
 
 def humanise(metric: str) -> str:
@@ -188,6 +235,7 @@ class Gate:
     value: Any
     passed: bool | None
     status: str | None = None  # "passed", "failed", "untrusted", "invalid" or "missing" (older files: none)
+    note: str = ""  # the runner's reason for a status other than passed/failed
 
     @property
     def role(self) -> str:
@@ -209,7 +257,8 @@ class Gate:
         if not isinstance(passed, bool):
             passed = _compare(to_float(raw.get("value")), op, to_float(raw.get("threshold")))
         status = raw.get("status") if isinstance(raw.get("status"), str) else None
-        return cls(str(raw.get("metric") or "?"), op, raw.get("threshold"), raw.get("value"), passed, status)
+        note = raw.get("note") if isinstance(raw.get("note"), str) else ""
+        return cls(str(raw.get("metric") or "?"), op, raw.get("threshold"), raw.get("value"), passed, status, note)
 
 
 #: Gate statuses that the reports mark next to the result (the value alone would mislead).

@@ -16,7 +16,7 @@ from robustdistill.reports import plots as plotting
 from robustdistill.reports.data import Report
 from robustdistill.reports.examples import load_examples
 from robustdistill.reports.html import render_html
-from robustdistill.reports.html_index import render_index_html
+from robustdistill.reports.html_index import index_summary, render_index_html
 from robustdistill.reports.markdown import render_markdown
 from robustdistill.reports.privacy_data import ROC_KEY, Privacy, load_privacy
 from robustdistill.reports.size_data import SIZE_TITLE
@@ -30,8 +30,6 @@ PLOTS = {
     "examples": ("examples.png", "Clean and adversarial examples"),
     "size": ("accuracy_vs_size.png", SIZE_TITLE),
 }
-#: Plots shown in their own section of report.md rather than under "Plots".
-IN_SECTION = ("size",)
 
 
 def plot_file(key: str) -> tuple[str, str]:
@@ -67,7 +65,9 @@ def build_plots(report: Report, run_dir: Path, privacy: Privacy | None = None) -
     pngs: dict[str, bytes | None] = {
         "curve": plotting.robustness_curve(report),
         "attacks": plotting.attack_bars(report),
-        "examples": plotting.examples_grid(examples) if examples is not None else None,
+        "examples": plotting.examples_grid(examples, report.display_label(examples.attack))
+        if examples is not None
+        else None,
         "size": plotting.accuracy_vs_size(report.size()),
     }
     if privacy is not None:
@@ -89,17 +89,8 @@ def render(run_dir: str | os.PathLike[str]) -> list[Path]:
     report = Report.load(run_dir / "report.json")
     privacy = load_privacy(report, run_dir)
     pngs, examples_note = build_plots(report, run_dir, privacy)
-    links, roc_links, section_links = {}, {}, {}
-    for key, png in pngs.items():
-        if png is not None:
-            name, caption = plot_file(key)
-            if key.startswith(ROC_KEY):  # shown in the privacy section, not under plots
-                roc_links[key.removeprefix(ROC_KEY)] = f"plots/{name}"
-            elif key in IN_SECTION:
-                section_links[key] = f"plots/{name}"
-            else:
-                links[caption] = f"plots/{name}"
-    markdown = render_markdown(report, links, examples_note, privacy, roc_links, size_plot=section_links.get("size"))
+    links = {key: f"plots/{plot_file(key)[0]}" for key, png in pngs.items() if png is not None}
+    markdown = render_markdown(report, links, examples_note, privacy)
     html = render_html(report, pngs, examples_note, privacy)
 
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
@@ -135,8 +126,10 @@ def _check_owned(run_dir: Path, targets: Sequence[Path]) -> None:
 def render_index(entries: Sequence[Mapping[str, Any]], out: str | os.PathLike[str], title: str) -> Path:
     """Write a self-contained index.html at ``out`` linking every report.
 
-    Each entry: ``{"name", "report" (path of its report.html relative to out's folder), "teacher", "student",
-    "passed" (bool), "flags" (int), "summary" ({metric: value}, accuracies as fractions)}``.
+    Each entry (:func:`index_entry` writes them): ``{"name", "report" (path of its report.html relative to out's
+    folder), "teacher", "student" (model names), "passed" (bool), "flags" (int), "masked" (roles flagged for
+    gradient masking), "summary" ({column: {role: {"value", "ci95", "metric", "n"}}}, accuracies as fractions; a plain
+    number stands for the student's value), "notes" (lines printed under the table)}``.
     """
     out = Path(out)
     _write_text(out, render_index_html(list(entries), title))
@@ -146,34 +139,24 @@ def render_index(entries: Sequence[Mapping[str, Any]], out: str | os.PathLike[st
 def index_entry(
     run_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str], name: str | None = None
 ) -> dict[str, Any]:
-    """The :func:`render_index` entry for a rendered run: verdict, flag count and the student's clean and robust
-    accuracies (one per attack) read from its report.json; ``report`` is relative to ``index_dir``."""
+    """The :func:`render_index` entry for a rendered run, read from its report.json: verdict, flag count, the models
+    flagged for gradient masking, and the teacher's and student's clean and robust accuracies (one per attack) and
+    LiRA AUCs with their intervals (:func:`robustdistill.reports.html_index.index_summary`); ``report`` is relative
+    to ``index_dir``."""
     run_dir = Path(run_dir)
     report = Report.load(run_dir / "report.json")
-    checkpoints = report.checkpoints
-    summary: dict[str, Any] = {}
-    _, entries = report.comparison()
-    for entry in entries:
-        row = entry.cells.get("student")
-        if row is None or row.value is None:
-            continue
-        key = (
-            "clean" if entry.probe == "clean" and entry.metric == "accuracy" else entry.short_title().replace("\n", " ")
-        )
-        summary.setdefault(key, row.value)
-    # Membership inference: the student's LiRA AUC on its own and on the teacher's members.
-    for row in report.rows:
-        if row.model == "student" and row.probe == "mia-lira" and row.metric in ("auc", "teacher_members_auc"):
-            view = "own members" if row.metric == "auc" else "teacher's members"
-            summary.setdefault(f"LiRA AUC ({view})", row.value)
+    names = report.checkpoint_names()
+    summary, notes = index_summary(report)
     return {
         "name": name or run_dir.name,
         "report": os.path.relpath(run_dir / "report.html", Path(index_dir)).replace(os.sep, "/"),
-        "teacher": Path(str(checkpoints.get("teacher", {}).get("path", "—"))).name,
-        "student": Path(str(checkpoints.get("student", {}).get("path", "—"))).name,
+        "teacher": names.get("teacher", "—"),
+        "student": names.get("student", "—"),
         "passed": report.passed,
         "flags": len(report.flags),
+        "masked": report.masked_roles,
         "summary": summary,
+        "notes": notes,
     }
 
 

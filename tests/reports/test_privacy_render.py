@@ -123,11 +123,13 @@ def test_privacy_section_in_html_and_markdown(tmp_path: Path) -> None:
     assert heads == ["teacher", "student", "robust"]
     assert f"Members / non-members: {N_MEMBERS} / {N_NONMEMBERS} for every row." in privacy
     for text in ("0.612", "0.574", "0.533", "3.1%", "56.2%"):
-        assert f">{text}</span>" in privacy, text
-    assert '<span title="95% CI [0.582, 0.642], n = 1080">0.612</span>' in privacy
-    # An unresolvable TPR says so, with the probe's reason as tooltip and footnote; never 0 or a dash.
-    assert privacy.count(">not resolvable</span><sup>1</sup>") == 6  # one per (probe, role, view)
-    assert f'title="{NOTE}"' in privacy and f"<li>{NOTE}</li>" in privacy
+        assert f'>{text} <span class="ci">[' in privacy, text
+    # AUCs with their intervals printed (issue 12: they were hover-only), n on hover.
+    assert '<span title="n = 1080">0.612 <span class="ci">[0.582, 0.642]</span></span>' in privacy
+    assert '0.533 <span class="ci">[0.503, 0.563]</span>' in privacy
+    # An unresolvable TPR says so, with the probe's reason as footnote; never 0 or a dash.
+    assert privacy.count('>not resolvable</span><sup class="fn">1</sup>') == 6  # one per (probe, role, view)
+    assert f"<li>{NOTE}</li>" in privacy
     assert "0.0%" not in privacy
     # One embedded log-log ROC per probe, also written for report.md.
     images = roc_images(privacy)
@@ -137,7 +139,7 @@ def test_privacy_section_in_html_and_markdown(tmp_path: Path) -> None:
     assert "## Membership inference (privacy)" in md
     assert "| probe | attacked with | members / non-members | teacher AUC |" in md
     lira_teacher_view = next(line for line in md.splitlines() if line.startswith("| mia-lira | teacher's members"))
-    assert "0.533 ± 0.030" in lira_teacher_view and "not resolvable¹" in lira_teacher_view
+    assert "0.533 [0.503, 0.563]" in lira_teacher_view and "not resolvable¹" in lira_teacher_view
     assert f"¹ {NOTE}" in md
     assert "![Membership inference ROC (mia-lira)](plots/roc-mia-lira.png)" in md
     # The attack's balanced accuracy is not a model accuracy: it stays out of the teacher-vs-student table.
@@ -163,7 +165,7 @@ def test_kind_from_rows_when_the_suite_is_missing(tmp_path: Path) -> None:
     del raw["suite"]
     (run_dir / "report.json").write_text(json.dumps(raw))
     render(run_dir)
-    assert ">0.612</span>" in section((run_dir / "report.html").read_text())
+    assert '>0.612 <span class="ci">' in section((run_dir / "report.html").read_text())
 
 
 def test_missing_or_broken_roc_files_are_notes(tmp_path: Path) -> None:
@@ -187,7 +189,7 @@ def test_missing_or_broken_roc_files_are_notes(tmp_path: Path) -> None:
     assert "No ROC curves for mia-loss." in privacy
     assert "roc-mia-lira-student.npz is missing" in md
     # The table does not depend on the curves; plots without curves are not written, and stale ones go.
-    assert ">0.612</span>" in privacy
+    assert '>0.612 <span class="ci">' in privacy
     assert roc_images(privacy) == []
     assert not any(p.name.startswith("roc-") for p in written)
     assert not list((run_dir / "plots").glob("roc-*.png"))

@@ -90,7 +90,10 @@ def test_render_real_run(run_dir: Path) -> None:
         assert row["model"] in html
     # Numbers as people read them: the student's clean accuracy as a percentage with a CI.
     clean = next(r for r in raw["results"] if r["probe"] == "clean" and r["model"] == "student")
-    assert fmt_ci(clean["value"], tuple(clean["ci95"]), "accuracy") in html
+    text = fmt_ci(clean["value"], tuple(clean["ci95"]), "accuracy")  # "41.7% [33.2, 50.6]"
+    assert text in md
+    value, interval = text.split(" ", 1)
+    assert f'{value} <span class="ci">{interval}</span>' in html
     # report.md links the plots it describes, relative to the run directory.
     for name in plots:
         assert f"(plots/{name})" in md
@@ -274,8 +277,11 @@ def test_number_formats(value: float | None, metric: str, text: str) -> None:
 
 
 def test_ci_format() -> None:
-    assert fmt_ci(0.61, (0.57, 0.65), "robust_accuracy") == "61.0 ± 4.0%"
-    assert fmt_ci(0.8, (0.7, 0.9), "median_l2") == "0.800 ± 0.100"
+    # The interval itself, not "± half-width": Wilson intervals are asymmetric (issue 12: "100.0 ± 15.0%").
+    assert fmt_ci(0.61, (0.57, 0.65), "robust_accuracy") == "61.0% [57.0, 65.0]"
+    assert fmt_ci(1.0, (0.85, 1.0), "accuracy") == "100.0% [85.0, 100]"
+    assert fmt_ci(0.0, (0.0, 0.071347), "robust_accuracy") == "0.0% [0, 7.1]"
+    assert fmt_ci(0.8, (0.7, 0.9), "median_l2") == "0.800 [0.700, 0.900]"
     assert fmt_ci(0.8, None, "accuracy") == "80.0%"
 
 

@@ -92,11 +92,11 @@ def test_size_section_in_html_and_markdown(tmp_path: Path) -> None:
     md = (run_dir / "report.md").read_text()
     size = section(html)
 
-    # After the teacher-vs-student table, before the plots; in the navigation.
+    # After the image-attacks sections (teacher vs student, then its plots), before the flags; in the navigation.
     assert "<h2>Accuracy and robustness against size</h2>" in size
     assert '<a href="#size">' in html
-    assert html.index('<section id="comparison">') < html.index('<section id="size">') < html.index(
-        '<section id="curves">')
+    assert html.index('<section id="comparison">') < html.index('<section id="curves">') < html.index(
+        '<section id="size">') < html.index('<section id="flags">')
     # The models from smallest to largest, each with its size, clean accuracy and each attack's robust accuracy.
     roles = re.findall(r"<tr><td>([a-z]+)</td>", size)
     assert roles == BY_SIZE
@@ -107,8 +107,8 @@ def test_size_section_in_html_and_markdown(tmp_path: Path) -> None:
     assert "worst case" not in size.lower()
     assert 'title="85,130 parameters">85.1 k</span>' in size and 'title="7,904 MACs">7.9 k</span>' in size
     small = re.search(r"<tr><td>small</td>.*?</tr>", size).group(0)
-    for value in ("85.0 ± 3.0%", "41.0 ± 3.0%", "30.0 ± 3.0%"):
-        assert value in small, value
+    for value, interval in (("85.0%", "[82.0, 88.0]"), ("41.0%", "[38.0, 44.0]"), ("30.0%", "[27.0, 33.0]")):
+        assert f'{value} <span class="ci">{interval}</span>' in small, value
     assert "L∞, ε = 0.125" in size and "of shape 1 × 8 × 8" in size
     # The plot: one embedded PNG (also written for report.md).
     images = re.findall(r'<img alt="Clean and robust accuracy against the number of parameters[^"]*" '
@@ -122,7 +122,7 @@ def test_size_section_in_html_and_markdown(tmp_path: Path) -> None:
     assert "| model | parameters | MACs | clean | robust: fgsm | robust: pgd-20 |" in text
     lines = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| model")]
     assert [line.split(" | ")[0].removeprefix("| ") for line in lines] == BY_SIZE
-    assert lines[0] == "| small | 2.45 k | 7.9 k | 85.0% | 41.0% | 30.0% |"
+    assert lines[0] == "| small | 2.45 k | 7.9 k | 85.0% [82.0, 88.0] | 41.0% [38.0, 44.0] | 30.0% [27.0, 33.0] |"
     assert f"![Accuracy and robustness against size](plots/{PNG})" in text
     assert md.count(f"plots/{PNG}") == 1  # in its section, not again under Plots
     assert md.index("## Teacher vs student") < md.index("## Accuracy and robustness against size") < md.index(

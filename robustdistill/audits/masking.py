@@ -28,7 +28,7 @@ a suite's masking probe for a stricter check on a new kind of model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,15 @@ def pct(mask: np.ndarray) -> str:
     return f"{100 * float(mask.mean()) if mask.size else 0.0:.1f}%"
 
 
+def excess_flag(role: str, check: str, higher: np.ndarray, lower: np.ndarray, tolerance: float,
+                evidence: Callable[[float, int], str]) -> list[dict[str, Any]]:
+    """``[flag]`` when accuracy under ``higher`` (a per-point "still correct" mask) exceeds that under ``lower`` by
+    more than ``tolerance`` and two standard errors of the paired difference, else ``[]``. ``evidence(points,
+    discordant)`` words the flag: the excess in percentage points and the number of discordant points."""
+    worse, diff, disc = paired_excess(higher, lower, tolerance=tolerance)
+    return [flag(role, check, evidence(100 * diff, disc))] if worse else []
+
+
 def white_box_robust(results: Mapping[str, np.ndarray], scaled: Mapping[float, np.ndarray]) -> np.ndarray:
     """Points still correct under every gradient attack the masking probe ran at the threat model's eps."""
     masks = [mask for key, mask in results.items() if key not in ("worst_case", "large_eps")] + list(scaled.values())
@@ -82,12 +91,10 @@ def probe_checks(
     flags: list[dict[str, Any]] = []
     pgd, n = results["pgd"], results["pgd"].size
     # (a) iterative weaker than single-step
-    worse, diff, disc = paired_excess(pgd, results["single_step"], tolerance=tolerance)
-    if worse:
-        flags.append(flag(role, "iterative_weaker_than_single_step",
-                          f"PGD-{steps} robust accuracy {pct(pgd)} is above single-step FGSM's "
-                          f"{pct(results['single_step'])} at eps={eps:g} (+{100 * diff:.1f} points, {disc} "
-                          f"discordant of {n}): the gradient misleads the iterative attack"))
+    flags += excess_flag(role, "iterative_weaker_than_single_step", pgd, results["single_step"], tolerance,
+                         lambda points, disc: f"PGD-{steps} robust accuracy {pct(pgd)} is above single-step FGSM's "
+                         f"{pct(results['single_step'])} at eps={eps:g} (+{points:.1f} points, {disc} discordant of "
+                         f"{n}): the gradient misleads the iterative attack")
     # (b) black-box beats white-box
     if "worst_case" in results:
         # Points every white-box variant missed (the large-eps one aside) and Square then broke.
@@ -106,12 +113,10 @@ def probe_checks(
                           f"radius every image can be moved to flat grey); the attack's gradient is uninformative"))
     # (d) accuracy still falling with more steps or restarts
     for key, label in (("pgd_more_steps", f"PGD-{more_steps}"), ("pgd_restarts", f"PGD-{steps} x{restarts} restarts")):
-        worse, diff, disc = paired_excess(pgd, results[key], tolerance=tolerance)
-        if worse:
-            flags.append(flag(role, "more_iterations_keep_lowering",
-                              f"{label} robust accuracy {pct(results[key])} is {100 * diff:.1f} points below "
-                              f"PGD-{steps}'s {pct(pgd)} at eps={eps:g} ({disc} discordant of {n}): the attack has "
-                              f"not converged, so fixed-budget numbers overstate robustness"))
+        flags += excess_flag(role, "more_iterations_keep_lowering", pgd, results[key], tolerance,
+                             lambda points, disc: f"{label} robust accuracy {pct(results[key])} is {points:.1f} points "
+                             f"below PGD-{steps}'s {pct(pgd)} at eps={eps:g} ({disc} discordant of {n}): the attack "
+                             "has not converged, so fixed-budget numbers overstate robustness")
     # (e) logit rescaling and loss choice
     moved = []
     for scale, mask in scaled.items():
@@ -123,12 +128,10 @@ def probe_checks(
                           f"CE-PGD-{steps} robust accuracy {pct(pgd)} drops when the logits are rescaled ("
                           + "; ".join(moved) + f") at eps={eps:g}: saturated softmax gradients, not robustness "
                           "(the signature of defensive distillation)"))
-    worse, diff, disc = paired_excess(pgd, results["cw_loss"], tolerance=loss_tolerance)
-    if worse:
-        flags.append(flag(role, "loss_sensitive",
-                          f"PGD-{steps} on the CW margin loss reaches {pct(results['cw_loss'])} robust accuracy, "
-                          f"{100 * diff:.1f} points below cross-entropy PGD-{steps}'s {pct(pgd)} at eps={eps:g} "
-                          f"({disc} discordant of {n}): cross-entropy gradients are masked"))
+    flags += excess_flag(role, "loss_sensitive", pgd, results["cw_loss"], loss_tolerance,
+                         lambda points, disc: f"PGD-{steps} on the CW margin loss reaches {pct(results['cw_loss'])} "
+                         f"robust accuracy, {points:.1f} points below cross-entropy PGD-{steps}'s {pct(pgd)} at "
+                         f"eps={eps:g} ({disc} discordant of {n}): cross-entropy gradients are masked")
     return flags
 
 
@@ -165,13 +168,10 @@ def cross_checks(
     flags: list[dict[str, Any]] = []
     for single in (a for a in attacks if a.attack in SINGLE_STEP):
         for iterative in (a for a in attacks if a.attack in ITERATIVE and a.same_threat(single)):
-            worse, diff, disc = paired_excess(iterative.robust, single.robust, tolerance=tolerance)
-            if worse:
-                n = single.robust.size
-                flags.append(flag(role, "iterative_weaker_than_single_step",
-                                  f"{iterative.label} robust accuracy {pct(iterative.robust)} is above "
-                                  f"{single.label}'s {pct(single.robust)} at eps={single.eps:g} (+{100 * diff:.1f} "
-                                  f"points, {disc} discordant of {n})"))
+            flags += excess_flag(role, "iterative_weaker_than_single_step", iterative.robust, single.robust, tolerance,
+                                 lambda points, disc: f"{iterative.label} robust accuracy {pct(iterative.robust)} is "
+                                 f"above {single.label}'s {pct(single.robust)} at eps={single.eps:g} (+{points:.1f} "
+                                 f"points, {disc} discordant of {single.robust.size})")
     for black in (a for a in attacks if a.attack in BLACK_BOX):
         white = [a for a in attacks if a.attack not in BLACK_BOX and a.attack != "autoattack" and a.same_threat(black)]
         if not white:
@@ -193,22 +193,18 @@ def cross_checks(
     for strong in (a for a in attacks if a.attack in SCALE_INVARIANT and a.attack not in BLACK_BOX):
         ce_iterative = [a for a in attacks if a.loss == "ce" and a.attack in ITERATIVE and a.attack not in SCALE_INVARIANT]
         for ce in (a for a in ce_iterative if a.same_threat(strong)):
-            worse, diff, disc = paired_excess(ce.robust, strong.robust, tolerance=loss_tolerance)
-            if worse:
-                flags.append(flag(role, "loss_sensitive",
-                                  f"{ce.label} (cross-entropy gradients) leaves {pct(ce.robust)} robust accuracy, "
-                                  f"{strong.label} (logit-scale-invariant loss) only {pct(strong.robust)} at "
-                                  f"eps={ce.eps:g} ({100 * diff:.1f} points, {disc} discordant of {ce.robust.size}): "
-                                  "cross-entropy gradients are masked"))
+            flags += excess_flag(role, "loss_sensitive", ce.robust, strong.robust, loss_tolerance,
+                                 lambda points, disc: f"{ce.label} (cross-entropy gradients) leaves {pct(ce.robust)} "
+                                 f"robust accuracy, {strong.label} (logit-scale-invariant loss) only "
+                                 f"{pct(strong.robust)} at eps={ce.eps:g} ({points:.1f} points, {disc} discordant of "
+                                 f"{ce.robust.size}): cross-entropy gradients are masked")
     for name, points in curves:
         ordered = sorted(points, key=lambda p: p[0])
         for (eps_a, mask_a), (eps_b, mask_b) in zip(ordered, ordered[1:]):
-            worse, diff, disc = paired_excess(mask_b, mask_a, tolerance=tolerance)
-            if worse:
-                flags.append(flag(role, "curve_not_decreasing",
-                                  f"{name}: robust accuracy rises from {pct(mask_a)} at eps={eps_a:g} to "
-                                  f"{pct(mask_b)} at eps={eps_b:g} (+{100 * diff:.1f} points); a larger ball "
-                                  "contains the smaller one, so the attack is failing"))
+            flags += excess_flag(role, "curve_not_decreasing", mask_b, mask_a, tolerance,
+                                 lambda points, _: f"{name}: robust accuracy rises from {pct(mask_a)} at eps={eps_a:g} "
+                                 f"to {pct(mask_b)} at eps={eps_b:g} (+{points:.1f} points); a larger ball contains "
+                                 "the smaller one, so the attack is failing")
     return flags
 
 

@@ -8,26 +8,26 @@ provenance.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
-
 from robustdistill import ownership
 from robustdistill.attacks.pgd import PGD
 from robustdistill.data import ImageSplit, load_split
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, checkpoint_sha256, save_checkpoint
 from robustdistill.models.checkpoint import check_checkpoint_out
+from robustdistill.progress import HEARTBEAT_S, WorkProgress
 from robustdistill.registry import Registry
 from robustdistill.reproducibility import cpu_record
 from robustdistill.trainers.config import TrainConfig, config_to_dict
@@ -110,6 +110,7 @@ class Trainer:
 
     config_class: ClassVar[type[TrainConfig]] = TrainConfig
     method: ClassVar[str] = ""
+    heartbeat_s: float = HEARTBEAT_S  # without a terminal, the longest silence inside an epoch
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -117,6 +118,7 @@ class Trainer:
         self.parents: list[dict[str, str]] = []
         self.epoch_seconds: list[float] = []  # wall time of each training epoch run by this process (no validation)
         self._work_lock: ownership.DirectoryLock | None = None  # held on <out>.partial from start_run to the end
+        self._progress: WorkProgress | None = None  # the whole run's, inside run_progress()
 
     # --- hooks for subclasses -------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -197,22 +199,57 @@ class Trainer:
         generator = torch.Generator().manual_seed(derived_seed(cfg.seed, "epoch", epoch))
         order = torch.randperm(len(train), generator=generator)
         total_loss, correct, seen = 0.0, 0, 0
-        batches = range(0, len(order), cfg.batch_size)
-        bar = tqdm(batches, desc=f"{self.method} epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch", disable=None)
-        for start in bar:
-            idx = order[start : start + cfg.batch_size]
-            x = augment_batch(train.x[idx], cfg.augment, generator).to(self.device)
-            y = train.y[idx].to(self.device)
-            model.train()
-            loss, logits = self.batch_loss(model, x, y, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total_loss += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == y).sum())
-            seen += len(idx)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}")
+        with contextlib.ExitStack() as stack:
+            progress = self._progress
+            label = f"epoch {epoch + 1}" + (f"/{progress.units}" if progress is not None else "")
+            if progress is None:  # a caller's own epoch loop (ProARD's stages): a display for this epoch alone
+                progress = stack.enter_context(self.run_progress(1, 0, train))
+                stack.enter_context(progress.unit(label, 0.0))
+            for start in range(0, len(order), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                x = augment_batch(train.x[idx], cfg.augment, generator).to(self.device)
+                y = train.y[idx].to(self.device)
+                model.train()
+                loss, logits = self.batch_loss(model, x, y, generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total_loss += float(loss.detach()) * len(idx)
+                correct += int((logits.detach().argmax(1) == y).sum())
+                seen += len(idx)
+                progress.bar.set_postfix_str(f"{label} · loss {total_loss / seen:.3f} · acc {100 * correct / seen:.1f}%",
+                                             refresh=False)
+                _advance(progress)
         return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
+
+    def batches(self, train: ImageSplit) -> int:
+        """Batches in one epoch over ``train``."""
+        return -(-len(train) // self.config.batch_size)
+
+    @contextlib.contextmanager
+    def run_progress(self, epochs: int, done: int, train: ImageSplit) -> Iterator[WorkProgress]:
+        """One progress display for a run of ``epochs`` epochs over ``train`` (``done`` of them finished before,
+        on --resume): on a terminal one bar over every batch of the run with its ETA, the epoch in the postfix;
+        without one, a line per epoch and at least every 10 s with elapsed time and ETA (robustdistill.progress).
+        Wrap each epoch (training and validation) in :meth:`epoch_progress`."""
+        batches = self.batches(train)
+        with WorkProgress(f"train {self.method}", total=epochs * batches, units=epochs, done=done * batches,
+                          done_units=done, heartbeat_s=self.heartbeat_s) as progress:
+            self._progress = progress
+            try:
+                yield progress
+            finally:
+                self._progress = None
+
+    @contextlib.contextmanager
+    def epoch_progress(self, epoch: int) -> Iterator[None]:
+        """Epoch ``epoch`` (0-based) as one unit of the run's display: its batches advance it as they finish."""
+        progress = self._progress
+        if progress is None:
+            yield
+            return
+        with progress.unit(f"epoch {epoch + 1}/{progress.units}", 0.0):  # train_epoch counts the work, batch by batch
+            yield
 
     def training_split(self) -> tuple[ImageSplit, ImageSplit]:
         """(the points trained on, the whole train split): all of it, or the configured subset or its rest."""
@@ -266,23 +303,26 @@ class Trainer:
         elif resume:
             log.info("nothing to resume in %s; starting from the first epoch", work)
         work.mkdir(parents=True, exist_ok=True)
-        for epoch in range(state.epoch, cfg.epochs):
-            record: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-            started = time.perf_counter()
-            record |= self.train_epoch(model, optimizer, train, epoch)
-            self.epoch_seconds.append(time.perf_counter() - started)  # kept out of history: resume stays identical
-            scheduler.step()
-            record |= self.validate(model, val)
-            score = self.selection_score(record)
-            if score >= state.best_score:  # on a tie, the later (longer-trained) epoch
-                state.best_score, state.best_epoch = score, epoch + 1
-                best_weights = copy.deepcopy(model.state_dict())
-            state.history.append(record)
-            state.epoch = epoch + 1
-            self._save_state(work / STATE_FILE, state, model, optimizer, scheduler, best_weights)
-            log.info("%s epoch %d/%d %s", self.method, epoch + 1, cfg.epochs, " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, record)
+        with self.run_progress(cfg.epochs, state.epoch, train):
+            for epoch in range(state.epoch, cfg.epochs):
+                record: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+                with self.epoch_progress(epoch):
+                    started = time.perf_counter()
+                    record |= self.train_epoch(model, optimizer, train, epoch)
+                    self.epoch_seconds.append(time.perf_counter() - started)  # out of history: resume stays identical
+                    scheduler.step()
+                    record |= self.validate(model, val)
+                score = self.selection_score(record)
+                if score >= state.best_score:  # on a tie, the later (longer-trained) epoch
+                    state.best_score, state.best_epoch = score, epoch + 1
+                    best_weights = copy.deepcopy(model.state_dict())
+                state.history.append(record)
+                state.epoch = epoch + 1
+                self._save_state(work / STATE_FILE, state, model, optimizer, scheduler, best_weights)
+                log.info("%s epoch %d/%d %s", self.method, epoch + 1, cfg.epochs,
+                         " ".join(f"{k}={v:.4f}" for k, v in record.items() if k != "epoch"))
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, record)
         model.load_state_dict(best_weights)
         model.eval()
         return save_checkpoint(model, out, provenance=self.provenance(train, state, full))
@@ -392,6 +432,12 @@ class Trainer:
         torch.set_rng_state(payload["torch_rng"].cpu())
         state = TrainState(payload["epoch"], payload["best_score"], payload["best_epoch"], list(payload["history"]))
         return state, payload["best_model"]
+
+
+def _advance(progress: WorkProgress, work: float = 1.0) -> None:
+    """Count ``work`` (batches) done inside the running unit: the bar moves and the ETA follows at once."""
+    progress.done += work
+    progress.bar.update(work)
 
 
 def train_spec(config: TrainConfig) -> dict[str, Any]:

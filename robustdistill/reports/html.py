@@ -24,7 +24,7 @@ from robustdistill.reports.html_page import (
     value_cell,
 )
 from robustdistill.reports.privacy_data import Privacy
-from robustdistill.reports.records import DIGEST_CHARS, fmt_fact, fmt_param, fmt_params, fmt_value, role_sort_key
+from robustdistill.reports.records import fmt_fact, fmt_param, fmt_params, fmt_value, role_sort_key
 from robustdistill.reports.sections import Context, coverage, ordered, section_specs
 from robustdistill.reports.status import gate_probe, gate_status, gate_unit, reduced_note
 
@@ -191,9 +191,8 @@ def _manifest(report: Report) -> str:
     if facts:
         rows = []
         for key, value in facts:
-            full = json.dumps(value, default=str) if not isinstance(value, str) else value
-            shown = fmt_fact(value)
-            tip = f' title="{esc(full)}"' if len(full) > DIGEST_CHARS and shown != full else ""
+            shown, full = fmt_fact(value), fmt_fact(value, shorten=False)
+            tip = f' title="{esc(full)}"' if shown != full else ""  # the full digests on hover
             rows.append([esc(key), f"<span{tip}>{esc(shown)}</span>"])
         content.append(html_table(["Field", "Value"], rows, css="compact"))
     if report.suite:

@@ -23,7 +23,9 @@ ROLES = ("teacher", "student")
 # an attack called "cw-linf" still reads as an accuracy while "median_linf" does not.
 NOT_FRACTIONS = frozenset({"auc", "l2", "linf", "norm", "loss", "time", "seconds", "eps", "dist", "distance", "count", "n",
                            "queries", "steps"})
-LIRA_VIEWS = {"auc": "LiRA AUC (own members)", "teacher_members_auc": "LiRA AUC (teacher's members)"}
+#: The membership-inference AUCs shown, per member set, and the attacks' names in the column titles.
+MIA_VIEWS = {"auc": "own members", "teacher_members_auc": "teacher's members"}
+MIA_NAMES = {"mia-lira": "LiRA", "mia-loss": "Loss attack", "mia-confidence": "Confidence attack"}
 
 
 def fmt_summary(key: str, value: Any) -> str:
@@ -44,7 +46,8 @@ def _cell(row: Row) -> dict[str, Any]:
 
 def index_summary(report: Report) -> tuple[dict[str, dict[str, dict[str, Any]]], list[str]]:
     """Column -> role -> ``{"value", "ci95", "metric", "n"}`` for the teacher and the student: clean accuracy, robust
-    accuracy per attack (reduced ones labelled so), the LiRA AUCs; and the one-line notes on reduced attacks."""
+    accuracy per attack (reduced ones labelled so), each membership-inference attack's AUC on each member set (the
+    teacher's own leakage among them); and the one-line notes on reduced attacks."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     reduced: list[str] = []
     _, entries = report.comparison()
@@ -58,9 +61,11 @@ def index_summary(report: Report) -> tuple[dict[str, dict[str, dict[str, Any]]],
             summary[key] = cells
             if entry.reduced:
                 reduced.append(reduced_note(entry.label, entry.reduced))
+    probes = report.mia_probes()
     for row in report.rows:
-        if row.probe == "mia-lira" and row.model in ROLES and row.metric in LIRA_VIEWS and row.value is not None:
-            summary.setdefault(LIRA_VIEWS[row.metric], {}).setdefault(row.model, _cell(row))
+        if row.probe in probes and row.model in ROLES and row.metric in MIA_VIEWS and row.value is not None:
+            attack = MIA_NAMES.get(probes[row.probe], row.probe)
+            summary.setdefault(f"{attack} AUC ({MIA_VIEWS[row.metric]})", {}).setdefault(row.model, _cell(row))
     return summary, reduced
 
 
@@ -103,7 +108,7 @@ def _entry_rows(entry: Mapping[str, Any], columns: Sequence[str], notes: Footnot
         for column in columns:
             found = summary.get(column)
             if isinstance(found, Mapping) and role in found:
-                robust = column not in ("clean", *LIRA_VIEWS.values())
+                robust = column != "clean" and " AUC (" not in column
                 cells.append(_value({**found[role], "role": role}, column, notes, robust and role in masked))
             elif not isinstance(found, Mapping) and found is not None and role == "student":
                 cells.append(_value(found, column, notes, False))

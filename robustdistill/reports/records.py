@@ -150,17 +150,17 @@ def shared_params(rows: Iterable[Row], skip: Iterable[str] = ()) -> tuple[dict[s
 DIGEST_CHARS = 12
 
 
-def fmt_fact(value: Any) -> str:
-    """A manifest value for people: a mapping as ``kind: digits · split: test · n: 50``, a long hex digest shortened
-    to its first 12 characters, lists comma-separated; never raw JSON."""
+def fmt_fact(value: Any, shorten: bool = True) -> str:
+    """A manifest value for people: a mapping as ``kind: digits · split: test · n: 50``, lists comma-separated, a
+    long hex digest shortened to its first 12 characters (unless ``shorten`` is False); never raw JSON."""
     if isinstance(value, Mapping):
-        return " · ".join(f"{k}: {fmt_fact(v)}" for k, v in value.items()) or "—"
+        return " · ".join(f"{k}: {fmt_fact(v, shorten)}" for k, v in value.items()) or "—"
     if isinstance(value, list | tuple):
-        return ", ".join(fmt_fact(v) for v in value) or "—"
+        return ", ".join(fmt_fact(v, shorten) for v in value) or "—"
     if value is None:
         return "—"
     text = str(value)
-    if len(text) > 2 * DIGEST_CHARS and all(c in "0123456789abcdef" for c in text.lower()):
+    if shorten and len(text) > 2 * DIGEST_CHARS and all(c in "0123456789abcdef" for c in text.lower()):
         return text[:DIGEST_CHARS] + "…"
     return fmt_param(value)
 

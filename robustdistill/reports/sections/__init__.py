@@ -38,6 +38,7 @@ KIND_GROUPS = {
 DEFAULT_FAMILY = "classifier"
 #: Under every table of values: how to read them.
 INTERVALS = "Each value is followed by its 95% confidence interval; hover a value for n."
+INTERVALS_MD = "Each value is followed by its 95% confidence interval."
 
 
 @dataclass(frozen=True)
@@ -152,5 +153,5 @@ def coverage(report: Report, specs: list[SectionSpec]) -> list[str]:
 for _module in ("image_attacks", "transfer", "size", "privacy", "masking"):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["INTERVALS", "KIND_GROUPS", "SECTIONS", "Context", "HtmlParts", "Section", "SectionSpec", "coverage",
-           "ordered", "register", "section_specs"]
+__all__ = ["INTERVALS", "INTERVALS_MD", "KIND_GROUPS", "SECTIONS", "Context", "HtmlParts", "Section", "SectionSpec",
+           "coverage", "ordered", "register", "section_specs"]

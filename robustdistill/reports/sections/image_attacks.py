@@ -9,7 +9,7 @@ from robustdistill.reports import md_page
 from robustdistill.reports.data import ComparisonRow, Report
 from robustdistill.reports.html_page import Footnotes, _figure, _section, esc, gate_badges, html_table, value_cell
 from robustdistill.reports.records import Row
-from robustdistill.reports.sections import INTERVALS, Context, HtmlParts, Section, register
+from robustdistill.reports.sections import INTERVALS, INTERVALS_MD, Context, HtmlParts, Section, register
 from robustdistill.reports.status import gate_key, gate_status, gates_by_metric, reduced_note, retention_key
 
 RETENTION = "Retention is the student's value as a share of the teacher's."
@@ -126,7 +126,7 @@ def markdown(ctx: Context) -> list[str]:
         out += md_page.table(header, rows, "l" + "r" * (len(header) - 1)) + [""]
         out += notes.lines()
         out += [f"⚠️ {text}" for text in reduced_notes(report, [entry.label for entry in entries])]
-        out += ["", INTERVALS + (" " + RETENTION if retention else ""), ""]
+        out += [INTERVALS_MD + (" " + RETENTION if retention else ""), ""]
     if report.attacks_inputs:
         plots = [(key, caption) for key, caption in (("curve", "Robustness curve"),
                  ("attacks", "Clean and robust accuracy per attack"), ("examples", "Clean and adversarial examples"))
@@ -139,4 +139,4 @@ def markdown(ctx: Context) -> list[str]:
     return out
 
 
-register(Section("image-attacks", "robustness under attack", 10, html, markdown))
+register(Section("image-attacks", "accuracy and attacks", 10, html, markdown))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from robustdistill.reports import md_page
 from robustdistill.reports.html_page import Footnotes, _figure, _section, esc, value_cell
 from robustdistill.reports.privacy_data import MIA_METRICS, PRIVACY_INTRO, ROC_KEY, VIEWS, Privacy
-from robustdistill.reports.sections import INTERVALS, Context, HtmlParts, Section, register
+from robustdistill.reports.sections import INTERVALS, INTERVALS_MD, Context, HtmlParts, Section, register
 
 TITLE = "Membership inference (privacy)"
 
@@ -85,7 +85,7 @@ def markdown(ctx: Context) -> list[str]:
         for entry in privacy.rows
     ]
     out += md_page.table(header, rows, "lll" + "r" * (len(header) - 3))
-    out += ["", INTERVALS, ""] + notes.lines()
+    out += ["", INTERVALS_MD, ""] + notes.lines()
     for probe in privacy.probes:
         link = ctx.links.get(ROC_KEY + probe)
         if link:

@@ -1,10 +1,12 @@
-"""Building the report from the run store: ``build_report(run_dir) -> Report``, and rendering it.
+"""Building the report from the run store: ``build_report(run_dir) -> Report``, and rendering it. Nothing here
+depends on the model family: what does is the family's (robustdistill.audits.families).
 
 ``build_report`` is a pure function of the stored units in results.jsonl (so a resumed audit gives the same
-results as an uninterrupted one): it collects each planned unit's rows and flags, adds the retention rows
-(``retention_rows``, paired-bootstrap CIs), runs the cross-unit gradient-masking checks, keeps one
-non-finite-outputs flag per model, evaluates every gate (``evaluate_gate``), merges the per-role example arrays
-into artifacts/examples.npz (``merge_examples``) and writes report.json. ``clean_row`` gives a unit's rows exactly
+results as an uninterrupted one): it collects each planned unit's rows and flags, adds the rows and flags the
+family derives across units (the classifier family: retention rows and the cross-probe gradient-masking checks),
+keeps one non-finite-outputs flag per model, evaluates every gate (``evaluate_gate``; a masking flag voids only the
+rows whose probe says they claim robustness), lets the family write its report artifacts (the classifier's
+examples.npz), lists the report's sections (one per probe group) and writes report.json. ``clean_row`` gives a unit's rows exactly
 the report.json keys; ``render_reports`` writes report.md / report.html through robustdistill.reports.
 """
 
@@ -12,27 +14,24 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from robustdistill.audits import masking
-from robustdistill.audits.probes import NON_FINITE
+from robustdistill.audits import families, masking
+from robustdistill.audits.families import StoredUnit
+from robustdistill.audits.probes import NON_FINITE, PROBES, Probe
 from robustdistill.audits.report import ROW_KEYS, Report
 from robustdistill.audits.schema import Gate
 from robustdistill.audits.store import REPORT, RunStore
 from robustdistill.audits.verdict import flagged_checks
 from robustdistill.errors import UserInputError
-from robustdistill.stats import bootstrap_ratio_ci, unpack_mask
-from robustdistill.utils import atomic_path, write_json_atomic
+from robustdistill.stats import unpack_mask
+from robustdistill.utils import write_json_atomic
 
 log = logging.getLogger(__name__)
-
-ARTIFACTS = "artifacts"
-EXAMPLES = "examples.npz"
 
 
 def now() -> str:
@@ -71,13 +70,11 @@ def build_report(run_dir: str | Path) -> Report:
     stored = RunStore(run_dir).load()  # shapes, plan and duplicates checked; a broken chain fails the verdict
     manifests, units = stored.manifests, stored.units
     first, last = manifests[0], manifests[-1]
+    family = families.family(last.get("family", "classifier"))  # runs stored before families were all classifier
     rows: list[dict[str, Any]] = []
     flags: list[dict[str, Any]] = []
     missing: list[str] = []
-    attacks: dict[str, list[masking.AttackResult]] = {}
-    curves: dict[str, list[tuple[str, list[tuple[float, np.ndarray]]]]] = {}
-    correct: dict[tuple[str, str], np.ndarray] = {}  # (role, probe) -> per-point correct (clean or robust)
-    retainable: list[tuple[str, str, dict[str, Any]]] = []  # (probe name, kind, params) in plan order
+    finished: list[StoredUnit] = []
     for entry in last["plan"]:
         record = units.get(entry["key"])
         if record is None:
@@ -87,82 +84,71 @@ def build_report(run_dir: str | Path) -> Report:
         flags.extend(record.get("flags", []))
         n = int(record["n"])
         masks = {role: {k: unpack_mask(v, n) for k, v in m.items()} for role, m in record.get("masks", {}).items()}
-        params = record.get("params", {})
-        kind, name = record["kind"], record["probe"]
-        if kind in ("clean", "attack") and (name, kind, params) not in retainable:
-            retainable.append((name, kind, params))
-        for role, m in masks.items():
-            if kind == "clean":
-                correct[(role, name)] = m["correct"]
-            elif kind == "attack":
-                correct[(role, name)] = m["robust"]
-                attack = params.get("attack", name)
-                loss = "ce" if attack in ("fgsm", "pgd", "apgd-ce") and params.get("loss", "ce") == "ce" else "other"
-                eps = params.get("eps")
-                attacks.setdefault(role, []).append(masking.AttackResult(
-                    name, attack, float(eps) if isinstance(eps, (int, float)) else None, params.get("norm", "linf"),
-                    loss, m["robust"], m["clean"], m))
-            elif kind == "curve":
-                points = [(float(k.split("@", 1)[1]), v) for k, v in m.items() if k.startswith("robust@")]
-                curves.setdefault(role, []).append((name, points))
+        finished.append(StoredUnit(record["probe"], record["kind"], tuple(entry["roles"]), record.get("params", {}),
+                                   masks, tuple(record.get("artifacts", []))))
     checkpoints = last.get("checkpoints", {})
     roles = list(checkpoints)
-    rows.extend(retention_rows(last, roles, retainable, correct, int(last["seed"])))
-    settings = next((p for p in last["suite"].get("probes", []) if p.get("kind") == "masking"), {})
-    tolerances = {"tolerance": settings.get("tolerance", masking.TOLERANCE),
-                  "loss_tolerance": settings.get("loss_tolerance", masking.LOSS_TOLERANCE)}
-    for role in roles:
-        flags.extend(masking.cross_checks(role, attacks.get(role, []), curves.get(role, []), **tolerances))
+    derived_rows, derived_flags = family.derive(last, finished)
+    rows.extend(derived_rows)
+    flags.extend(derived_flags)
     flags = one_non_finite_flag_per_model(masking.dedupe(flags))
     invalid = set(flagged_checks(flags, NON_FINITE))
     untrusted = {f["model"]: [] for f in flags if f.get("kind") == masking.KIND}
     for item in flags:
         if item["model"] in untrusted:
             untrusted[item["model"]].append(item["check"])
-    # Gradient masking makes robust accuracy untrustworthy; it says nothing about membership leakage or model size.
-    not_robustness = {p["name"] for p in last["suite"].get("probes", [])
-                      if str(p.get("kind", "")).startswith("mia-") or p.get("kind") == "size"}
-    gates = [evaluate_gate(Gate(**g), rows, untrusted, not_robustness, invalid) for g in last.get("gates", [])]
+    claims = robustness_claims(last["suite"])
+    gates = [evaluate_gate(Gate(**g), rows, untrusted, claims, invalid) for g in last.get("gates", [])]
     manifest = {
         "robustdistill": last["robustdistill"], "torch": last["torch"], "git": last["git"], "seed": last["seed"],
         "checkpoints": checkpoints, "started": first["started"], "finished": now(),
         "device": last.get("device"), "data": last.get("data"), "cpu": last.get("cpu"),
     }
+    if "families" in last:
+        manifest["families"] = last["families"]
     if missing:
         manifest["incomplete"] = missing
     manifest |= stored.evidence()
-    report = Report(last["suite"], manifest, rows, gates, flags, run_dir, missing)
-    merge_examples(run_dir, last, units, roles)
+    written = family.finish(run_dir, last, finished, roles)
+    report = Report(last["suite"], manifest, rows, gates, flags, run_dir, missing, sections=sections(last["suite"]),
+                    written=written)
     write_json_atomic(run_dir / REPORT, report.to_dict())
     return report
 
 
-def retention_rows(manifest: Mapping[str, Any], roles: list[str], retainable: list[tuple[str, str, dict[str, Any]]],
-                   correct: Mapping[tuple[str, str], np.ndarray], seed: int) -> list[dict[str, Any]]:
-    """Student (and extra model) accuracy / teacher accuracy per clean and attack probe, paired-bootstrap CI."""
-    only: set[str] | None = None
-    for probe in manifest.get("suite", {}).get("probes", []):
-        if probe.get("kind") == "retention" and probe.get("of"):
-            only = set(probe["of"])
-    rows = []
-    for role in roles:
-        if role == "teacher":
+def probe_classes(suite: Mapping[str, Any]) -> dict[str, type[Probe]]:
+    """Probe name -> class for the suite's probes (plus ``retention``, whose rows every classifier report has)."""
+    classes: dict[str, type[Probe]] = {}
+    for probe in suite.get("probes", []):
+        kind = probe.get("kind")
+        if isinstance(kind, str) and kind in PROBES:
+            classes[probe.get("name", kind)] = PROBES.get(kind)
+    classes.setdefault("retention", PROBES.get("retention"))
+    return classes
+
+
+def robustness_claims(suite: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool]:
+    """Whether a row claims robustness to attack (its probe says so): what a gradient-masking flag can void."""
+    classes = probe_classes(suite)
+
+    def claims(row: Mapping[str, Any]) -> bool:
+        probe_class = classes.get(row["probe"])
+        return probe_class is not None and probe_class.robustness_claim(row["metric"])
+
+    return claims
+
+
+def sections(suite: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The report's sections in suite order: one per probe group, listing its probes (retention joins the
+    transfer-and-agreement group when the suite has any classifier probe: its rows are always derived)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, probe_class in probe_classes(suite).items():
+        if name == "retention" and not any(p.get("name", p.get("kind")) == "retention" for p in suite.get("probes", [])):
             continue
-        for name, kind, params in retainable:
-            if only is not None and name not in only:
-                continue
-            teacher, other = correct.get(("teacher", name)), correct.get((role, name))
-            if teacher is None or other is None:
-                continue
-            metric = "accuracy_retention" if kind == "clean" else "robust_accuracy_retention"
-            value = float(other.mean() / teacher.mean()) if teacher.any() else None
-            row_params = {"of": name, "with": "teacher"}
-            if kind == "attack":
-                row_params |= {"attack": params.get("attack"), "eps": params.get("eps")}
-            rows.append({"probe": "retention", "model": role, "metric": metric, "value": value,
-                         "ci95": bootstrap_ratio_ci(other.astype(float), teacher.astype(float), seed=seed),
-                         "n": int(teacher.size), "params": row_params})
-    return rows
+        section = out.setdefault(probe_class.group, {"group": probe_class.group, "family": probe_class.family,
+                                                     "probes": []})
+        section["probes"].append(name)
+    return list(out.values())
 
 
 def one_non_finite_flag_per_model(flags: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -178,12 +164,8 @@ def one_non_finite_flag_per_model(flags: list[dict[str, Any]]) -> list[dict[str,
     return out
 
 
-CLEAN_METRICS = frozenset({"accuracy", "agreement_clean", "accuracy_retention"})
-
-
 def evaluate_gate(gate: Gate, rows: list[dict[str, Any]], untrusted: Mapping[str, list[str]],
-                  not_robustness: frozenset[str] | set[str] = frozenset(),
-                  invalid: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+                  claims: Callable[[Mapping[str, Any]], bool], invalid: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
     """A gate's entry in report.json: its value and status. "invalid" when a model whose outputs enter the value
     gave NaN or infinite logits; "untrusted" when a model whose gradients made the adversarial examples (the gated
     one, a transfer's source, a retention's teacher) is flagged for gradient masking; else "passed", "failed" or
@@ -219,50 +201,11 @@ def evaluate_gate(gate: Gate, rows: list[dict[str, Any]], untrusted: Mapping[str
         entry |= {"status": "missing", "note": "undefined (e.g. the teacher's accuracy is 0)"}
         return entry
     ok = value >= gate.threshold if gate.op == ">=" else value <= gate.threshold
-    robust = row["metric"] not in CLEAN_METRICS and row["probe"] not in not_robustness
     flagged = [role for role in involved if role in untrusted]
-    if robust and flagged:
+    if flagged and claims(row):
         checks = sorted({c for role in flagged for c in untrusted[role]})
         entry |= {"status": "untrusted", "note": f"gradient masking flagged for {', '.join(flagged)} "
                   f"({', '.join(checks)}): its robust accuracy is not to be trusted"}
         return entry
     entry |= {"passed": bool(ok), "status": "passed" if ok else "failed"}
     return entry
-
-
-def merge_examples(run_dir: Path, manifest: Mapping[str, Any], units: Mapping[str, Mapping[str, Any]], roles: list[str]) -> None:
-    """artifacts/examples.npz for the renderer: clean, labels, attack, and adv_/pred_clean_/pred_adv_<role>."""
-    name = manifest.get("examples")
-    if not name:
-        return
-    files: dict[str, Path] = {}
-    for entry in manifest["plan"]:
-        record = units.get(entry["key"])
-        if entry["probe"] != name or record is None:
-            continue
-        for artifact in record.get("artifacts", []):
-            role = entry["roles"][0]
-            files[role] = run_dir / ARTIFACTS / artifact
-    if set(files) != set(roles) or not all(p.is_file() for p in files.values()):
-        return
-    inside = (run_dir / ARTIFACTS).resolve()
-    for path in files.values():  # the store checked the names; a symbolic link could still lead elsewhere
-        if not path.resolve().is_relative_to(inside):
-            raise UserInputError(str(path), f"leads outside {inside}", "a run reads only its own files; re-run the "
-                                 "audit into a new --out")
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        for role in roles:
-            with np.load(files[role], allow_pickle=False) as part:
-                if "clean" not in arrays:
-                    arrays |= {"clean": part["clean"], "labels": part["labels"], "index": part["index"],
-                               "attack": np.array(name)}
-                arrays[f"adv_{role}"] = part["adv"]
-                arrays[f"pred_clean_{role}"] = part["pred_clean"]
-                arrays[f"pred_adv_{role}"] = part["pred_adv"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:  # damaged examples cost the examples only
-        log.warning("cannot merge the examples of %s (%s: %s): the report shows none", name, type(exc).__name__, exc)
-        return
-    with atomic_path(run_dir / ARTIFACTS / EXAMPLES) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)

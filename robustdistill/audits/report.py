@@ -49,6 +49,10 @@ class Report:
     missing: list[str] = field(default_factory=list)
     rendered: list[Path] = field(default_factory=list)
     verdict: dict[str, Any] = field(default_factory=dict)
+    # Report sections in suite order: {"group", "family", "probes": [probe names]} (robustdistill.reports renders
+    # each group with the section registered for it).
+    sections: list[dict[str, Any]] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)  # the family's report artifacts (e.g. examples.npz)
 
     def __post_init__(self) -> None:
         if not self.verdict:
@@ -88,7 +92,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         return {"suite": self.suite, "manifest": self.manifest, "results": self.rows, "gates": self.gates,
-                "flags": self.flags, "verdict": self.verdict}
+                "flags": self.flags, "verdict": self.verdict, "sections": self.sections}
 
     def summary(self) -> str:
         """A short teacher-vs-student table, the flags, the gates and the verdict (what the CLI prints)."""

@@ -7,9 +7,12 @@
 Everything the user controls (suite, checkpoints, data, models against data) is validated before the run
 directory is created, so bad input leaves nothing behind. Each finished probe unit is appended to
 ``results.jsonl``; ``resume=True`` skips finished units, and the report is a pure function of the stored units,
-so a killed and resumed audit gives the same report.json results as an uninterrupted one. The report itself (:class:`Report`, its summary text) lives in robustdistill.audits.report, and building it from
-the stored units (``build_report``, retention, gates, examples) in robustdistill.audits.build; this module
-validates the input, plans the probe units and runs them.
+so a killed and resumed audit gives the same report.json results as an uninterrupted one. The report itself
+(:class:`Report`, its summary text) lives in robustdistill.audits.report, and building it from the stored units in
+robustdistill.audits.build; this module validates the input, plans the probe units and runs them. It knows nothing
+of images: the suite's model family (robustdistill.audits.families) loads the evaluation data, checks the models
+against it, makes the run-level choices (the classifier family: which attack's examples fill the report) and gives
+each unit its context.
 """
 
 from __future__ import annotations
@@ -24,17 +27,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from robustdistill import ownership
-from robustdistill.audits.build import ARTIFACTS, EXAMPLES, build_report, clean_row, now, render_reports
-from robustdistill.audits.probes import EvalContext, Probe, default_examples_probe
+from robustdistill.audits.build import build_report, clean_row, now, render_reports
+from robustdistill.audits.families import ModelFamily, Plan, check_fit, suite_family
+from robustdistill.audits.probes import EvalContext, Probe
 from robustdistill.audits.report import Report
 from robustdistill.audits.schema import Suite, load_suite
-from robustdistill.audits.store import REPORT, RunStore
+from robustdistill.audits.store import ARTIFACTS, REPORT, RunStore
 from robustdistill.errors import UserInputError
 from robustdistill.reproducibility import cpu_record
 from robustdistill.stats import pack_mask
@@ -42,7 +45,6 @@ from robustdistill.utils import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-N_EXAMPLES = 12
 IN_MEMORY = "in-memory"
 
 UnitCallback = Callable[[dict[str, Any]], None]
@@ -117,46 +119,22 @@ def load_models(suite: Suite, modules: Mapping[str, nn.Module], device: torch.de
             model = load_model(path, device=device, **keywords)
         except UserInputError as exc:
             raise UserInputError(where, f"{path}: {exc.problem}", exc.fix) from None
-        if not isinstance(model, nn.Module):
-            raise UserInputError(where, f"{path} is a {type(model).__name__}, not an image classifier",
-                                 "this suite's probes attack image classifiers")
-        model.eval()
+        if isinstance(model, nn.Module):
+            model.eval()
         models[role] = model
         checkpoints[role] = {"path": str(path), "sha256": checkpoint_sha256(path)}
     return models, checkpoints
 
 
-def check_compatible(models: Mapping[str, nn.Module], x: torch.Tensor, num_classes: int, data_kind: str) -> None:
-    """One forward pass per model on two evaluation points: right input shape, one logit per class."""
-    from robustdistill.utils import model_device
-
-    sample = x[:2]
-    for role, model in models.items():
-        where = f"pipeline.{role}" if role in ("teacher", "student") else f"pipeline.extra.{role}"
-        try:
-            with torch.no_grad():
-                logits = model(sample.to(model_device(model)))
-        except Exception as exc:  # the user's model on the user's data: report it, do not dump a traceback
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserInputError(where, f"cannot run on the {data_kind} data (inputs {tuple(sample.shape[1:])}): {message}",
-                                 "audit the model with the data it was trained on") from None
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != sample.shape[0]:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise UserInputError(where, f"returns {shape} for a batch of {sample.shape[0]}, not (batch, classes) logits",
-                                 "wrap the model so that forward returns logits")
-        if logits.shape[1] != num_classes:
-            raise UserInputError(where, f"has {logits.shape[1]} outputs but the {data_kind} data has {num_classes} classes",
-                                 "audit the model with the data it was trained on")
-
-
-def plan_units(suite: Suite, checkpoints: Mapping[str, Mapping[str, Any]], fingerprint: str, examples: str | None) -> list[PlannedUnit]:
+def plan_units(suite: Suite, checkpoints: Mapping[str, Mapping[str, Any]], fingerprint: str, family: ModelFamily,
+               plan: Plan) -> list[PlannedUnit]:
     units = []
     for probe in suite.probes:
         for roles in probe.units(suite.roles):
             model_sha = "+".join(checkpoints[r]["sha256"] for r in roles)
             identity = {"kind": probe.kind, "name": probe.name, "params": probe.params(), "roles": list(roles),
                         "data": fingerprint, "seed": suite.seed, "batch_size": suite.batch_size,
-                        "examples": probe.name == examples}
+                        **family.unit_identity(probe, plan)}
             params_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
             units.append(PlannedUnit(probe, roles, f"{model_sha}:{probe.name}:{params_hash}", model_sha, params_hash))
     return units
@@ -222,37 +200,35 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
          progress: bool | None, render: bool, on_unit: UnitCallback | None,
          load_options: LoadOptions | None = None) -> Report:
     from robustdistill import __version__
-    from robustdistill.data import load_split
 
+    family = suite_family(suite)
     device = resolve_device(suite.device)
     models, checkpoints = load_models(suite, modules, device, load_options)
     for module in modules.values():
         module.eval()
-    data = load_split(suite.data, suite.split).subset(suite.samples, seed=suite.seed)
-    check_compatible(models, data.x, data.num_classes, suite.data.kind)
+    families = check_fit(suite, models, checkpoints)
+    data = family.load_data(suite)
+    family.check_models(models, data, suite)
     for probe in suite.probes:
         probe.check_models(models, checkpoints)
-    examples = suite.examples or default_examples_probe(suite.probes)
-    units = plan_units(suite, checkpoints, data.fingerprint, examples)
-    rng = np.random.default_rng(suite.seed)
-    example_idx = np.sort(rng.choice(len(data), size=min(N_EXAMPLES, len(data)), replace=False))
+    plan = family.plan(suite, data)
+    units = plan_units(suite, checkpoints, data.fingerprint, family, plan)
 
     manifest = {
         "robustdistill": __version__, "torch": torch.__version__, "git": git_revision(), "seed": suite.seed,
         "checkpoints": checkpoints, "started": now(), "device": str(device), "cpu": cpu_record(),
         "data": {"kind": suite.data.kind, "split": suite.split, "n": len(data), "fingerprint": data.fingerprint},
-        "suite": suite.to_dict(), "gates": [asdict(g) for g in suite.gates], "examples": examples,
-        "plan": [u.plan_entry() for u in units],
+        "suite": suite.to_dict(), "gates": [asdict(g) for g in suite.gates], **plan.manifest,
+        "plan": [u.plan_entry() for u in units], "family": family.name, "families": families,
     }
     # Everything is validated: from here on the run directory exists, locked by this run until it returns.
     with ownership.using(run_dir, ownership.AUDIT, f"robustdistill audit {suite.name}", legacy=ownership.is_legacy_audit):
-        return _execute(suite, run_dir, store, resume, progress, render, on_unit, manifest, units, data, models,
-                        examples, example_idx)
+        ctx = family.context(data, models, suite, run_dir / ARTIFACTS, plan)
+        return _execute(suite, run_dir, store, resume, progress, render, on_unit, manifest, units, ctx)
 
 
 def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progress: bool | None, render: bool,
-             on_unit: UnitCallback | None, manifest: dict[str, Any], units: list[PlannedUnit], data: Any,
-             models: Mapping[str, nn.Module], examples: str | None, example_idx: np.ndarray) -> Report:
+             on_unit: UnitCallback | None, manifest: dict[str, Any], units: list[PlannedUnit], ctx: EvalContext) -> Report:
     """Run the planned units into the locked ``run_dir`` and build (and render) the report."""
     if store.has_results() and not resume:  # another audit finished into it while this one was validating
         raise UserInputError("out", f"{run_dir} already holds an audit's results",
@@ -262,8 +238,6 @@ def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progres
         done = set(store.read()[1])
     store.start(manifest, resume=resume)
     ownership.record(run_dir, [store.path])
-    ctx = EvalContext(data.x, data.y, models, suite.seed, suite.batch_size, artifacts=run_dir / ARTIFACTS,
-                      example_idx=example_idx, examples_probe=examples)
     todo = [u for u in units if u.key not in done]
     if resume:
         log.info("resuming %s: %d of %d probe units already finished", run_dir, len(units) - len(todo), len(units))
@@ -292,7 +266,7 @@ def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progres
     finally:
         bar.close()
     report = build_report(run_dir)
-    ownership.record(run_dir, [p for p in (run_dir / REPORT, run_dir / ARTIFACTS / EXAMPLES) if p.is_file()])
+    ownership.record(run_dir, [run_dir / REPORT, *report.written])
     if render:
         report.rendered = render_reports(run_dir)
     return report

@@ -40,12 +40,11 @@ log = logging.getLogger(__name__)
 
 RESULTS = "results.jsonl"
 REPORT = "report.json"
+ARTIFACTS = "artifacts"  # the run's folder of probe and family artifacts
 GENESIS = "0" * 64  # the "prev" of line 1: a file whose line 1 carries it is chained throughout
 INTACT, BROKEN, ABSENT = "intact", "broken", "absent"
 # Probes write artifacts directly under artifacts/ (examples-<role>.npz, roc-<probe>-<role>.npz): one plain name.
 ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# The masks build_report reads of each unit kind (it indexes them directly).
-REQUIRED_MASKS = {"clean": ("correct",), "attack": ("clean", "robust")}
 REDO = "re-run the audit into a new --out"
 EDITED = f"the file was edited; {REDO}"
 SHARED = f"the file was edited, or two audits wrote into one --out; {REDO}"
@@ -376,16 +375,21 @@ class _Reader:
         for item in unit.flags:
             if item.model not in roles:
                 raise self.fail(number, f"a flag on {item.model}, which this unit did not measure", EDITED)
+        from robustdistill.audits.probes import PROBES  # the probes import the schema, as this module does
+
+        probe_class = PROBES.get(unit.kind) if unit.kind in PROBES else None
         size = (unit.n + 7) // 8
         for role, masks in unit.masks.items():
             if role not in roles:
                 raise self.fail(number, f"masks of {role}, which this unit did not measure", EDITED)
-            for name in REQUIRED_MASKS.get(unit.kind, ()):
+            # The masks the report builder indexes directly, and the names it parses, are the probe's to say.
+            for name in probe_class.required_masks if probe_class is not None else ():
                 if name not in masks:
                     raise self.fail(number, f"masks.{role}.{name} is missing", EDITED)
             for name, text in masks.items():
-                if name.startswith("robust@") and not _finite(name.split("@", 1)[1]):
-                    raise self.fail(number, f"masks.{role}.{name}: not robust@<eps>", EDITED)
+                problem = probe_class.mask_problem(name) if probe_class is not None else None
+                if problem:
+                    raise self.fail(number, f"masks.{role}.{name}: {problem}", EDITED)
                 try:
                     packed = base64.b64decode(text, validate=True)
                 except (binascii.Error, ValueError):
@@ -397,14 +401,6 @@ class _Reader:
             if not ARTIFACT_NAME.match(name):
                 raise self.fail(number, f"artifact {name!r} is not a file name inside the run's artifacts/",
                                 f"the file was edited; a run never reads outside its directory; {REDO}")
-
-
-def _finite(text: str) -> bool:
-    try:
-        value = float(text)
-    except ValueError:
-        return False
-    return value == value and abs(value) != float("inf")
 
 
 def _compare_with_report(run: StoredRun, hashes: set[str], report: Path) -> None:

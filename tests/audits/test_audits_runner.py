@@ -14,6 +14,7 @@ from torch import nn
 
 from robustdistill import attacks
 from robustdistill.audits import audit, build_report
+from robustdistill.audits.probes import PROBES
 from robustdistill.audits.runner import state_dict_sha256
 from robustdistill.errors import UserInputError
 from robustdistill.models import checkpoint_sha256, load_model
@@ -32,7 +33,15 @@ def cheap_run(digits_pair: tuple[Path, Path], cheap_suite: Any, tmp_path_factory
 def test_report_json_has_the_design_schema(cheap_run: tuple[Any, Path], digits_pair: tuple[Path, Path]) -> None:
     report, out = cheap_run
     on_disk = json.loads((out / "report.json").read_text())
-    assert list(on_disk) == ["suite", "manifest", "results", "gates", "flags", "verdict"]
+    assert list(on_disk) == ["suite", "manifest", "results", "gates", "flags", "verdict", "sections"]
+    # Each probe of the suite is in exactly one report section, the one its probe class names.
+    listed = [name for section in on_disk["sections"] for name in section["probes"]]
+    assert sorted(listed) == sorted(p["name"] for p in on_disk["suite"]["probes"])
+    for section in on_disk["sections"]:
+        for name in section["probes"]:
+            kind = next(p["kind"] for p in on_disk["suite"]["probes"] if p["name"] == name)
+            assert (PROBES.get(kind).group, PROBES.get(kind).family) == (section["group"], section["family"])
+    assert on_disk["manifest"]["families"] == {"teacher": "classifier", "student": "classifier"}
     assert on_disk["verdict"]["passed"] is report.passed and on_disk["verdict"]["summary"] in report.summary()
     assert on_disk == json.loads(json.dumps(report.to_dict()))
     manifest = on_disk["manifest"]

@@ -1,13 +1,12 @@
-"""The probe base: the evaluation context a unit runs in (:class:`EvalContext`), what a unit returns
-(:class:`UnitResult`), running models and attacks on the evaluation set with non-finite-output checks, resolving an
-attack name and its parameters against the suite's threat model (:class:`AttackSpec`), report rows
-(:func:`accuracy_row`, :func:`value_row`), the :class:`Probe` base class with its config (:class:`ProbeConfig`), and
-the ``PROBES`` registry with :func:`build_probe`, which turns one ``[[probes]]`` table into a probe.
+"""The probe base, the same for every model family: the evaluation context a unit runs in (:class:`EvalContext`; a
+family's context adds its data), what a unit returns (:class:`UnitResult`), report rows (:func:`accuracy_row`,
+:func:`value_row`), the :class:`Probe` base class with its config (:class:`ProbeConfig`), and the ``PROBES`` registry
+with :func:`build_probe`, which turns one ``[[probes]]`` table into a probe. Nothing here knows what an image is: the
+image family's helpers (attacks on (x, y), the threat model's attack specs) are in ``probes/image/context.py``.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Mapping
@@ -17,16 +16,12 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pydantic
-import torch
 from pydantic import ConfigDict, ValidationError
-from torch import nn
 
-from robustdistill import attacks
 from robustdistill.audits.schema import PROBE_NAME_PATTERN, ThreatModel, user_error
 from robustdistill.errors import UserInputError
 from robustdistill.registry import Registry
 from robustdistill.stats import proportion_row
-from robustdistill.utils import model_device
 
 log = logging.getLogger(__name__)
 
@@ -34,45 +29,34 @@ PROBES: Registry[type["Probe"]] = Registry("probe")
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Running models and attacks on an evaluation set
+# What a unit sees and returns
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EvalContext:
-    """What a unit sees: the evaluation points (CPU, [0, 1]), the models by role, and run settings."""
+    """What a unit sees, whatever the model family: the models by role, the run settings, where artifacts go, and
+    which models gave non-finite outputs. A family's context (e.g. ``ImageContext``) adds its evaluation data."""
 
-    x: torch.Tensor
-    y: torch.Tensor
-    models: dict[str, nn.Module]
+    models: dict[str, Any]
     seed: int
     batch_size: int
     artifacts: Path | None = None
-    example_idx: np.ndarray | None = None
-    examples_probe: str | None = None
-    _clean_pred: dict[str, torch.Tensor] = field(default_factory=dict)
-    non_finite: dict[str, str] = field(default_factory=dict)  # role -> where its logits were first NaN or infinite
+    non_finite: dict[str, str] = field(default_factory=dict)  # role -> where its outputs were first NaN or infinite
 
     @property
     def n(self) -> int:
-        return int(self.y.shape[0])
+        """The number of evaluation points a unit's masks cover."""
+        raise NotImplementedError
 
-    def clean_pred(self, role: str) -> torch.Tensor:
-        if role not in self._clean_pred:
-            self._clean_pred[role] = self.predict(role, self.x, "clean evaluation inputs")
-        return self._clean_pred[role]
+    def check_outputs(self, role: str) -> None:
+        """Make sure ``role``'s outputs on the evaluation data were checked for NaN/infinite values once this run
+        (families whose probes may not look at every model's outputs override it)."""
 
-    def predict(self, role: str, x: torch.Tensor, inputs: str) -> torch.Tensor:
-        """The role's top-1 predictions on ``x``, noting ``inputs`` (what x is) when any logit is NaN or infinite:
-        the argmax of such a row is arbitrary (NaN counts as the largest), so every number built on it is void."""
-        pred, bad = predict_checked(self.models[role], x, self.batch_size)
-        if bad and role not in self.non_finite:
-            if not bool(torch.isfinite(x).all()):  # an attack's fault rather than the model's: say so
-                inputs += " (the inputs themselves hold NaN or infinite values)"
-            self.non_finite[role] = f"NaN or infinite logits on {bad} of {len(x)} {inputs}"
-        return pred
+    def note_non_finite(self, role: str, evidence: str) -> None:
+        self.non_finite.setdefault(role, evidence)
 
     def output_flags(self, roles: tuple[str, ...]) -> list[dict[str, Any]]:
-        """A ``non_finite_outputs`` flag for each of ``roles`` seen with NaN or infinite logits in this run."""
+        """A ``non_finite_outputs`` flag for each of ``roles`` seen with NaN or infinite outputs in this run."""
         return [non_finite_flag(role, self.non_finite[role]) for role in roles if role in self.non_finite]
 
 
@@ -92,51 +76,6 @@ def non_finite_flag(role: str, evidence: str) -> dict[str, Any]:
     return {"kind": NON_FINITE, "model": role, "check": NON_FINITE, "evidence": evidence}
 
 
-@torch.no_grad()
-def predict_checked(model: nn.Module, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, int]:
-    """(top-1 predictions, number of inputs with a NaN or infinite logit)."""
-    device = model_device(model)
-    out, bad = [], 0
-    for i in range(0, len(x), batch_size):
-        logits = model(x[i : i + batch_size].to(device))
-        bad += int((~torch.isfinite(logits)).flatten(1).any(1).sum())
-        out.append(logits.argmax(1).cpu())
-    return (torch.cat(out) if out else torch.empty(0, dtype=torch.long)), bad
-
-
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return predict_checked(model, x, batch_size)[0]
-
-
-def run_attack(atk: attacks.Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """x_adv for every point, in batches, on the model's device; returned on the CPU."""
-    device = model_device(model)
-    pieces = []
-    broken_by: list[str | None] = []
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
-        pieces.append(atk(model, xb, yb).detach().cpu())
-        broken_by.extend(getattr(atk, "last_broken_by", None) or [])
-    model.eval()
-    if hasattr(atk, "last_broken_by"):
-        atk.audit_broken_by = broken_by  # type: ignore[attr-defined]
-    return torch.cat(pieces) if pieces else x.clone()
-
-
-class ScaledLogits(nn.Module):
-    """``model(x) * scale``: the logit-rescaling check (a CE attack whose success changes with the scale of the
-    logits is fighting saturated softmax gradients, not robustness; Carlini & Wagner 2017, section VIII)."""
-
-    def __init__(self, model: nn.Module, scale: float) -> None:
-        super().__init__()
-        self.model = model
-        self.scale = float(scale)
-        self.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) * self.scale
-
-
 def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return "inf" if value > 0 else "-inf" if value < 0 else "nan"
@@ -145,65 +84,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
     return value
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """An attack by registry name with its resolved constructor arguments (eps/norm from the threat model)."""
-
-    attack: str
-    kwargs: dict[str, Any]
-    norm: str
-
-    def build(self, **override: Any) -> attacks.Attack:
-        return attacks.create(self.attack, **{**self.kwargs, **override})
-
-    def describe(self, **override: Any) -> dict[str, Any]:
-        """Row params: the attack's name and every constructor argument, defaults included."""
-        factory = attacks.ATTACKS.get(self.attack)
-        signature = inspect.signature(factory)
-        values = {name: p.default for name, p in signature.parameters.items()
-                  if p.default is not inspect.Parameter.empty and p.kind is not inspect.Parameter.VAR_KEYWORD}
-        values |= self.kwargs | override
-        if values.get("alpha", 0) is None and "eps" in values and self.attack in ("pgd", "cw-linf"):
-            values["alpha"] = values["eps"] / 4 if isinstance(values["eps"], (int, float)) else None
-        values["norm"] = self.norm
-        return json_safe({"attack": self.attack, **values})
-
-
-def resolve_attack(name: str, params: Mapping[str, Any], threat_model: ThreatModel, seed: int, where: str) -> AttackSpec:
-    """Build once to validate (errors name ``<where>.params...``), filling eps/norm/seed from the suite."""
-    if name not in attacks.ATTACKS:
-        try:
-            attacks.ATTACKS.get(name)
-        except UserInputError as exc:
-            raise UserInputError(f"{where}.attack", exc.problem, exc.fix) from None
-    signature = inspect.signature(attacks.ATTACKS.get(name))
-    kwargs = dict(params)
-    explicit_eps = "eps" in kwargs
-    if "eps" in signature.parameters and not explicit_eps:
-        kwargs["eps"] = threat_model.eps
-    if "norm" in signature.parameters and "norm" not in kwargs:
-        kwargs["norm"] = threat_model.norm
-    if "seed" in signature.parameters:
-        kwargs.setdefault("seed", seed)
-    for key in kwargs:
-        if key not in signature.parameters:
-            known = ", ".join(p for p in signature.parameters if p != "self")
-            raise UserInputError(f"{where}.params.{key}", f"{name} has no parameter {key!r}", f"its parameters: {known}")
-    try:
-        atk = attacks.create(name, **kwargs)
-    except UserInputError as exc:
-        field_name = exc.field if exc.field in signature.parameters else None
-        target = f"{where}.params.{field_name}" if field_name else f"{where}.params"
-        raise UserInputError(target, exc.problem, exc.fix) from None
-    except (TypeError, ValueError) as exc:
-        raise UserInputError(f"{where}.params", str(exc).splitlines()[0], "check the attack's parameters") from None
-    if atk.norm != threat_model.norm and not explicit_eps:
-        raise UserInputError(f"{where}.attack", f"{name} is an {atk.norm.upper()} attack but the threat model is "
-                             f"{threat_model.norm.upper()}", f"set {where}.params.eps to evaluate it at its own radius "
-                             "(eps = inf: minimum-norm), or choose an attack for the threat model")
-    return AttackSpec(name, kwargs, atk.norm)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -220,14 +100,6 @@ def value_row(probe: str, model: str, metric: str, value: float | None, n: int, 
     if value is not None and not math.isfinite(value):
         value = None
     return {"probe": probe, "model": model, "metric": metric, "value": value, "ci95": ci95, "n": n, "params": params}
-
-
-def attack_outcome(ctx: EvalContext, role: str, x_adv: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-    """(clean correct, robust correct = clean correct and still correct under attack, adversarial predictions)."""
-    clean = (ctx.clean_pred(role) == ctx.y).numpy()
-    adv_pred = ctx.predict(role, x_adv, "adversarial inputs")
-    robust = clean & (adv_pred == ctx.y).numpy()
-    return clean, robust, adv_pred
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -252,6 +124,8 @@ class Probe:
     """
 
     kind: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # the model family it applies to (robustdistill.audits.families): "classifier", ...
+    group: ClassVar[str] = ""   # the report section that shows its rows: "image-attacks", "privacy", ...
     config_class: ClassVar[type[ProbeConfig]] = ProbeConfig
     metrics: ClassVar[tuple[str, ...]] = ()
     pair: ClassVar[bool] = False       # runs on (teacher, other model) pairs
@@ -259,6 +133,7 @@ class Probe:
     multi_row: ClassVar[bool] = False  # several rows per (model, metric): not gateable
     retainable: ClassVar[bool] = False
     needs_threat_model: ClassVar[bool] = True  # attacks inputs within the suite's threat model
+    required_masks: ClassVar[tuple[str, ...]] = ()  # per-point masks of each model that its family's report reads
 
     def __init__(self, config: ProbeConfig, threat_model: ThreatModel, seed: int, where: str) -> None:
         self.config = config
@@ -293,6 +168,17 @@ class Probe:
         """The metrics of :meth:`produces` with one row per model (a gate needs a single value)."""
         return () if self.multi_row else self.produces(role)
 
+    @classmethod
+    def mask_problem(cls, name: str) -> str | None:
+        """What is wrong with a stored mask's name (the run store refuses a unit edited to hold it), or None."""
+        return None
+
+    @classmethod
+    def robustness_claim(cls, metric: str) -> bool:
+        """Whether ``metric`` claims robustness to attack, so that a gradient-masking flag on a model whose
+        gradients made its adversarial examples leaves a gate on it untrusted."""
+        return False
+
     def units(self, roles: list[str]) -> list[tuple[str, ...]]:
         if self.derived:
             return []
@@ -300,7 +186,7 @@ class Probe:
             return [("teacher", role) for role in roles if role != "teacher"]
         return [(role,) for role in roles]
 
-    def check_models(self, models: Mapping[str, nn.Module], checkpoints: Mapping[str, Mapping[str, Any]]) -> None:
+    def check_models(self, models: Mapping[str, Any], checkpoints: Mapping[str, Mapping[str, Any]]) -> None:
         """Check what depends on the loaded models (e.g. recorded training members) before anything is written;
         raise UserInputError naming the field."""
 
@@ -313,7 +199,7 @@ class Probe:
         sure every model of every unit had one costs one forward pass per model, whatever the probe."""
         result = self.run(ctx, roles)
         for role in roles:
-            ctx.clean_pred(role)
+            ctx.check_outputs(role)
         result.flags.extend(ctx.output_flags(roles))
         return result
 

@@ -15,8 +15,8 @@ from torch import nn
 
 from robustdistill import attacks
 from robustdistill.audits import masking
-from robustdistill.audits.probes.base import (PROBES, EvalContext, Probe, ProbeConfig, ScaledLogits, UnitResult,
-                                              accuracy_row, attack_outcome, run_attack, value_row)
+from robustdistill.audits.probes.base import PROBES, Probe, ProbeConfig, UnitResult, accuracy_row, value_row
+from robustdistill.audits.probes.image.context import ImageContext, ScaledLogits, attack_outcome, run_attack
 from robustdistill.errors import UserInputError
 from robustdistill.limits import MAX_QUERIES, check_eps, check_int, check_restarts, check_steps
 
@@ -48,6 +48,8 @@ class MaskingProbe(Probe):
     """
 
     kind = "masking"
+    family = "classifier"
+    group = "masking"
     config_class = MaskingConfig
     metrics = ("single_step_robust_accuracy", "pgd_robust_accuracy", "pgd_more_steps_robust_accuracy",
                "pgd_restarts_robust_accuracy", "large_eps_robust_accuracy", "scaled_logits_robust_accuracy",
@@ -69,6 +71,10 @@ class MaskingProbe(Probe):
         if self.threat_model.eps <= 0:
             raise UserInputError("threat_model.eps", "the masking checks need eps > 0", "set a positive eps")
 
+    @classmethod
+    def robustness_claim(cls, metric: str) -> bool:
+        return True
+
     def produces(self, role: str) -> tuple[str, ...]:
         # worst_case runs Square on top of the gradient attacks: no Square queries, no worst case.
         return tuple(m for m in self.metrics if m != "worst_case_robust_accuracy" or self.config.square_queries)
@@ -87,7 +93,7 @@ class MaskingProbe(Probe):
             return 0.5
         return 0.5 * math.sqrt(x[0].numel())  # the L2 ball that holds flat grey from any image
 
-    def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
+    def run(self, ctx: ImageContext, roles: tuple[str, ...]) -> UnitResult:
         (role,) = roles
         cfg, tm = self.config, self.threat_model
         model = ctx.models[role]

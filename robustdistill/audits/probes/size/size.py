@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import logging
 
-from robustdistill.audits.probes.base import PROBES, EvalContext, Probe, UnitResult
+from robustdistill.audits.probes.base import PROBES, Probe, UnitResult
+from robustdistill.audits.probes.image.context import ImageContext
 from robustdistill.models.size import count_macs, count_params
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,12 @@ class SizeProbe(Probe):
     Exact numbers, so rows carry neither a confidence interval nor a sample count."""
 
     kind = "size"
+    family = "classifier"
+    group = "size"
     metrics = ("parameters", "macs")
     needs_threat_model = False
 
-    def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
+    def run(self, ctx: ImageContext, roles: tuple[str, ...]) -> UnitResult:
         (role,) = roles
         model = ctx.models[role]
         shape = [int(s) for s in ctx.x.shape[1:]]

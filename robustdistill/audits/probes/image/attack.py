@@ -1,41 +1,22 @@
-"""The image attack probes, one unit per model: ``clean`` (natural accuracy), ``attack`` (robust accuracy under one
-attack or an AutoAttack ensemble, with the report's adversarial examples) and ``curve`` (robust accuracy over a list
-of epsilons), plus :func:`default_examples_probe`, which picks the attack probe whose examples fill the report grid.
+"""The ``attack`` probe: robust accuracy of each model under one attack or an AutoAttack ensemble, with the
+adversarial examples of the report's grid (:func:`save_examples`), and :func:`default_examples_probe`, which picks
+the attack probe whose examples fill that grid.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from robustdistill import attacks
-from robustdistill.audits.probes.base import (PROBES, EvalContext, Probe, ProbeConfig, UnitResult, accuracy_row,
-                                              attack_outcome, resolve_attack, run_attack, value_row)
-from robustdistill.errors import UserInputError
+from robustdistill.audits.probes.base import PROBES, Probe, ProbeConfig, UnitResult, accuracy_row, value_row
+from robustdistill.audits.probes.image.context import ImageContext, attack_outcome, resolve_attack, run_attack
 from robustdistill.stats import proportion_row
 
 # Preference for the attack whose examples go in the report's example grid (strongest first).
 EXAMPLE_PREFERENCE = ("autoattack", "apgd-t", "apgd-ce", "fab-t", "cw-linf", "pgd", "cw-l2", "square", "fgsm")
-
-
-@PROBES.register("clean")
-class CleanProbe(Probe):
-    """Clean (natural) top-1 accuracy with its 95% Wilson interval."""
-
-    kind = "clean"
-    metrics = ("accuracy",)
-    retainable = True
-    needs_threat_model = False
-
-    def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
-        (role,) = roles
-        correct = (ctx.clean_pred(role) == ctx.y).numpy()
-        return UnitResult([accuracy_row(self.name, role, "accuracy", correct, self.row_params())],
-                          masks={role: {"correct": correct}})
 
 
 class AttackConfig(ProbeConfig):
@@ -53,14 +34,21 @@ class AttackProbe(Probe):
     """
 
     kind = "attack"
+    family = "classifier"
+    group = "image-attacks"
     config_class = AttackConfig
     metrics = ("robust_accuracy", "success_rate", "median_l2")
     retainable = True
+    required_masks = ("clean", "robust")
     config: AttackConfig
     # AutoAttack also reports robust_accuracy_after_<stage> per component (cumulative, as the official code).
 
     def default_name(self) -> str:
         return self.config.attack
+
+    @classmethod
+    def robustness_claim(cls, metric: str) -> bool:
+        return True
 
     def validate(self) -> None:
         self.spec_ = resolve_attack(self.config.attack, self.config.params, self.threat_model, self.seed, self.where)
@@ -89,7 +77,7 @@ class AttackProbe(Probe):
     def row_params(self, **extra: Any) -> dict[str, Any]:
         return {"name": self.name, **self.params(), **extra}
 
-    def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
+    def run(self, ctx: ImageContext, roles: tuple[str, ...]) -> UnitResult:
         (role,) = roles
         model = ctx.models[role]
         atk = self.spec_.build()
@@ -122,7 +110,7 @@ class AttackProbe(Probe):
         return result
 
 
-def save_examples(ctx: EvalContext, role: str, probe: str, x_adv: torch.Tensor, adv_pred: torch.Tensor) -> str:
+def save_examples(ctx: ImageContext, role: str, probe: str, x_adv: torch.Tensor, adv_pred: torch.Tensor) -> str:
     """Write artifacts/examples-<role>.npz (the runner merges the roles into examples.npz)."""
     from robustdistill.utils import atomic_path
 
@@ -142,55 +130,6 @@ def save_examples(ctx: EvalContext, role: str, probe: str, x_adv: torch.Tensor, 
                 attack=np.array(probe),
             )
     return name
-
-
-class CurveConfig(ProbeConfig):
-    attack: str = "pgd"
-    params: dict[str, Any] = Field(default_factory=dict)
-    eps: list[float] = Field(min_length=1)
-
-
-@PROBES.register("curve")
-class CurveProbe(Probe):
-    """Robust accuracy over a list of eps for one attack (a robustness curve; eps = 0 is clean accuracy)."""
-
-    kind = "curve"
-    config_class = CurveConfig
-    metrics = ("robust_accuracy",)
-    multi_row = True
-    config: CurveConfig
-
-    def validate(self) -> None:
-        if "eps" in self.config.params:
-            raise UserInputError(f"{self.where}.params.eps", "a curve sets eps from its own list", f"use {self.where}.eps")
-        for i, eps in enumerate(self.config.eps):
-            if not (math.isfinite(eps) and eps >= 0):
-                raise UserInputError(f"{self.where}.eps[{i}]", f"must be a finite number >= 0, got {eps}", "e.g. 0.125")
-        self.spec_ = resolve_attack(self.config.attack, self.config.params, self.threat_model, self.seed, self.where)
-        for i, eps in enumerate(self.config.eps):
-            if eps > 0:
-                try:
-                    self.spec_.build(eps=eps)
-                except UserInputError as exc:
-                    raise UserInputError(f"{self.where}.eps[{i}]", exc.problem, exc.fix) from None
-
-    def params(self) -> dict[str, Any]:
-        return {**self.spec_.describe(), "eps": [float(e) for e in self.config.eps]}
-
-    def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
-        (role,) = roles
-        rows, masks = [], {}
-        for eps in sorted(self.config.eps):
-            params = self.row_params(**self.spec_.describe(eps=float(eps)))
-            if eps == 0:
-                clean = (ctx.clean_pred(role) == ctx.y).numpy()
-                robust = clean
-            else:
-                x_adv = run_attack(self.spec_.build(eps=eps), ctx.models[role], ctx.x, ctx.y, ctx.batch_size)
-                _, robust, _ = attack_outcome(ctx, role, x_adv)
-            rows.append(accuracy_row(self.name, role, "robust_accuracy", robust, params))
-            masks[f"robust@{eps:g}"] = robust
-        return UnitResult(rows, masks={role: masks})
 
 
 def default_examples_probe(probes: list[Probe]) -> str | None:

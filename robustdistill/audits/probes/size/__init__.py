@@ -1,0 +1,1 @@
+"""The ``size`` probe of the classifier family: parameters and MACs of each model."""

@@ -103,8 +103,8 @@ def probe_checks(
         if count > max(tolerance * n, 2):
             flags.append(flag(role, "black_box_beats_white_box",
                               f"Square (black-box) broke {count} of {n} points that every gradient attack (FGSM, "
-                              f"PGD-{steps} on CE and on the CW margin, PGD-{more_steps}, {restarts} restarts, rescaled "
-                              f"logits) missed at eps={eps:g}"))
+                              f"PGD-{steps} on CE and on the CW margin, PGD-{more_steps}, {restarts} restarts, "
+                              f"rescaled logits) missed at eps={eps:g}"))
     # (c) no saturation at a very large eps
     large = results["large_eps"]
     if float(large.mean()) > large_eps_max_accuracy:
@@ -153,7 +153,8 @@ class AttackResult:
         return self.probe if self.probe == self.attack else f"{self.probe} ({self.attack})"
 
     def same_threat(self, other: AttackResult) -> bool:
-        return self.norm == other.norm and self.eps is not None and other.eps is not None and abs(self.eps - other.eps) < 1e-12
+        return (self.norm == other.norm and self.eps is not None and other.eps is not None
+                and abs(self.eps - other.eps) < 1e-12)
 
 
 def cross_checks(
@@ -191,7 +192,8 @@ def cross_checks(
                                   f"inside {auto.label}, Square (black-box) broke {count} of {n} points that APGD-CE, "
                                   f"APGD-T and FAB-T missed at eps={auto.eps:g}"))
     for strong in (a for a in attacks if a.attack in SCALE_INVARIANT and a.attack not in BLACK_BOX):
-        ce_iterative = [a for a in attacks if a.loss == "ce" and a.attack in ITERATIVE and a.attack not in SCALE_INVARIANT]
+        ce_iterative = [a for a in attacks
+                        if a.loss == "ce" and a.attack in ITERATIVE and a.attack not in SCALE_INVARIANT]
         for ce in (a for a in ce_iterative if a.same_threat(strong)):
             flags += excess_flag(role, "loss_sensitive", ce.robust, strong.robust, loss_tolerance,
                                  lambda points, disc: f"{ce.label} (cross-entropy gradients) leaves {pct(ce.robust)} "

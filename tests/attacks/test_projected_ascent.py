@@ -45,7 +45,8 @@ def reference_maximise(model: nn.Module, objective: Callable[[torch.Tensor], tor
     for _ in range(steps):
         x_adv.requires_grad_(True)
         (grad,) = torch.autograd.grad(objective(x_adv), x_adv)
-        x_adv = project(x_adv.detach() + step_size * _direction(grad, norm), x, eps, norm).detach()  # type: ignore[arg-type]
+        step = step_size * _direction(grad, norm)
+        x_adv = project(x_adv.detach() + step, x, eps, norm).detach()  # type: ignore[arg-type]
     return x_adv
 
 
@@ -74,8 +75,8 @@ def test_maximise_gives_the_x_adv_of_the_loop_it_replaced(norm: str, eps: float,
     def objective(x_adv: torch.Tensor) -> torch.Tensor:
         return teacher_student_kl(teacher_logits, model(x_adv), student_temperature=4.0)
 
-    x_adv = maximise(model, objective, x, eps=eps, step_size=eps / 4, steps=10, norm=norm, start=start,  # type: ignore[arg-type]
-                     bn_mode="eval", generator=torch.Generator().manual_seed(5))
+    x_adv = maximise(model, objective, x, eps=eps, step_size=eps / 4, steps=10, norm=norm,
+                     start=start, bn_mode="eval", generator=torch.Generator().manual_seed(5))  # type: ignore[arg-type]
     expected = reference_maximise(model, objective, x, eps=eps, step_size=eps / 4, steps=10, norm=norm, start=start,
                                   seed=5)
     assert not torch.equal(expected, x)

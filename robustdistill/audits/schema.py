@@ -40,7 +40,6 @@ from __future__ import annotations
 import copy
 import difflib
 import logging
-import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -50,6 +49,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from robustdistill.audits.gates import Gate, parse_gates
 from robustdistill.data import DataSpec, SPLITS, parse_spec
 from robustdistill.errors import UserInputError
 from robustdistill.limits import MAX_SEED, check_eps, read_text
@@ -119,13 +119,6 @@ class Pipeline(Strict):
     extra: dict[str, str] = Field(default_factory=dict)
 
 
-class GateSpec(Strict):
-    """``{ min = 0.5 }``, ``{ max = 0.1 }`` or both."""
-
-    min: float | None = None
-    max: float | None = None
-
-
 class Top(Strict):
     """The top-level keys (sections are validated on their own, so their errors name their own fields)."""
 
@@ -151,22 +144,6 @@ class VerdictPolicy(Strict):
     Incomplete runs and NaN or infinite model outputs always fail it."""
 
     gradient_masking: Literal["fail", "warn"] = "fail"
-
-
-@dataclass(frozen=True)
-class Gate:
-    """One bound on one metric: ``metric`` is ``<role>.<probe>.<metric>`` or ``retention.<probe>``."""
-
-    metric: str
-    op: Literal[">=", "<="]
-    threshold: float
-    role: str
-    probe: str
-    measure: str  # the row's metric name, or the probe name a retention gate refers to
-
-    @property
-    def is_retention(self) -> bool:
-        return self.probe == "retention"
 
 
 @dataclass
@@ -345,76 +322,6 @@ def _data(raw: Any, base: Path | None) -> tuple[DataSpec, str]:
     return parse_spec(raw), str(split)
 
 
-def _describe(probe: Any) -> str:
-    """The probe's kind, with the attack and norm of an attack probe (why median_l2 is missing from an L-inf one)."""
-    if probe.kind == "attack":
-        return f"{probe.attack}, {probe.norm.upper().replace('LINF', 'L-inf')}"
-    return probe.kind
-
-
-def _gates(raw: Mapping[str, Any], suite_roles: list[str], probes: list[Any]) -> tuple[list[Gate], dict[str, dict[str, float]]]:
-    by_name = {probe.name: probe for probe in probes}
-    gates: list[Gate] = []
-    cleaned: dict[str, dict[str, float]] = {}
-    syntax = 'write "<role>.<probe>.<metric>" = { min = 0.5 } or "retention.<probe>" = { min = 0.8 }'
-    for key, spec in raw.items():
-        where = f"gates.{key!r}" if "." in key else f"gates.{key}"
-        if not isinstance(spec, Mapping):
-            raise UserInputError(where, f"must be a table with min and/or max, got {spec!r}", syntax)
-        try:
-            bounds = GateSpec.model_validate(dict(spec))
-        except ValidationError as exc:
-            raise user_error(exc, where, GateSpec) from None
-        if bounds.min is None and bounds.max is None:
-            raise UserInputError(where, "has neither min nor max", syntax)
-        for label, bound in (("min", bounds.min), ("max", bounds.max)):
-            if bound is not None and not math.isfinite(bound):
-                raise UserInputError(f"{where}.{label}", f"must be a finite number, got {bound}", "e.g. 0.5")
-        parts = key.split(".")
-        if len(parts) == 2 and parts[0] == "retention":
-            role, probe_name, measure = "student", "retention", parts[1]
-        elif len(parts) == 3:
-            role, probe_name, measure = parts
-        else:
-            raise UserInputError(where, "is not a metric path", syntax)
-        if role not in suite_roles:
-            raise UserInputError(where, f"unknown model {role!r}", f"use one of {', '.join(suite_roles)}")
-        if probe_name == "retention":
-            if role == "teacher":
-                raise UserInputError(where, "retention is student / teacher; the teacher has none", "gate a student's retention")
-            target = by_name.get(measure)
-            if target is None or not target.retainable:
-                options = [p.name for p in probes if p.retainable]
-                raise UserInputError(where, f"no clean or attack probe named {measure!r} to take the retention of",
-                                     f"use one of {', '.join(options) or '(none: add an attack probe)'}")
-        else:
-            target = by_name.get(probe_name)
-            if target is None:
-                close = difflib.get_close_matches(probe_name, list(by_name), n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise UserInputError(where, f"no probe named {probe_name!r} in the suite",
-                                     f"{hint}probes: {', '.join(by_name)}")
-            metrics = target.gate_metrics(role)
-            if measure not in metrics:
-                # Refused now, not reported "missing" after the run: this probe can never give that row.
-                if measure in target.produces(role):
-                    problem = f"probe {probe_name!r} gives several {measure!r} rows per model, so it cannot be gated"
-                else:
-                    problem = f"probe {probe_name!r} ({_describe(target)}) never produces {measure!r} for {role}"
-                close = difflib.get_close_matches(measure, list(metrics), n=1)
-                hint = f"did you mean {close[0]!r}? " if close else ""
-                raise UserInputError(where, problem, f"{hint}gateable metrics of {probe_name!r} for {role}: "
-                                     f"{', '.join(metrics) or '(none)'}")
-            if target.pair and role == "teacher" and len(suite_roles) > 2:
-                raise UserInputError(where, "the teacher has one such row per other model", "gate the other model instead")
-        cleaned[key] = {k: v for k, v in (("min", bounds.min), ("max", bounds.max)) if v is not None}
-        if bounds.min is not None:
-            gates.append(Gate(key, ">=", float(bounds.min), role, probe_name, measure))
-        if bounds.max is not None:
-            gates.append(Gate(key, "<=", float(bounds.max), role, probe_name, measure))
-    return gates, cleaned
-
-
 def load_suite(
     suite: str | Path | Mapping[str, Any] | Suite,
     *,
@@ -494,7 +401,7 @@ def load_suite(
                                  "give each probe a distinct name")
         seen[probe.name] = where
     roles = ["teacher", "student", *pipeline.extra]
-    gates, raw_gates = _gates(top.gates, roles, probes)
+    gates, raw_gates = parse_gates(top.gates, roles, probes)
     try:
         verdict = VerdictPolicy.model_validate(top.verdict)
     except ValidationError as exc:

@@ -110,8 +110,8 @@ def build_report(run_dir: str | Path) -> Report:
         manifest["incomplete"] = missing
     manifest |= stored.evidence()
     written = family.finish(run_dir, last, finished, roles)
-    report = Report(last["suite"], manifest, rows, gates, flags, run_dir, missing, sections=sections(last["suite"]),
-                    written=written)
+    report = Report(last["suite"], manifest, rows, gates, flags, run_dir, missing,
+                    sections=sections(last["suite"], rows), written=written)
     write_json_atomic(run_dir / REPORT, report.to_dict())
     return report
 
@@ -138,12 +138,14 @@ def robustness_claims(suite: Mapping[str, Any]) -> Callable[[Mapping[str, Any]],
     return claims
 
 
-def sections(suite: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The report's sections in suite order: one per probe group, listing its probes (retention joins the
-    transfer-and-agreement group when the suite has any classifier probe: its rows are always derived)."""
+def sections(suite: Mapping[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's sections in suite order: one per probe group, listing its probes (retention, derived whether the
+    suite lists it or not, is listed when the report has retention rows)."""
     out: dict[str, dict[str, Any]] = {}
+    listed = {p.get("name", p.get("kind")) for p in suite.get("probes", [])}
+    derived = {row["probe"] for row in rows}
     for name, probe_class in probe_classes(suite).items():
-        if name == "retention" and not any(p.get("name", p.get("kind")) == "retention" for p in suite.get("probes", [])):
+        if name not in listed and name not in derived:
             continue
         section = out.setdefault(probe_class.group, {"group": probe_class.group, "family": probe_class.family,
                                                      "probes": []})

@@ -35,11 +35,14 @@ def test_report_json_has_the_design_schema(cheap_run: tuple[Any, Path], digits_p
     on_disk = json.loads((out / "report.json").read_text())
     assert list(on_disk) == ["suite", "manifest", "results", "gates", "flags", "verdict", "sections"]
     # Each probe of the suite is in exactly one report section, the one its probe class names.
+    # Retention, derived from the clean and attack units, is listed because the report has its rows.
     listed = [name for section in on_disk["sections"] for name in section["probes"]]
-    assert sorted(listed) == sorted(p["name"] for p in on_disk["suite"]["probes"])
+    assert any(row["probe"] == "retention" for row in on_disk["results"])
+    assert sorted(listed) == sorted([p["name"] for p in on_disk["suite"]["probes"]] + ["retention"])
+    kinds = {p["name"]: p["kind"] for p in on_disk["suite"]["probes"]} | {"retention": "retention"}
     for section in on_disk["sections"]:
         for name in section["probes"]:
-            kind = next(p["kind"] for p in on_disk["suite"]["probes"] if p["name"] == name)
+            kind = kinds[name]
             assert (PROBES.get(kind).group, PROBES.get(kind).family) == (section["group"], section["family"])
     assert on_disk["manifest"]["families"] == {"teacher": "classifier", "student": "classifier"}
     assert on_disk["verdict"]["passed"] is report.passed and on_disk["verdict"]["summary"] in report.summary()

@@ -15,21 +15,32 @@ def available() -> list[str]:
     return TRAINERS.available()
 
 
-def create(method: str, config: TrainConfig | None = None, *, recipe: str | Path | None = None, overrides: list[str] | None = None) -> Trainer:
-    """A trainer for ``method``, configured by a config object, or by a recipe file plus ``key=value`` overrides."""
+def create(method: str, config: TrainConfig | None = None, *, recipe: str | Path | None = None,
+           overrides: list[str] | None = None, threads: int | None = None) -> Trainer:
+    """A trainer for ``method``, configured by a config object, or by a recipe file plus ``key=value`` overrides.
+
+    ``threads``: CPU threads for torch while it trains; None for robustdistill's default, the CLI's (1 unless
+    $ROBUSTDISTILL_THREADS or $OMP_NUM_THREADS say otherwise: see :mod:`robustdistill.threads`)."""
+    from robustdistill.threads import requested
+
+    requested(threads)  # a bad count fails here, before any recipe is read
     trainer_class = TRAINERS.get(method)
     if config is None:
         config = load_recipe(trainer_class.config_class, recipe, overrides or [], method)
     else:
         check_bounds(config)  # a config built in Python gets the same bounds as a recipe
-    return trainer_class(config)
+    trainer = trainer_class(config)
+    trainer.threads = threads
+    return trainer
 
 
-def train_from_recipe(recipe: str | Path, out: str | Path, overrides: list[str] | None = None, resume: bool = False) -> Path:
-    """Train the method a recipe names (its ``method`` key) and write the checkpoint to ``out``."""
+def train_from_recipe(recipe: str | Path, out: str | Path, overrides: list[str] | None = None, resume: bool = False,
+                      threads: int | None = None) -> Path:
+    """Train the method a recipe names (its ``method`` key) and write the checkpoint to ``out``; ``threads`` as
+    in :func:`create`."""
     from robustdistill.errors import UserInputError
 
     method = read_toml(recipe, "--config").get("method")
     if not method:
         raise UserInputError("method", f"{recipe} does not say which method it trains", "add method = '...' at its top")
-    return create(method, recipe=recipe, overrides=overrides).fit(out, resume=resume)
+    return create(method, recipe=recipe, overrides=overrides, threads=threads).fit(out, resume=resume)

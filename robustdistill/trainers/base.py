@@ -119,6 +119,9 @@ class Trainer:
         self.epoch_seconds: list[float] = []  # wall time of each training epoch run by this process (no validation)
         self._work_lock: ownership.DirectoryLock | None = None  # held on <out>.partial from start_run to the end
         self._progress: WorkProgress | None = None  # the whole run's, inside run_progress()
+        # CPU threads for torch: None is robustdistill's documented default (robustdistill.threads: 1 unless
+        # $ROBUSTDISTILL_THREADS or $OMP_NUM_THREADS say otherwise), applied as each run starts.
+        self.threads: int | None = None
 
     # --- hooks for subclasses -------------------------------------------------------------------------
     def check_inputs(self) -> None:
@@ -334,6 +337,7 @@ class Trainer:
         ``<out>.partial`` work folder, the points trained on, the whole train split, val, the model)."""
         cfg = self.config
         work = out.with_name(out.name + ".partial")
+        self.apply_threads()
         # Before any work (and not at save time, after every epoch): where the checkpoint and the work folder go.
         check_checkpoint_out(out)
         ownership.claim_out(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work,
@@ -356,6 +360,18 @@ class Trainer:
         ownership.adopt(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work)
         ownership.record(work, [work / STATE_FILE])
         return work, train, full, val, model
+
+    def apply_threads(self) -> int:
+        """Give torch the thread count this run uses (``self.threads``, else robustdistill's default), as the CLI
+        does: torch's own default of one thread per core is several times slower for these small models."""
+        from robustdistill import threads
+
+        if self.threads is None and threads._applied is not None:
+            # robustdistill chose already in this process (the CLI's --threads N, an earlier run, the stage that
+            # started this one), or the user changed it since: keep that. threads.resolve() would return its
+            # default of 1 here and undo --threads N (reported to the owner of threads.py; drop this check then).
+            return torch.get_num_threads()
+        return threads.apply_thread_default(self.threads)
 
     def end_run(self, *, abandon: bool = False) -> None:
         """Release the work folder's lock. The folder stays for --resume, unless ``abandon``: a run that failed

@@ -219,7 +219,9 @@ class GuardTrainer(Trainer):
             log.info("reusing the squeezed model in %s", target)
         else:
             log.info("squeeze: %s on the real data, curvature %s", cfg.squeeze.arch, cfg.curvature)
-            SqueezeTrainer(squeeze_cfg).fit(target, resume=resume)
+            squeezer = SqueezeTrainer(squeeze_cfg)
+            squeezer.threads = self.threads
+            squeezer.fit(target, resume=resume)
         model = load_model(target, device=self.device)
         assert isinstance(model, Classifier)
         record = {"path": str(target), "sha256": checkpoint_sha256(target), "arch": model.arch,
@@ -317,6 +319,7 @@ class GuardTrainer(Trainer):
             raise UserInputError("train_data", "GUARD / SRe2L train the student on the data they distil",
                                  "give the real data in the recipe's [data]")
         out = Path(out)
+        self.apply_threads()  # before the squeeze and recover stages, not only the student's epochs
         paths = distilled_paths(out)
         # Before the squeeze: the student's checkpoint and <out>.distilled are new, empty or robustdistill's own.
         check_checkpoint_out(out)

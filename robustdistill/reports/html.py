@@ -24,9 +24,9 @@ from robustdistill.reports.html_page import (
     value_cell,
 )
 from robustdistill.reports.privacy_data import Privacy
-from robustdistill.reports.records import fmt_fact, fmt_param, fmt_params, fmt_value, role_sort_key
+from robustdistill.reports.records import fmt_fact, fmt_param, fmt_params, role_sort_key
 from robustdistill.reports.sections import Context, coverage, ordered, section_specs
-from robustdistill.reports.status import gate_probe, gate_status, gate_unit, reduced_note
+from robustdistill.reports.status import gate_views, reduced_gate_notes
 
 SHA_CHARS = 16
 
@@ -107,29 +107,21 @@ def _summary(report: Report) -> str:
 
 
 def _gates(report: Report) -> str:
-    masked = set(report.masked_roles)
-    rows, classes, reduced = [], [], []
-    for gate in report.gates:
-        probe = gate_probe(gate.metric)
-        name = f"<code>{esc(gate.metric)}</code>"
-        if probe in report.reduced:
-            name += ' <span class="reduced">(reduced)</span>'
-            reduced.append(probe)
-        rows.append([
-            name,
-            esc(gate.op),
-            esc(fmt_value(gate.threshold, gate_unit(gate.metric))),
-            esc(fmt_value(gate.value, gate_unit(gate.metric))),
-            gate_badges(gate_status(gate, masked)),
-        ])
-        classes.append("failed" if gate.passed is False else "")
-    notes = [f'<p class="note reduced">⚠ {esc(reduced_note(probe, report.reduced[probe]))}</p>'
-             for probe in dict.fromkeys(reduced)]
-    return (
-        "<h3>Gates</h3>"
-        + html_table(["Gate", "Op", "Threshold", "Value", "Result"], rows, numeric=(2, 3), row_classes=classes)
-        + "".join(notes)
-    )
+    views = gate_views(report.gates, report.masked_roles, report.reduced)
+    rows = [
+        [
+            f"<code>{esc(v.metric)}</code>" + (' <span class="reduced">(reduced)</span>' if v.reduced else ""),
+            esc(v.op),
+            esc(v.threshold),
+            esc(v.value),
+            gate_badges(v.status),
+        ]
+        for v in views
+    ]
+    classes = ["failed" if v.status.result == "fail" else "" for v in views]
+    notes = "".join(f'<p class="note reduced">⚠ {esc(text)}</p>' for text in reduced_gate_notes(views))
+    header = ["Gate", "Op", "Threshold", "Value", "Result"]
+    return "<h3>Gates</h3>" + html_table(header, rows, numeric=(2, 3), row_classes=classes) + notes
 
 
 def _flags(report: Report, specs: list) -> str:

@@ -115,8 +115,8 @@ def _entry_rows(entry: Mapping[str, Any], columns: Sequence[str], notes: Footnot
             else:
                 cells.append('<span class="note">—</span>')
         model = f'<span class="note">{role}</span> {esc(entry.get(role, "—"))}'
-        lines.append(f"<tr{klass}>{head}<td>{model}</td>" + "".join(f'<td class="num">{c}</td>' for c in cells)
-                     + "</tr>")
+        values = "".join(f'<td class="num">{c}</td>' for c in cells)
+        lines.append(f'<tr{klass}>{head}<td class="model">{model}</td>{values}</tr>')
     return lines
 
 

@@ -70,6 +70,9 @@ table.stack .ci, table.stack .gate { display: block; }
 td .gate { display: block; margin-top: 2px; }
 .reduced { color: var(--warn); font-weight: 600; }
 p.settings { margin: 4px 0 8px; font-size: 13px; color: var(--muted); }
+table.index th { white-space: normal; vertical-align: bottom; }
+table.index td.pipeline { min-width: 220px; }
+table.index td.model { min-width: 150px; }
 .pill { display: inline-block; padding: 1px 10px; border-radius: 999px; font-weight: 700; font-size: 12px;
   letter-spacing: .03em; white-space: nowrap; }
 .pill.pass { color: var(--pass); background: var(--pass-bg); }

@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from robustdistill.reports.data import Report
 from robustdistill.reports.md_page import cell, gate_text, table, value_text
 from robustdistill.reports.privacy_data import Privacy
-from robustdistill.reports.records import fmt_fact, fmt_params, fmt_value, role_sort_key
+from robustdistill.reports.records import fmt_fact, fmt_params, role_sort_key
 from robustdistill.reports.sections import Context, SectionSpec, coverage, ordered, section_specs
-from robustdistill.reports.status import gate_probe, gate_status, gate_unit, reduced_note
+from robustdistill.reports.status import gate_views, reduced_gate_notes
 
 SHA_CHARS = 12
 
@@ -38,20 +38,12 @@ def verdict_reasons(report: Report) -> list[str]:
 def gates(report: Report) -> list[str]:
     if not report.gates:
         return ["## Gates", "", "No gates defined by this suite.", ""]
-    masked = set(report.masked_roles)
-    rows, reduced = [], []
-    for gate in report.gates:
-        probe = gate_probe(gate.metric)
-        name = f"`{gate.metric}`"
-        if probe in report.reduced:
-            name += " (reduced)"
-            reduced.append(probe)
-        unit = gate_unit(gate.metric)
-        rows.append([name, gate.op, fmt_value(gate.threshold, unit), fmt_value(gate.value, unit),
-                     gate_text(gate_status(gate, masked))])
+    views = gate_views(report.gates, report.masked_roles, report.reduced)
+    rows = [[f"`{v.metric}`" + (" (reduced)" if v.reduced else ""), v.op, v.threshold, v.value, gate_text(v.status)]
+            for v in views]
     out = ["## Gates", ""] + table(["gate", "op", "threshold", "value", "result"], rows, "lcrrl") + [""]
-    out += [f"⚠️ {reduced_note(p, report.reduced[p])}" for p in dict.fromkeys(reduced)]
-    return out + ([""] if reduced else [])
+    notes = reduced_gate_notes(views)
+    return out + [f"⚠️ {text}" for text in notes] + ([""] if notes else [])
 
 
 def flags(report: Report, specs: list[SectionSpec]) -> list[str]:

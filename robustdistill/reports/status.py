@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from robustdistill.reports.records import Gate, to_float
+from robustdistill.reports.records import Gate, fmt_value, to_float
 
 #: Why a gate's value is not to be taken at face value, when the runner gave no note of its own.
 GATE_REASONS = {
@@ -80,6 +80,35 @@ def gate_unit(metric: str) -> str:
     return "retention" if metric.startswith("retention.") else metric
 
 
+@dataclass(frozen=True)
+class GateView:
+    """One line of a gates table, as every renderer prints it: the threshold and value formatted, the status, and
+    ``reduced``: why the attack behind the gate ran reduced ("" at full strength)."""
+
+    metric: str
+    op: str
+    threshold: str
+    value: str
+    status: GateStatus
+    reduced: str
+
+
+def gate_views(gates: Iterable[Gate], masked_roles: Iterable[str], reduced: Mapping[str, str]) -> list[GateView]:
+    masked = set(masked_roles)
+    views = []
+    for gate in gates:
+        unit = gate_unit(gate.metric)
+        views.append(GateView(gate.metric, gate.op, fmt_value(gate.threshold, unit), fmt_value(gate.value, unit),
+                              gate_status(gate, masked), reduced.get(gate_probe(gate.metric), "")))
+    return views
+
+
+def reduced_gate_notes(views: Iterable[GateView]) -> list[str]:
+    """The explanation of each reduced attack a gate is on, once each."""
+    found = {gate_probe(v.metric): v.reduced for v in views if v.reduced}
+    return [reduced_note(probe, why) for probe, why in found.items()]
+
+
 def gates_by_metric(gates: Iterable[Gate]) -> dict[str, Gate]:
     found: dict[str, Gate] = {}
     for gate in gates:
@@ -142,14 +171,17 @@ __all__ = [
     "AUTOATTACK_STANDARD",
     "GATE_REASONS",
     "GateStatus",
+    "GateView",
     "MASKED_NOTE",
     "Notes",
     "gate_key",
     "gate_probe",
     "gate_unit",
+    "gate_views",
     "gate_status",
     "gates_by_metric",
     "reduced_attack",
+    "reduced_gate_notes",
     "reduced_labels",
     "reduced_note",
     "retention_key",

@@ -241,3 +241,44 @@ def test_reduced_is_decided_against_the_official_settings() -> None:
     assert reduced_attack({**official, "n_queries": 1000}) == "Square queries 1000 (official 5000)"
     assert "components apgd-ce" in reduced_attack({**official, "attacks": ["apgd-ce"]})
     assert reduced_attack({"attack": "pgd", "steps": 5}) == ""  # no standard to fall short of
+
+
+# --- 8. sections registered per probe group --------------------------------------------------------------------------
+
+
+def test_sections_follow_report_json_and_unknown_groups_get_a_table(dd_run: Path, tmp_path: Path) -> None:
+    from robustdistill.reports import Report
+    from robustdistill.reports.sections import section_specs
+
+    raw = json.loads((dd_run / "report.json").read_text())
+    # Without "sections" (report.json before the runner wrote it): the groups come from the suite's probe kinds.
+    raw.pop("sections", None)
+    groups = {"clean": "image-attacks", "attack": "image-attacks", "curve": "image-attacks",
+              "transfer": "transfer-agreement", "agreement": "transfer-agreement", "retention": "transfer-agreement",
+              "masking": "masking"}
+    expected: dict[str, tuple[str, ...]] = {}
+    for probe in raw["suite"]["probes"]:
+        group = groups[probe["kind"]]
+        expected[group] = (*expected.get(group, ()), probe.get("name") or probe["kind"])
+    derived = {spec.group: spec.probes for spec in section_specs(Report.from_dict(raw))}
+    assert derived == expected
+    assert expected["image-attacks"] == ("clean", "fgsm", "pgd", "autoattack", "curve")
+    # With "sections", they decide: a group left out is not rendered; a group no module registered (a new model
+    # family's) gets the generic table of its rows.
+    raw["sections"] = [
+        {"group": "image-attacks", "family": "classifier", "probes": ["clean", "fgsm", "pgd", "autoattack", "curve"]},
+        {"group": "agreement-lm", "family": "language-model", "probes": ["agreement"]},
+    ]
+    run_dir = tmp_path / "run"
+    shutil.copytree(dd_run, run_dir)
+    (run_dir / "report.json").write_text(json.dumps(raw))
+    render(run_dir)
+    html, md = (run_dir / "report.html").read_text(), (run_dir / "report.md").read_text()
+    assert '<section id="masking">' not in html and '<section id="transfer">' not in html
+    generic = section(html, "group-agreement-lm")
+    assert "<h2>Agreement lm</h2>" in generic and '<a href="#group-agreement-lm">' in html
+    agreement = [r for r in raw["results"] if r["probe"] == "agreement"]
+    assert generic.count("<tr>") == len(agreement) + 1  # every row, and the header
+    assert "## Agreement lm" in md
+    assert html.index('<section id="comparison">') < html.index('<section id="group-agreement-lm">') < html.index(
+        '<section id="flags">')

@@ -33,9 +33,8 @@ class Footnotes(Notes):
         return str(self.number(text)).translate(SUPERSCRIPT)
 
     def lines(self) -> list[str]:
-        return [f"{str(n).translate(SUPERSCRIPT)} {text}" for n, text in enumerate(self.texts, 1)] + (
-            [""] if self.texts else []
-        )
+        """One paragraph per footnote (consecutive lines would run together in rendered Markdown)."""
+        return [line for text in self.texts for line in (f"{self.mark(text)} {text}", "")]
 
 
 def gate_text(status: GateStatus, notes: Footnotes | None = None) -> str:

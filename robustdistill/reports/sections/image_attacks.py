@@ -125,7 +125,7 @@ def markdown(ctx: Context) -> list[str]:
         out += ["## Teacher vs student", ""]
         out += md_page.table(header, rows, "l" + "r" * (len(header) - 1)) + [""]
         out += notes.lines()
-        out += [f"⚠️ {text}" for text in reduced_notes(report, [entry.label for entry in entries])]
+        out += [line for text in reduced_notes(report, [e.label for e in entries]) for line in (f"⚠️ {text}", "")]
         out += [INTERVALS_MD + (" " + RETENTION if retention else ""), ""]
     if report.attacks_inputs:
         plots = [(key, caption) for key, caption in (("curve", "Robustness curve"),

@@ -25,6 +25,17 @@ def retention_row(report: Report, entry: ComparisonRow) -> Row | None:
     return None if value is None else Row("retention", "student", f"{entry.metric}_retention", value, None, None, {})
 
 
+def retention_in_comparison(report: Report) -> list[Row]:
+    """The retention probe's rows that the teacher-vs-student table shows in its retention column (the transfer
+    section lists only the others)."""
+    roles, entries = report.comparison()
+    if not {"teacher", "student"} <= set(roles):
+        return []
+    stored = {id(row) for row in report.rows}  # not the ones computed here for want of a retention row
+    shown = [retention_row(report, entry) for entry in entries]
+    return [row for row in shown if row is not None and id(row) in stored]
+
+
 def reduced_notes(report: Report, labels: list[str]) -> list[str]:
     """The one-line explanation of each reduced attack among ``labels`` (deduplicated, in order)."""
     return [reduced_note(label, report.reduced[label]) for label in dict.fromkeys(labels) if label in report.reduced]

@@ -9,7 +9,7 @@ from robustdistill.reports.data import Report
 from robustdistill.reports.html_page import Footnotes, _section, esc, gate_badges, html_table, value_cell
 from robustdistill.reports.records import Gate, Row, fmt_params, humanise, shared_params
 from robustdistill.reports.sections import INTERVALS, Context, HtmlParts, Section, register
-from robustdistill.reports.sections.image_attacks import reduced_notes
+from robustdistill.reports.sections.image_attacks import reduced_notes, retention_in_comparison
 from robustdistill.reports.status import gate_status, gates_by_metric, retention_key
 
 TITLE = "Transfer and agreement"
@@ -17,7 +17,11 @@ RETENTION = "Retention is the student's value as a share of the teacher's."
 
 
 def _rows(report: Report, probe: str) -> list[Row]:
-    return [r for r in report.rows if r.probe == probe]
+    rows = [r for r in report.rows if r.probe == probe]
+    if probe == "retention":  # those in the teacher-vs-student table's retention column are not repeated here
+        shown = {id(row) for row in retention_in_comparison(report)}
+        rows = [r for r in rows if id(r) not in shown]
+    return rows
 
 
 def _of(row: Row) -> str:

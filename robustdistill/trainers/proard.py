@@ -286,48 +286,52 @@ class ProARDTrainer(Trainer):
             log.info("resuming proard from %s: stage %d, epoch %d", work, start_stage + 1, start_epoch)
         work.mkdir(parents=True, exist_ok=True)
         global_epoch = sum(stage.epochs or cfg.epochs for stage, _ in self.stages[:start_stage]) + start_epoch
-        for index in range(start_stage, len(self.stages)):
-            stage, allowed = self.stages[index]
-            self.stage_index, self.allowed = index, allowed
-            epochs = stage.epochs or cfg.epochs
-            optimizer, scheduler = self.make_optimizer(model)
-            best = {"score": float("-inf"), "epoch": 0, "weights": copy.deepcopy(model.state_dict())}
-            if saved is not None and index == start_stage and start_epoch > 0:
-                optimizer.load_state_dict(saved["optimizer"])
-                scheduler.load_state_dict(saved["scheduler"])
-                best = saved["best"]
-                torch.set_rng_state(saved["torch_rng"])
-            elif cfg.reorder_channels and {"width", "expand"} & {d for d in DIMENSIONS if getattr(stage, d) is not None}:
-                # Once-for-all: before width or expand ratio becomes elastic, sort channels by importance so the
-                # slices keep the most important ones (the largest network's function is unchanged).
-                assert isinstance(model.network, DynamicNetwork)
-                model.network.reorder_channels()
-            log.info("proard stage %d/%d (%s): %d epochs, %s", index + 1, len(self.stages), stage.name, epochs, allowed)
-            for epoch in range(start_epoch if index == start_stage else 0, epochs):
-                self._per_step = self.subnets_per_step(global_epoch)
-                record: dict[str, float] = {"epoch": float(global_epoch + 1), "stage_epoch": float(epoch + 1),
-                                            "lr": optimizer.param_groups[0]["lr"]}
-                started = time.perf_counter()
-                record |= self.train_epoch(model, optimizer, train, global_epoch)
-                self.epoch_seconds.append(time.perf_counter() - started)
-                scheduler.step()
-                record |= self.validate(model, val)
-                score = self.selection_score(record)
-                if score >= best["score"]:
-                    best = {"score": score, "epoch": global_epoch + 1, "weights": copy.deepcopy(model.state_dict())}
-                history.append(record)
-                global_epoch += 1
-                self._save_progress(work / "last.pt", index, epoch + 1, model, optimizer, scheduler, best, history, stage_best)
-                log.info("proard %s epoch %d/%d %s", stage.name, epoch + 1, epochs,
-                         " ".join(f"{k}={v:.4f}" for k, v in record.items() if k in ("train_loss", "val_clean_accuracy", "val_robust_accuracy")))
-                if on_epoch_end is not None:
-                    on_epoch_end(global_epoch, record)
-            # The next stage starts from this stage's best checkpoint on val.
-            model.load_state_dict(best["weights"])
-            stage_best.append({"stage": stage.name, "best_epoch": best["epoch"], "score": best["score"],
-                               "choices": allowed, "subnets_per_step": stage.subnets_per_step, "epochs": epochs})
-            self._save_progress(work / "last.pt", index + 1, 0, model, optimizer, scheduler,
-                                {"score": float("-inf"), "epoch": 0, "weights": model.state_dict()}, history, stage_best)
+        total = sum(stage.epochs or cfg.epochs for stage, _ in self.stages)
+        with self.run_progress(total, global_epoch, train):  # one display for every stage's epochs
+            for index in range(start_stage, len(self.stages)):
+                stage, allowed = self.stages[index]
+                self.stage_index, self.allowed = index, allowed
+                epochs = stage.epochs or cfg.epochs
+                optimizer, scheduler = self.make_optimizer(model)
+                best = {"score": float("-inf"), "epoch": 0, "weights": copy.deepcopy(model.state_dict())}
+                if saved is not None and index == start_stage and start_epoch > 0:
+                    optimizer.load_state_dict(saved["optimizer"])
+                    scheduler.load_state_dict(saved["scheduler"])
+                    best = saved["best"]
+                    torch.set_rng_state(saved["torch_rng"])
+                elif cfg.reorder_channels and {"width", "expand"} & {d for d in DIMENSIONS if getattr(stage, d) is not None}:
+                    # Once-for-all: before width or expand ratio becomes elastic, sort channels by importance so the
+                    # slices keep the most important ones (the largest network's function is unchanged).
+                    assert isinstance(model.network, DynamicNetwork)
+                    model.network.reorder_channels()
+                log.info("proard stage %d/%d (%s): %d epochs, %s", index + 1, len(self.stages), stage.name, epochs, allowed)
+                for epoch in range(start_epoch if index == start_stage else 0, epochs):
+                    with self.epoch_progress(global_epoch):
+                        self._per_step = self.subnets_per_step(global_epoch)
+                        record: dict[str, float] = {"epoch": float(global_epoch + 1), "stage_epoch": float(epoch + 1),
+                                                    "lr": optimizer.param_groups[0]["lr"]}
+                        started = time.perf_counter()
+                        record |= self.train_epoch(model, optimizer, train, global_epoch)
+                        self.epoch_seconds.append(time.perf_counter() - started)
+                        scheduler.step()
+                        record |= self.validate(model, val)
+                        score = self.selection_score(record)
+                        if score >= best["score"]:
+                            best = {"score": score, "epoch": global_epoch + 1, "weights": copy.deepcopy(model.state_dict())}
+                        history.append(record)
+                        global_epoch += 1
+                        self._save_progress(work / "last.pt", index, epoch + 1, model, optimizer, scheduler, best, history, stage_best)
+                        shown = ("train_loss", "val_clean_accuracy", "val_robust_accuracy")
+                        log.info("proard %s epoch %d/%d %s", stage.name, epoch + 1, epochs,
+                                 " ".join(f"{k}={v:.4f}" for k, v in record.items() if k in shown))
+                        if on_epoch_end is not None:
+                            on_epoch_end(global_epoch, record)
+                # The next stage starts from this stage's best checkpoint on val.
+                model.load_state_dict(best["weights"])
+                stage_best.append({"stage": stage.name, "best_epoch": best["epoch"], "score": best["score"],
+                                   "choices": allowed, "subnets_per_step": stage.subnets_per_step, "epochs": epochs})
+                self._save_progress(work / "last.pt", index + 1, 0, model, optimizer, scheduler,
+                                    {"score": float("-inf"), "epoch": 0, "weights": model.state_dict()}, history, stage_best)
         model.eval()
         state = TrainState(global_epoch, stage_best[-1]["score"], stage_best[-1]["best_epoch"], history)
         self.stage_best = stage_best

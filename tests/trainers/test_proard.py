@@ -181,3 +181,20 @@ def test_resume_after_an_interruption_gives_the_same_family(proard_teacher: Path
     resumed = load_model(_family(proard_teacher, tmp_path / "resumed", resume=True))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_one_progress_display_spans_every_stage(proard_teacher: Path, tmp_path: Path) -> None:
+    """ProARD runs its own loop over stages: it still gets one display for the whole run (2 stages x 1 epoch)."""
+    overrides = [f"teacher={proard_teacher}", "teacher_recipe=''", "epochs=1", "lr=0.005", "lr_milestones=[]",
+                 "val_attack_steps=3", "attack_steps=3", "calibration_images=300", *THREAT, *TWO_STAGES]
+    run = trainers.create("proard", recipe=REPO / "defenses/digits-proard.toml", overrides=overrides)
+    seen: list[tuple[object, float, int]] = []
+
+    def look(epoch: int, record: dict[str, float]) -> None:
+        progress = run._progress
+        assert progress is not None
+        seen.append((progress, progress.done / progress.total, progress.units))
+
+    run.fit(tmp_path / "family", on_epoch_end=look)
+    assert len(seen) == 2 and seen[0][0] is seen[1][0]  # the same display in both stages
+    assert [(fraction, units) for _, fraction, units in seen] == [(0.5, 2), (1.0, 2)]

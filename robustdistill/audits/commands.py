@@ -19,7 +19,7 @@ def _audit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     load_options = _load_options(args)  # checked before audit() touches --out or loads anything
     report = audit(args.suite, teacher=args.teacher, student=args.student, out=args.out, resume=args.resume,
-                   samples=args.samples, device=args.device, load_options=load_options)
+                   overwrite=args.overwrite, samples=args.samples, device=args.device, load_options=load_options)
     elapsed = time.perf_counter() - started
     print(report.summary())
     written = ", ".join(str(p) for p in [report.run_dir / "report.json", *report.rendered]) if report.run_dir else ""
@@ -129,7 +129,11 @@ def add_commands(subparsers: Any) -> None:
     )
     audit.add_argument("suite", metavar="SUITE.toml", help="audit suite, e.g. audits/digits.toml")
     audit.add_argument("--out", metavar="DIR", help="run directory (default runs/<suite name>)")
-    audit.add_argument("--resume", action="store_true", help="continue an interrupted audit in --out, skipping finished probes")
+    again = audit.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted audit of the same checkpoints in --out, skipping finished probes")
+    again.add_argument("--overwrite", action="store_true",
+                       help="replace an earlier audit in --out (only the files robustdistill wrote there are removed)")
     audit.add_argument("--teacher", metavar="PATH", help="teacher checkpoint (replaces the suite's [pipeline] teacher)")
     audit.add_argument("--student", metavar="PATH", help="student checkpoint (replaces the suite's [pipeline] student)")
     state_dict = "for a model given as a bare state dict (.pt/.pth/.bin/.safetensors); ROLE= (teacher, student) picks one model, else every state dict"

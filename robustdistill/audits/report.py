@@ -27,7 +27,7 @@ ROW_KEYS = ("probe", "model", "metric", "value", "ci95", "n", "params")
 # The report
 
 
-@dataclass
+@dataclass(repr=False)  # the generated repr dumped every row and the manifest (25 KB in a notebook)
 class Report:
     """An audit's outcome; ``to_dict()`` is report.json (DESIGN.md).
 
@@ -58,6 +58,17 @@ class Report:
         if not self.verdict:
             self.verdict = decide(self.gates, self.flags, self.missing, self.suite.get("verdict"),
                                   self.manifest.get("chain"))
+
+    def __repr__(self) -> str:
+        """What a REPL or notebook shows: the summary the CLI prints, under one line naming the run."""
+        where = f" in {self.run_dir}" if self.run_dir is not None else ""
+        return f"audit report of suite {self.suite.get('name', '?')!r}{where}\n{self.summary()}"
+
+    def _repr_html_(self) -> str:
+        """Jupyter's rendering: the same text, monospaced so that the table's columns line up."""
+        import html
+
+        return f"<pre>{html.escape(repr(self))}</pre>"
 
     @property
     def passed(self) -> bool:

@@ -29,7 +29,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from robustdistill import ownership
 from robustdistill.audits.build import build_report, clean_row, now, render_reports
@@ -39,6 +38,7 @@ from robustdistill.audits.report import Report
 from robustdistill.audits.schema import Suite, load_suite
 from robustdistill.audits.store import ARTIFACTS, REPORT, RunStore
 from robustdistill.errors import UserInputError
+from robustdistill.progress import WorkProgress, estimate_cost
 from robustdistill.reproducibility import cpu_record
 from robustdistill.stats import pack_mask
 from robustdistill.utils import resolve_device, seed_everything
@@ -158,16 +158,28 @@ def audit(
     render: bool = True,
     on_unit: UnitCallback | None = None,
     load_options: LoadOptions | None = None,
+    overwrite: bool = False,
+    threads: int | None = None,
 ) -> Report:
     """Run an audit suite and return its :class:`Report`; writes ``out`` (default ``runs/<suite name>``).
 
     ``teacher``/``student`` (and ``models``, extra roles) are checkpoint paths or in-memory nn.Modules; they
     replace the suite's ``[pipeline]``. ``samples``/``device`` override the suite's. ``resume`` continues an
-    interrupted run in ``out``; without it an ``out`` holding results is refused. ``progress``: tqdm bars (None:
-    only on a terminal). ``on_unit`` is called with each unit's record after it is stored. ``load_options``: what
-    :func:`load_models` passes to ``load_model`` for bare state dicts (arch, num_classes, input_shape).
+    interrupted run of the same checkpoints in ``out`` (other checkpoints there are refused); ``overwrite``
+    replaces an earlier audit in ``out`` (only the files robustdistill wrote are removed, once the new run is
+    validated); with neither, an ``out`` holding results is refused. ``progress``: a bar weighted by each unit's
+    expected work (None: a bar on a terminal, else a log line per unit and a heartbeat every 10 s; False: none).
+    ``on_unit`` is called with each unit's record after it is stored. ``load_options``: what :func:`load_models`
+    passes to ``load_model`` for bare state dicts (arch, num_classes, input_shape). ``threads``: torch's CPU
+    threads (default robustdistill.threads: 1 unless $ROBUSTDISTILL_THREADS or $OMP_NUM_THREADS say otherwise).
     Raises :class:`UserInputError` (nothing written) for bad input.
     """
+    from robustdistill.threads import apply_thread_default
+
+    apply_thread_default(threads)  # as the CLI: on torch's one thread per core an audit took 196 s, not 50 s
+    if resume and overwrite:
+        raise UserInputError("overwrite", "cannot be combined with resume", "choose one: resume=True continues the "
+                             "audit in out, overwrite=True replaces it")
     given = {"teacher": teacher, "student": student, **dict(models or {})}
     modules = {role: m for role, m in given.items() if isinstance(m, nn.Module)}
     for role, value in given.items():
@@ -184,13 +196,12 @@ def audit(
     # Before any work: a folder robustdistill did not make, a file, or a place that cannot be written is refused.
     ownership.claim_out(run_dir, ownership.AUDIT, legacy=ownership.is_legacy_audit)
     ownership.refuse_if_held(run_dir)
-    if store.has_results() and not resume:
-        raise UserInputError("out", f"{run_dir} already holds an audit's results",
-                             "add --resume (resume=True) to continue it, or choose another --out")
+    if store.has_results() and not resume and not overwrite:
+        raise _holds_results(run_dir)
 
     training = {role: m.training for role, m in modules.items()}
     try:
-        return _run(suite, modules, run_dir, store, resume, progress, render, on_unit, load_options)
+        return _run(suite, modules, run_dir, store, resume, progress, render, on_unit, load_options, overwrite)
     finally:
         for role, module in modules.items():
             module.train(training[role])
@@ -198,7 +209,7 @@ def audit(
 
 def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: RunStore, resume: bool,
          progress: bool | None, render: bool, on_unit: UnitCallback | None,
-         load_options: LoadOptions | None = None) -> Report:
+         load_options: LoadOptions | None = None, overwrite: bool = False) -> Report:
     from robustdistill import __version__
 
     family = suite_family(suite)
@@ -206,6 +217,8 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
     models, checkpoints = load_models(suite, modules, device, load_options)
     for module in modules.values():
         module.eval()
+    if resume and store.has_results():
+        _check_same_checkpoints(run_dir, store, checkpoints)
     families = check_fit(suite, models, checkpoints)
     data = family.load_data(suite)
     family.check_models(models, data, suite)
@@ -223,16 +236,36 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
     }
     # Everything is validated: from here on the run directory exists, locked by this run until it returns.
     with ownership.using(run_dir, ownership.AUDIT, f"robustdistill audit {suite.name}", legacy=ownership.is_legacy_audit):
+        if overwrite and store.has_results():
+            removed = ownership.remove_owned(run_dir)  # only what the marker lists: a user's files there stay
+            log.info("overwriting %s: removed the %d files of the earlier audit", run_dir, len(removed))
         ctx = family.context(data, models, suite, run_dir / ARTIFACTS, plan)
         return _execute(suite, run_dir, store, resume, progress, render, on_unit, manifest, units, ctx)
+
+
+def _holds_results(run_dir: Path) -> UserInputError:
+    return UserInputError("out", f"{run_dir} already holds an audit's results",
+                          "add --resume (resume=True) to continue it, --overwrite (overwrite=True) to replace it, "
+                          "or choose another --out")
+
+
+def _check_same_checkpoints(run_dir: Path, store: RunStore, checkpoints: Mapping[str, Mapping[str, Any]]) -> None:
+    """A resume continues the audit of the very checkpoints in ``run_dir``; others would silently start over."""
+    stored = store.read()[0][-1].get("checkpoints", {})
+    for role in sorted(set(stored) | set(checkpoints)):
+        before, current = stored.get(role, {}).get("sha256"), checkpoints.get(role, {}).get("sha256")
+        if before != current:
+            was = f"sha256 {before[:12]}" if before else "no such model"
+            raise UserInputError("resume", f"{run_dir} audited another {role} ({was}; this one is "
+                                 f"{str(current)[:12]}): resuming would start over",
+                                 "use --overwrite (overwrite=True) to replace that audit, or choose another --out")
 
 
 def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progress: bool | None, render: bool,
              on_unit: UnitCallback | None, manifest: dict[str, Any], units: list[PlannedUnit], ctx: EvalContext) -> Report:
     """Run the planned units into the locked ``run_dir`` and build (and render) the report."""
     if store.has_results() and not resume:  # another audit finished into it while this one was validating
-        raise UserInputError("out", f"{run_dir} already holds an audit's results",
-                             "add --resume (resume=True) to continue it, or choose another --out")
+        raise _holds_results(run_dir)
     done: set[str] = set()
     if resume and store.has_results():
         done = set(store.read()[1])
@@ -241,32 +274,35 @@ def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progres
     todo = [u for u in units if u.key not in done]
     if resume:
         log.info("resuming %s: %d of %d probe units already finished", run_dir, len(units) - len(todo), len(units))
-    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"audit {suite.name}", unit="probe",
-               disable=None if progress is None else not progress, leave=False)
-    try:
+    # The bar counts expected work, not units: one AutoAttack unit outweighs hundreds of clean ones.
+    cost = {u.key: estimate_cost(u.probe.kind, u.probe.params(), getattr(u.probe, "expected_cost", None)) for u in units}
+    with WorkProgress(f"audit {suite.name}", sum(cost.values()), len(units), enabled=progress,
+                      done=sum(cost[u.key] for u in units if u.key in done), done_units=len(units) - len(todo)) as bar:
         for unit in todo:
-            bar.set_postfix_str(f"{unit.probe.name} on {'+'.join(unit.roles)}")
-            seed_everything(suite.seed)  # any global-RNG use inside a unit is the same however the run was split
-            started = time.perf_counter()
-            result = unit.probe.run_unit(ctx, unit.roles)  # run() plus the non_finite_outputs check
-            record = {
-                "key": unit.key, "model_sha256": unit.model_sha256, "probe": unit.probe.name, "kind": unit.probe.kind,
-                "params_hash": unit.params_hash, "roles": list(unit.roles), "params": unit.probe.params(),
-                "n": ctx.n, "rows": [clean_row(r) for r in result.rows],
-                "masks": {role: {k: pack_mask(v) for k, v in m.items()} for role, m in result.masks.items()},
-                "flags": result.flags, "artifacts": result.artifacts,
-                "seconds": round(time.perf_counter() - started, 3), "finished": now(),
-            }
-            store.append(record)
-            ownership.record(run_dir, [run_dir / ARTIFACTS / name for name in record["artifacts"]])
+            with bar.unit(f"{unit.probe.name} on {'+'.join(unit.roles)}", cost[unit.key]):  # labels its log lines
+                record = _run_unit(suite, unit, ctx)
+                store.append(record)
+                ownership.record(run_dir, [run_dir / ARTIFACTS / name for name in record["artifacts"]])
             log.debug("%s on %s: %.1fs", unit.probe.name, "+".join(unit.roles), record["seconds"])
-            bar.update(1)
             if on_unit is not None:
                 on_unit(record)
-    finally:
-        bar.close()
     report = build_report(run_dir)
     ownership.record(run_dir, [run_dir / REPORT, *report.written])
     if render:
         report.rendered = render_reports(run_dir)
     return report
+
+
+def _run_unit(suite: Suite, unit: PlannedUnit, ctx: EvalContext) -> dict[str, Any]:
+    """Run one unit; its record for the store."""
+    seed_everything(suite.seed)  # any global-RNG use inside a unit is the same however the run was split
+    started = time.perf_counter()
+    result = unit.probe.run_unit(ctx, unit.roles)  # run() plus the non_finite_outputs check
+    return {
+        "key": unit.key, "model_sha256": unit.model_sha256, "probe": unit.probe.name, "kind": unit.probe.kind,
+        "params_hash": unit.params_hash, "roles": list(unit.roles), "params": unit.probe.params(),
+        "n": ctx.n, "rows": [clean_row(r) for r in result.rows],
+        "masks": {role: {k: pack_mask(v) for k, v in m.items()} for role, m in result.masks.items()},
+        "flags": result.flags, "artifacts": result.artifacts,
+        "seconds": round(time.perf_counter() - started, 3), "finished": now(),
+    }

@@ -159,7 +159,7 @@ class WorkProgress:
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
         self.text = enabled is None and self.bar.disable  # no terminal: lines in the log instead of a bar
         self.started = time.perf_counter()
-        self._current: tuple[str, float] | None = None  # (label, started) of the unit running now
+        self._current: tuple[str, float, float] | None = None  # (label, started, cost) of the unit running now
         self._last_line = self.started
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -175,11 +175,21 @@ class WorkProgress:
         self.close()
 
     def eta(self) -> float | None:
-        """Seconds left at this run's rate of work so far (None before any work is done)."""
+        """Seconds left at this run's rate of work so far (None before any work is done). A running unit counts
+        as done in proportion to its time so far against its expected time (at most 90%): otherwise the ETA would
+        climb for as long as a long unit runs."""
+        now = time.perf_counter()
         worked = self.done - self._start_done
         if worked <= 0:
             return None
-        return (time.perf_counter() - self.started) / worked * max(self.total - self.done, 0.0)
+        elapsed = now - self.started
+        with self._lock:
+            current = self._current
+        if current is not None:
+            _, since, cost = current
+            expected = cost * (since - self.started) / worked  # at the rate of the finished units
+            worked += cost * min((now - since) / expected, 0.9) if expected > 0 else 0.0
+        return elapsed / worked * max(self.total - self._start_done - worked, 0.0)
 
     def _status(self) -> str:
         eta = self.eta()
@@ -190,7 +200,7 @@ class WorkProgress:
     def unit(self, label: str, cost: float) -> Iterator[None]:
         """One unit of ``cost`` work: shown while it runs, its log lines labelled, counted when it finishes."""
         with self._lock:
-            self._current = (label, time.perf_counter())
+            self._current = (label, time.perf_counter(), cost)
         self.bar.set_postfix_str(f"{self.done_units}/{self.units} {label}", refresh=True)
         try:
             with labelled(label):
@@ -214,7 +224,7 @@ class WorkProgress:
             with self._lock:
                 current, quiet = self._current, time.perf_counter() - self._last_line
             if current is not None and quiet >= self.heartbeat_s:
-                label, since = current
+                label, since, _ = current
                 self._line(f"{self.desc}: still running {label} ({_clock(time.perf_counter() - since)}); {self._status()}")
 
     def close(self) -> None:

@@ -96,3 +96,17 @@ def test_log_lines_are_printed_above_the_bar_not_onto_its_line(capsys: pytest.Ca
     assert "a line from the run" in shown(_bar_and_log(True, capsys))
     # Without the redirection the line is glued onto the bar (what the issue saw): the check above can fail.
     assert "a line from the run" not in shown(_bar_and_log(False, capsys))
+
+
+def test_eta_falls_while_a_long_unit_runs() -> None:
+    # Without credit for the running unit, the ETA climbed for as long as AutoAttack ran (6:45, then 12:22).
+    with progress.WorkProgress("audit x", total=11.0, units=2, enabled=False) as bar:
+        with bar.unit("clean on teacher", 1.0):
+            time.sleep(0.2)
+        with bar.unit("autoattack on teacher", 10.0):  # expected about 2 s at the first unit's rate
+            time.sleep(0.3)
+            early = bar.eta()
+            time.sleep(0.7)
+            later = bar.eta()
+    assert early is not None and later is not None
+    assert later < early

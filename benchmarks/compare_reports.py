@@ -23,8 +23,8 @@ cache: shadow training is part of the behaviour compared.
 Measured on 2 CPU cores shared with other work (torch on one thread per audit): training the six checkpoints 290 s
 (once); the audits digits ~250 s, digits-privacy ~315 s (it trains 48 LiRA shadow models), digits-ard ~190-250 s per
 side. The sanity run 7de6295 vs 7de6295 with --jobs 2 (five audits, digits-ard's "before" already cached) took 751 s
-and found the reports identical; a run against a new "after" with every "before" cached runs three audits: about
-13 minutes with one job, about 6 with --jobs 3.
+and found the reports identical; a run against a new "after" with every "before" cached runs the three "after"
+audits only: 338 s with --jobs 3 (7de6295 vs the working tree at 4910e01: identical), about 13 minutes with one job.
 """
 
 from __future__ import annotations
@@ -312,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if "work" in locals() and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    after_label = after_sha[:12] if after_sha else "working tree"
+    after_label = after_sha[:12] if after_sha else f"the working tree (HEAD {_git('rev-parse', 'HEAD')[:12]})"
     print(f"\nbefore {before_sha[:12]} vs after {after_label}: {', '.join(args.suites)}")
     print(difference_table(diffs))
     print("audit times: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))

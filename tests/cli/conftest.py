@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 import torch
 
+from robustdistill import threads
 from robustdistill.models import Classifier, save_checkpoint
+
+
+@pytest.fixture
+def fresh_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """As in a fresh process: no thread variables set, robustdistill's default not applied yet; torch's thread
+    count restored afterwards."""
+    monkeypatch.delenv(threads.ENV_VAR, raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(threads, "_applied", None)
+    previous = torch.get_num_threads()
+    yield
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="session")

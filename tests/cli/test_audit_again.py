@@ -11,20 +11,7 @@ import pytest
 
 from robustdistill.cli import main
 
-SUITE = """
-name = "again"
-samples = 40
-[data]
-kind = "digits"
-[threat_model]
-norm = "linf"
-eps = 0.125
-[[probes]]
-kind = "clean"
-[[probes]]
-kind = "attack"
-attack = "fgsm"
-"""
+SUITE = 'name = "again"\nsamples = 40\n[data]\nkind = "digits"\n[[probes]]\nkind = "clean"\n'
 
 
 @pytest.fixture(scope="module")
@@ -44,17 +31,22 @@ def _manifests(out: Path) -> list[dict]:
     return [line for line in lines if line.get("type") == "manifest"]
 
 
-def test_a_second_audit_is_refused_naming_resume_and_overwrite(world: dict[str, str], tmp_path: Path,
-                                                               capsys: pytest.CaptureFixture[str],
-                                                               snapshot: Callable[[Path], dict]) -> None:
-    out = tmp_path / "run"
+def _refused_again(world: dict[str, str], out: Path, capsys: pytest.CaptureFixture[str],
+                   snapshot: Callable[[Path], dict], *extra: str, student: str = "student") -> str:
+    """Audit into ``out``, then again with ``extra``: exit 2 and nothing changed in ``out``; the error text."""
     assert main(_audit(world, out)) in (0, 1)
     before = snapshot(out)
     capsys.readouterr()
-    assert main(_audit(world, out)) == 2
-    err = capsys.readouterr().err
-    assert "--resume" in err and "--overwrite" in err, err
+    assert main(_audit(world, out, *extra, student=student)) == 2
     assert snapshot(out) == before
+    return capsys.readouterr().err
+
+
+def test_a_second_audit_is_refused_naming_resume_and_overwrite(world: dict[str, str], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               snapshot: Callable[[Path], dict]) -> None:
+    err = _refused_again(world, tmp_path / "run", capsys, snapshot)
+    assert "--resume" in err and "--overwrite" in err, err
 
 
 def test_overwrite_replaces_only_what_robustdistill_wrote(world: dict[str, str], tmp_path: Path,
@@ -100,13 +92,8 @@ def test_resume_with_other_checkpoints_is_refused(world: dict[str, str], tmp_pat
                                                   capsys: pytest.CaptureFixture[str],
                                                   snapshot: Callable[[Path], dict]) -> None:
     out = tmp_path / "run"
-    assert main(_audit(world, out)) in (0, 1)
-    before = snapshot(out)
-    capsys.readouterr()
-    assert main(_audit(world, out, "--resume", student="other")) == 2
-    err = capsys.readouterr().err
+    err = _refused_again(world, out, capsys, snapshot, "--resume", student="other")  # nothing started over
     assert "resume" in err and "student" in err and "--overwrite" in err, err
-    assert snapshot(out) == before  # nothing started over
     assert main(_audit(world, out, "--resume")) in (0, 1)  # the same checkpoints still resume
     assert len(_manifests(out)) == 2
 

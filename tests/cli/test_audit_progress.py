@@ -4,14 +4,12 @@ which model they are for, and a repr that is the CLI's summary."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from robustdistill import threads
 from robustdistill.audits import audit
 
 SUITE: dict[str, Any] = {
@@ -26,16 +24,6 @@ SUITE: dict[str, Any] = {
     ],
     "gates": {"student.clean.accuracy": {"min": 0.0}},
 }
-
-
-@pytest.fixture
-def fresh_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(threads.ENV_VAR, raising=False)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads, "_applied", None)
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
 
 
 def _audit(models: dict[str, str], out: Path, **keywords: Any) -> Any:

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from robustdistill import threads
 from robustdistill.errors import UserInputError
 
-
-@pytest.fixture(autouse=True)
-def fresh(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(threads.ENV_VAR, raising=False)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(threads, "_applied", None)
-    previous = torch.get_num_threads()
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("fresh_threads")  # tests/cli/conftest.py
 
 
 def test_default_is_one_thread() -> None:

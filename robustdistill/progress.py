@@ -156,7 +156,7 @@ class WorkProgress:
         self.log = logger or log
         self.bar = tqdm(total=self.total, initial=self.done, desc=desc, leave=False,
                         disable=None if enabled is None else not enabled, smoothing=0,  # the run's mean rate
-                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]")
         self.text = enabled is None and self.bar.disable  # no terminal: lines in the log instead of a bar
         self.started = time.perf_counter()
         self._current: tuple[str, float, float] | None = None  # (label, started, cost) of the unit running now

@@ -47,17 +47,17 @@ def requested(threads: int | str | None = None, *, field: str = "threads") -> in
 
 def resolve(threads: int | str | None = None, *, field: str = "threads") -> int | None:
     """The number to give torch: what the user asked for, else the default; None to leave torch alone (the user set
-    $OMP_NUM_THREADS, or called torch.set_num_threads after robustdistill last applied its default)."""
+    $OMP_NUM_THREADS, or robustdistill already applied a count in this process, which a later torch.set_num_threads
+    may have changed)."""
     asked = requested(threads, field=field)
     if asked is not None:
         return asked
     if os.environ.get("OMP_NUM_THREADS", "").strip():
         return None
     if _applied is not None:
-        import torch
-
-        if torch.get_num_threads() != _applied:
-            return None
+        # robustdistill chose already in this process (the CLI's --threads N, an earlier audit or training), or
+        # the user changed it since: a later default must not undo either.
+        return None
     return DEFAULT_THREADS
 
 

@@ -366,12 +366,7 @@ class Trainer:
         does: torch's own default of one thread per core is several times slower for these small models."""
         from robustdistill import threads
 
-        if self.threads is None and threads._applied is not None:
-            # robustdistill chose already in this process (the CLI's --threads N, an earlier run, the stage that
-            # started this one), or the user changed it since: keep that. threads.resolve() would return its
-            # default of 1 here and undo --threads N (reported to the owner of threads.py; drop this check then).
-            return torch.get_num_threads()
-        return threads.apply_thread_default(self.threads)
+        return threads.apply_thread_default(self.threads)  # keeps a count chosen earlier (the CLI's --threads N)
 
     def end_run(self, *, abandon: bool = False) -> None:
         """Release the work folder's lock. The folder stays for --resume, unless ``abandon``: a run that failed

@@ -42,6 +42,14 @@ def test_a_later_set_num_threads_is_kept() -> None:
     assert threads.apply_thread_default(1) == 1  # an explicit argument still wins
 
 
+def test_a_count_chosen_earlier_is_kept_by_a_later_default() -> None:
+    """The CLI's --threads 2, then the trainer's or audit()'s own default call: still 2 (it used to fall back to 1)."""
+    torch.set_num_threads(1)
+    assert threads.apply_thread_default(2, field="--threads") == 2
+    assert threads.apply_thread_default() == 2
+    assert torch.get_num_threads() == 2
+
+
 @pytest.mark.parametrize(("value", "field"), [("abc", threads.ENV_VAR), ("0", threads.ENV_VAR), ("100000", threads.ENV_VAR)])
 def test_bad_environment_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, value: str, field: str) -> None:
     monkeypatch.setenv(threads.ENV_VAR, value)

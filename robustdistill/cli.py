@@ -34,7 +34,8 @@ def _train(args: argparse.Namespace) -> int:
     provenance = json.loads((path / "config.json").read_text())["provenance"]
     selection, history = provenance["selection"], provenance["history"]
     best = history[selection["best_epoch"] - 1] if selection["best_epoch"] >= 1 else {}
-    metrics = ", ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in best.items() if k.startswith("val_"))
+    metrics = ", ".join(f"{k.removeprefix('val_')} {100 * v:.1f}%" if "accuracy" in k else f"{k.removeprefix('val_')} {v:.3g}"
+                        for k, v in best.items() if k.startswith("val_"))  # percentages, as every report shows them
     print(f"wrote {path} in {elapsed:.1f}s (best epoch {selection['best_epoch']} on val: {metrics})")
     from robustdistill.reports.training import write_training_report
 

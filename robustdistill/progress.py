@@ -147,10 +147,10 @@ class WorkProgress:
 
     def __init__(self, desc: str, total: float, units: int, *, done: float = 0.0, done_units: int = 0,
                  enabled: bool | None = None, heartbeat_s: float = HEARTBEAT_S,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, unit_name: str = "units") -> None:
         from tqdm.auto import tqdm
 
-        self.desc, self.total, self.units = desc, max(float(total), 1e-9), units
+        self.desc, self.total, self.units, self.unit_name = desc, max(float(total), 1e-9), units, unit_name
         self.done, self.done_units, self._start_done = float(done), done_units, float(done)
         self.heartbeat_s = heartbeat_s
         self.log = logger or log
@@ -193,7 +193,7 @@ class WorkProgress:
 
     def _status(self) -> str:
         eta = self.eta()
-        return (f"{self.done_units}/{self.units} units, {100 * self.done / self.total:.0f}% of the work, "
+        return (f"{self.done_units}/{self.units} {self.unit_name}, {100 * self.done / self.total:.0f}% of the work, "
                 f"{_clock(time.perf_counter() - self.started)} elapsed, ETA {'?' if eta is None else _clock(eta)}")
 
     @contextlib.contextmanager
@@ -201,7 +201,9 @@ class WorkProgress:
         """One unit of ``cost`` work: shown while it runs, its log lines labelled, counted when it finishes."""
         with self._lock:
             self._current = (label, time.perf_counter(), cost)
-        self.bar.set_postfix_str(f"{self.done_units}/{self.units} {label}", refresh=True)
+        # A label that counts itself ("epoch 2/3") needs no "1/3" before it.
+        shown = label if f"/{self.units}" in label else f"{self.done_units}/{self.units} {label}"
+        self.bar.set_postfix_str(shown, refresh=True)
         try:
             with labelled(label):
                 yield

@@ -237,7 +237,7 @@ class Trainer:
         Wrap each epoch (training and validation) in :meth:`epoch_progress`."""
         batches = self.batches(train)
         with WorkProgress(f"train {self.method}", total=epochs * batches, units=epochs, done=done * batches,
-                          done_units=done, heartbeat_s=self.heartbeat_s) as progress:
+                          done_units=done, heartbeat_s=self.heartbeat_s, unit_name="epochs") as progress:
             self._progress = progress
             try:
                 yield progress

@@ -54,6 +54,7 @@ def test_without_a_terminal_each_epoch_logs_elapsed_time_and_eta(tmp_path: Path,
     for epoch, line in enumerate(done, start=1):
         assert line.startswith(f"train standard: epoch {epoch}/3 done; ")
         assert f"{round(100 * epoch / 3)}% of the work" in line
+        assert f"; {epoch}/3 epochs, " in line  # counted in epochs, not "units"
         assert re.search(r"\d+:\d\d elapsed, ETA \d+:\d\d$", line), line
 
 

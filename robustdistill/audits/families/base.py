@@ -20,6 +20,7 @@ A family's life in one audit::
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,13 @@ class ModelFamily:
     def finish(self, run_dir: Path, manifest: Mapping[str, Any], units: Sequence[StoredUnit], roles: list[str]) -> list[Path]:
         """Write the family's report artifacts from the stored units; return the files written."""
         return []
+
+
+def instance_if_loaded(model: Any, module: str, class_name: str) -> bool:
+    """``isinstance(model, module.class_name)`` when that module is loaded, else False: a model of the class exists
+    only once its module is, so checking costs no import (of transformers or diffusers)."""
+    loaded = sys.modules.get(module)
+    return loaded is not None and isinstance(model, getattr(loaded, class_name))
 
 
 FAMILIES: Registry[type[ModelFamily]] = Registry("model family")

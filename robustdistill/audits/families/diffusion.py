@@ -7,10 +7,9 @@ diffusion pipelines.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from robustdistill.audits.families.base import FAMILIES, ModelFamily
+from robustdistill.audits.families.base import FAMILIES, ModelFamily, instance_if_loaded
 
 
 @FAMILIES.register("diffusion")
@@ -19,6 +18,4 @@ class DiffusionFamily(ModelFamily):
     title = "a diffusion model"
 
     def accepts(self, model: Any) -> bool:
-        # Only loaded when such a model exists: checking costs no diffusers import.
-        module = sys.modules.get("robustdistill.models.diffusion")
-        return module is not None and isinstance(model, module.DiffusionModel)
+        return instance_if_loaded(model, "robustdistill.models.diffusion", "DiffusionModel")

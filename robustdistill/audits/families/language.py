@@ -7,10 +7,9 @@ pipelines.
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from robustdistill.audits.families.base import FAMILIES, ModelFamily
+from robustdistill.audits.families.base import FAMILIES, ModelFamily, instance_if_loaded
 
 
 @FAMILIES.register("language-model")
@@ -19,6 +18,4 @@ class LanguageModelFamily(ModelFamily):
     title = "a language model"
 
     def accepts(self, model: Any) -> bool:
-        # Only loaded when such a model exists: checking costs no transformers import.
-        module = sys.modules.get("robustdistill.models.language")
-        return module is not None and isinstance(model, module.LanguageModel)
+        return instance_if_loaded(model, "robustdistill.models.language", "LanguageModel")

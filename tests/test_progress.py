@@ -63,6 +63,7 @@ def test_no_lines_when_progress_is_off(caplog: pytest.LogCaptureFixture) -> None
 
 def test_log_lines_inside_a_unit_name_it(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="robustdistill")  # an earlier CLI run (-q) may have raised its level
     attack_log = logging.getLogger("robustdistill.attacks.autoattack")
     with progress.labelled("autoattack on student"):
         attack_log.info("AutoAttack: robust accuracy after %s: %.2f%%", "APGD-CE", 3.9)

@@ -273,10 +273,14 @@ def start_over(run_dir: Path) -> None:
 
 
 def _headline(report: Any) -> dict[str, float | None]:
-    """The student's clean, FGSM, PGD, CW and AutoAttack accuracies (the demo's table)."""
+    """The student's clean, FGSM, PGD, CW and AutoAttack accuracies (the demo's table), and why its AutoAttack is a
+    reduced one, if it is."""
     wanted = {"clean": "accuracy", "fgsm": "robust_accuracy", "pgd": "robust_accuracy", "cw": "robust_accuracy",
               "autoattack": "robust_accuracy"}
-    found: dict[str, float | None] = dict.fromkeys(wanted)
+    from robustdistill.reports.status import reduced_attack
+
+    found: dict[str, Any] = dict.fromkeys(wanted)
+    found["autoattack_reduced"] = ""  # why the AutoAttack number is a reduced one ("" at full strength)
     for row in report.rows:
         if row["model"] != "student":
             continue
@@ -284,6 +288,8 @@ def _headline(report: Any) -> dict[str, float | None]:
         name = "cw" if name.startswith("cw") else name
         if name in wanted and row["metric"] == wanted[name] and found[name] is None:
             found[name] = row["value"]
+            if name == "autoattack":
+                found["autoattack_reduced"] = reduced_attack(row["params"])
     return found
 
 

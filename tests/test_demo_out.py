@@ -3,6 +3,7 @@ its own report folder (issue 11, items 1 and 2)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from pathlib import Path
@@ -143,3 +144,26 @@ def test_demo_help_states_the_quick_runs_test_points(capsys: pytest.CaptureFixtu
     text = " ".join(capsys.readouterr().out.split())
     samples = tomllib.loads((REPO / "audits" / "demo-quick.toml").read_text())["samples"]
     assert f"--quick a smoke run: few epochs, {samples} test points" in text
+
+
+def test_the_demo_table_marks_a_reduced_autoattack(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The demo's AutoAttack runs Square with 1000 queries: its column and note say it is reduced (issue 12)."""
+    import robustdistill.demo as demo
+    from robustdistill.attacks import ATTACKS
+
+    params = {"attack": "autoattack", **{k: v.default for k, v in inspect.signature(ATTACKS.get("autoattack")).parameters.items()
+                                          if v.default is not inspect.Parameter.empty}}
+    rows = [{"model": "student", "probe": "clean", "metric": "accuracy", "value": 0.9, "params": {}},
+            {"model": "student", "probe": "autoattack", "metric": "robust_accuracy", "value": 0.1,
+             "params": {**params, "n_queries": 1000}}]
+    headline = demo._headline(type("R", (), {"rows": rows})())
+    assert headline["autoattack"] == 0.1 and "Square queries 1000 (official 5000)" in headline["autoattack_reduced"]
+    rows[1]["params"] = params  # the standard settings: not reduced
+    assert demo._headline(type("R", (), {"rows": rows})())["autoattack_reduced"] == ""
+
+    table = [{"student": "kd-student", "passed": False, "untrusted": [], **headline}]
+    monkeypatch.setattr(demo, "run_demo", lambda out, quick: demo.DemoResult(tmp_path / "index.html", table=table))
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    printed = capsys.readouterr().out
+    assert "AutoAttack*" in printed and "* reduced AutoAttack: Square queries 1000 (official 5000)" in printed

@@ -4,8 +4,8 @@
   counted units as equal was wrong by minutes. On a terminal it is a tqdm bar; without one (CI, ``| tee``, a log
   file) it logs a line per finished unit with elapsed time and ETA, and a heartbeat every ``HEARTBEAT_S`` seconds
   while a long unit runs.
-- :func:`estimate_cost` is a unit's expected work in gradient steps on the evaluation points, from the probe's
-  kind and params (or the probe's own ``expected_cost()`` when it declares one).
+- What one unit costs is the probe's to say (``Probe.expected_cost()``, robustdistill.audits.probes): this module
+  knows nothing of attacks or model families.
 - :func:`labelled` prefixes every robustdistill log line emitted inside it with a label such as
   ``[autoattack on teacher]``: attacks log their progress without knowing which model they attack.
 - :func:`logs_above_bars` routes the ``robustdistill`` logger through tqdm, so an INFO line never lands on the
@@ -21,7 +21,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -76,55 +76,6 @@ def logs_above_bars(logger: str = _PACKAGE) -> Iterator[None]:
 
     with logging_redirect_tqdm(loggers=[logging.getLogger(logger)]):
         yield
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Expected work of one audit unit, in gradient steps on the evaluation points (a forward pass is about a third)
-
-# Measured on digits (cnn-small, 359 points): clean 0.03 s, FGSM 0.09 s, PGD-20 1.0 s, AutoAttack 35 s, masking
-# 17 s. AutoAttack's later stages run only on the points still robust: guessed at this fraction.
-_STILL_ROBUST = 0.2
-_FORWARD = 1 / 3
-_SHADOW_STEPS = 40.0  # one LiRA shadow model trained on digits: about 2 s, forty PGD steps' worth
-
-
-def attack_cost(params: Mapping[str, Any]) -> float:
-    """Expected gradient steps of one attack run from its params (as ``AttackSpec.describe()`` gives them)."""
-    name = str(params.get("attack", "pgd"))
-    steps = float(params.get("steps") or 0)
-    restarts = float(params.get("restarts") or 1)
-    queries = float(params.get("n_queries") or params.get("queries") or 0)
-    targets = float(params.get("n_target_classes") or 9)
-    if name == "fgsm":
-        return 1.0 + _FORWARD
-    if name == "autoattack":
-        steps = steps or 100
-        later = 2 * targets * steps + (queries or 5000) * _FORWARD  # APGD-T, FAB-T, Square on what is left
-        return steps + _STILL_ROBUST * later
-    if name == "square":
-        return (queries or 5000) * _FORWARD * restarts
-    if name in ("apgd-t", "fab-t"):
-        return (steps or 100) * targets * restarts
-    if name == "cw-l2":
-        return (steps or 1000) * float(params.get("binary_steps") or 9)
-    return (steps or 20) * restarts + _FORWARD
-
-
-def estimate_cost(kind: str, params: Mapping[str, Any], declared: Callable[[], float] | None = None) -> float:
-    """Expected work of one unit of a probe ``kind`` with ``params``; ``declared``, a probe's own estimate, wins."""
-    if declared is not None:
-        return max(float(declared()), 0.01)
-    if kind in ("attack", "transfer", "agreement"):
-        return attack_cost(params) * (2 if kind != "attack" else 1)  # pairs attack one model, evaluate both
-    if kind == "curve":
-        return attack_cost(params) * max(len(params.get("eps") or [1]), 1)
-    if kind == "masking":
-        steps, more, restarts = (float(params.get(k) or d) for k, d in (("steps", 10), ("more_steps", 100), ("restarts", 5)))
-        scales = len(params.get("scales") or [0.01, 100.0])
-        return steps * (3 + scales) + more + restarts * steps + float(params.get("square_queries") or 1000) * _FORWARD
-    if kind == "mia-lira":
-        return float(params.get("shadows") or 16) * _SHADOW_STEPS
-    return 1.0  # clean, size, the loss and confidence attacks: about one pass over the points
 
 
 # --------------------------------------------------------------------------------------------------------------

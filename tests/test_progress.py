@@ -12,27 +12,41 @@ from tqdm.auto import tqdm
 
 from robustdistill import progress
 
-# The params the digits suite's units have (audits/digits.toml, as stored in results.jsonl).
-AUTOATTACK = {"attack": "autoattack", "eps": 0.125, "norm": "linf", "steps": 100, "n_queries": 5000,
-              "n_target_classes": 9, "attacks": None, "seed": 0}
-PGD20 = {"attack": "pgd", "eps": 0.125, "alpha": 0.03125, "steps": 20, "norm": "linf", "random_start": True,
-         "restarts": 1, "loss": "ce", "seed": 0}
-FGSM = {"attack": "fgsm", "eps": 0.125, "loss": "ce", "seed": 0, "norm": "linf"}
+def probe_costs() -> dict[str, float]:
+    """Each probe's expected_cost() as the runner asks it, for the probes of a digits-like suite."""
+    from robustdistill.audits.schema import load_suite
+
+    suite = load_suite({
+        "name": "costs", "pipeline": {"teacher": "t", "student": "s"}, "data": {"kind": "digits"},
+        "threat_model": {"norm": "linf", "eps": 0.125},
+        "probes": [
+            {"kind": "clean"}, {"kind": "size"}, {"kind": "mia-loss"},
+            {"kind": "attack", "attack": "fgsm"},
+            {"kind": "attack", "name": "pgd-20", "attack": "pgd", "params": {"steps": 20}},
+            {"kind": "attack", "name": "pgd-40", "attack": "pgd", "params": {"steps": 40}},
+            {"kind": "attack", "attack": "autoattack"},
+            {"kind": "curve", "attack": "pgd", "params": {"steps": 20}, "eps": [0.0625, 0.125, 0.1875, 0.25]},
+            {"kind": "transfer", "params": {"steps": 20}},
+            {"kind": "masking"},
+            {"kind": "mia-lira", "name": "lira-16", "shadows": 16},
+            {"kind": "mia-lira", "name": "lira-4", "shadows": 4},
+        ],
+    })
+    return {probe.name: probe.expected_cost() for probe in suite.probes}
 
 
 def test_costs_follow_the_work_not_the_unit_count() -> None:
-    clean = progress.estimate_cost("clean", {})
-    fgsm = progress.estimate_cost("attack", FGSM)
-    pgd = progress.estimate_cost("attack", PGD20)
-    autoattack = progress.estimate_cost("attack", AUTOATTACK)
-    # Measured on digits: clean 0.03 s, FGSM 0.09 s, PGD-20 1.0 s, AutoAttack 35 s (tests/test_progress.py's params)
+    cost = probe_costs()
+    clean, fgsm, pgd, autoattack = cost["clean"], cost["fgsm"], cost["pgd-20"], cost["autoattack"]
+    # Measured on digits: clean 0.03 s, FGSM 0.09 s, PGD-20 1.0 s, AutoAttack 35 s
+    assert clean == cost["size"] == cost["mia-loss"] == 1.0  # about one pass over the points
     assert clean < fgsm < pgd < autoattack
     assert autoattack / clean > 300 and 10 < autoattack / pgd < 100 and 10 < pgd / fgsm < 30
-    curve = progress.estimate_cost("curve", {**PGD20, "eps": [0.0625, 0.125, 0.1875, 0.25]})
-    assert curve == pytest.approx(4 * pgd)
-    assert progress.estimate_cost("attack", {**PGD20, "steps": 40}) > 1.9 * pgd
-    assert progress.estimate_cost("mia-lira", {"shadows": 16}) > progress.estimate_cost("mia-lira", {"shadows": 4})
-    assert progress.estimate_cost("anything", {}, declared=lambda: 123.0) == 123.0
+    assert cost["curve"] == pytest.approx(4 * pgd)
+    assert cost["transfer"] == pytest.approx(2 * pgd)  # one attack per model of the pair
+    assert cost["pgd-40"] > 1.9 * pgd
+    assert pgd < cost["masking"] < autoattack
+    assert cost["lira-16"] == pytest.approx(4 * cost["lira-4"])
 
 
 def test_without_a_terminal_a_long_unit_has_heartbeats_and_each_unit_a_line_with_eta(

@@ -38,7 +38,7 @@ from robustdistill.audits.report import Report
 from robustdistill.audits.schema import Suite, load_suite
 from robustdistill.audits.store import ARTIFACTS, REPORT, RunStore
 from robustdistill.errors import UserInputError
-from robustdistill.progress import WorkProgress, estimate_cost
+from robustdistill.progress import WorkProgress
 from robustdistill.reproducibility import cpu_record
 from robustdistill.stats import pack_mask
 from robustdistill.utils import resolve_device, seed_everything
@@ -275,7 +275,7 @@ def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progres
     if resume:
         log.info("resuming %s: %d of %d probe units already finished", run_dir, len(units) - len(todo), len(units))
     # The bar counts expected work, not units: one AutoAttack unit outweighs hundreds of clean ones.
-    cost = {u.key: estimate_cost(u.probe.kind, u.probe.params(), getattr(u.probe, "expected_cost", None)) for u in units}
+    cost = {u.key: max(float(u.probe.expected_cost()), 0.01) for u in units}  # the probe's estimate of its work
     with WorkProgress(f"audit {suite.name}", sum(cost.values()), len(units), enabled=progress,
                       done=sum(cost[u.key] for u in units if u.key in done), done_units=len(units) - len(todo)) as bar:
         for unit in todo:

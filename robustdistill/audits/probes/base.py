@@ -179,6 +179,12 @@ class Probe:
         gradients made its adversarial examples leaves a gate on it untrusted."""
         return False
 
+    def expected_cost(self) -> float:
+        """Expected work of one unit, in gradient steps over the evaluation points (a forward pass is about a
+        third): the audit's progress bar weighs units by it, so its ETA is right when one unit takes a minute and
+        another a tenth of a second. The default: about one pass over the points."""
+        return 1.0
+
     def units(self, roles: list[str]) -> list[tuple[str, ...]]:
         if self.derived:
             return []

@@ -12,7 +12,8 @@ import torch
 from pydantic import Field
 
 from robustdistill.audits.probes.base import PROBES, Probe, ProbeConfig, UnitResult, accuracy_row, value_row
-from robustdistill.audits.probes.image.context import ImageContext, attack_outcome, resolve_attack, run_attack
+from robustdistill.audits.probes.image.context import (ImageContext, attack_cost, attack_outcome, resolve_attack,
+                                                       run_attack)
 from robustdistill.stats import proportion_row
 
 # Preference for the attack whose examples go in the report's example grid (strongest first).
@@ -73,6 +74,9 @@ class AttackProbe(Probe):
 
     def params(self) -> dict[str, Any]:
         return self.spec_.describe()
+
+    def expected_cost(self) -> float:
+        return attack_cost(self.params())
 
     def row_params(self, **extra: Any) -> dict[str, Any]:
         return {"name": self.name, **self.params(), **extra}

@@ -170,3 +170,31 @@ def attack_outcome(ctx: ImageContext, role: str, x_adv: torch.Tensor) -> tuple[n
     return clean, robust, adv_pred
 
 
+# Expected work of one attack run, in gradient steps over the evaluation points (a forward pass is about a third):
+# what the audit's progress bar weighs units by. Measured on digits (cnn-small, 359 points): clean 0.03 s, FGSM
+# 0.09 s, PGD-20 1.0 s, AutoAttack 35 s, masking 17 s. AutoAttack's later stages run only on the points still robust:
+# guessed at this fraction.
+FORWARD = 1 / 3
+_STILL_ROBUST = 0.2
+
+
+def attack_cost(params: Mapping[str, Any]) -> float:
+    """Expected gradient steps of one attack run from its params (as :meth:`AttackSpec.describe` gives them)."""
+    name = str(params.get("attack", "pgd"))
+    steps = float(params.get("steps") or 0)
+    restarts = float(params.get("restarts") or 1)
+    queries = float(params.get("n_queries") or params.get("queries") or 0)
+    targets = float(params.get("n_target_classes") or 9)
+    if name == "fgsm":
+        return 1.0 + FORWARD
+    if name == "autoattack":
+        steps = steps or 100
+        later = 2 * targets * steps + (queries or 5000) * FORWARD  # APGD-T, FAB-T, Square on what is left
+        return steps + _STILL_ROBUST * later
+    if name == "square":
+        return (queries or 5000) * FORWARD * restarts
+    if name in ("apgd-t", "fab-t"):
+        return (steps or 100) * targets * restarts
+    if name == "cw-l2":
+        return (steps or 1000) * float(params.get("binary_steps") or 9)
+    return (steps or 20) * restarts + FORWARD

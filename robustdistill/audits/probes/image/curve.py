@@ -8,7 +8,8 @@ from typing import Any
 from pydantic import Field
 
 from robustdistill.audits.probes.base import PROBES, Probe, ProbeConfig, UnitResult, accuracy_row
-from robustdistill.audits.probes.image.context import ImageContext, attack_outcome, resolve_attack, run_attack
+from robustdistill.audits.probes.image.context import (ImageContext, attack_cost, attack_outcome, resolve_attack,
+                                                       run_attack)
 from robustdistill.errors import UserInputError
 
 
@@ -61,6 +62,9 @@ class CurveProbe(Probe):
 
     def params(self) -> dict[str, Any]:
         return {**self.spec_.describe(), "eps": [float(e) for e in self.config.eps]}
+
+    def expected_cost(self) -> float:
+        return attack_cost(self.spec_.describe()) * len(self.config.eps)
 
     def run(self, ctx: ImageContext, roles: tuple[str, ...]) -> UnitResult:
         (role,) = roles

@@ -16,7 +16,7 @@ from torch import nn
 from robustdistill import attacks
 from robustdistill.audits import masking
 from robustdistill.audits.probes.base import PROBES, Probe, ProbeConfig, UnitResult, accuracy_row, value_row
-from robustdistill.audits.probes.image.context import ImageContext, ScaledLogits, attack_outcome, run_attack
+from robustdistill.audits.probes.image.context import FORWARD, ImageContext, ScaledLogits, attack_outcome, run_attack
 from robustdistill.errors import UserInputError
 from robustdistill.limits import MAX_QUERIES, check_eps, check_int, check_restarts, check_steps
 
@@ -81,6 +81,11 @@ class MaskingProbe(Probe):
 
     def gate_metrics(self, role: str) -> tuple[str, ...]:
         return tuple(m for m in self.produces(role) if m != "scaled_logits_robust_accuracy")  # one row per scale
+
+    def expected_cost(self) -> float:
+        cfg = self.config
+        return (cfg.steps * (3 + len(cfg.scales)) + cfg.more_steps + cfg.restarts * cfg.steps
+                + cfg.square_queries * FORWARD)
 
     def params(self) -> dict[str, Any]:
         return {"eps": self.threat_model.eps, "norm": self.threat_model.norm,

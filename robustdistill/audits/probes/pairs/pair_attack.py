@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field
 
 from robustdistill.audits.probes.base import Probe, ProbeConfig
-from robustdistill.audits.probes.image.context import resolve_attack
+from robustdistill.audits.probes.image.context import attack_cost, resolve_attack
 
 
 class PairAttackConfig(ProbeConfig):
@@ -29,3 +29,6 @@ class PairAttackProbe(Probe):
 
     def params(self) -> dict[str, Any]:
         return self.spec_.describe()
+
+    def expected_cost(self) -> float:
+        return 2 * attack_cost(self.params())  # one attack per model of the pair

@@ -22,6 +22,8 @@ from robustdistill.utils import model_device
 
 log = logging.getLogger(__name__)
 
+SHADOW_STEPS = 40.0  # one shadow model trained on digits: about 2 s, forty PGD steps' worth (the progress bar's unit)
+
 
 class LiraConfig(MiaConfig):
     """LiRA settings. ``shadows``: shadow models per ground truth (the paper uses up to 256; each point is IN for
@@ -54,6 +56,9 @@ class LiraProbe(MembershipProbe):
 
     def params(self) -> dict[str, Any]:
         return self.config.model_dump(mode="json", exclude={"kind", "name", "cache"})
+
+    def expected_cost(self) -> float:
+        return self.config.shadows * SHADOW_STEPS
 
     @property
     def fixed_variance(self) -> bool:

@@ -244,6 +244,17 @@ def _pin_kernels(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line. Called from Python (a notebook, a test), it leaves the robustdistill logger as it found it."""
+    logger = logging.getLogger("robustdistill")
+    handlers, level = list(logger.handlers), logger.level
+    try:
+        return _main(argv)
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)

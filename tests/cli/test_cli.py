@@ -73,3 +73,14 @@ def test_argparse_errors_also_exit_2() -> None:
     with pytest.raises(SystemExit) as exited:
         main(["train"])
     assert exited.value.code == 2
+
+
+def test_main_leaves_the_robustdistill_logger_as_it_found_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """A -q run from Python used to leave the logger at WARNING with the CLI's handler: a notebook lost its INFO
+    lines, and a later test its captured records."""
+    import logging
+
+    logger = logging.getLogger("robustdistill")
+    before = (list(logger.handlers), logger.level)
+    assert main(["-q", "list"]) == 0
+    assert (list(logger.handlers), logger.level) == before

@@ -13,8 +13,8 @@ Conventions shared by all objectives:
   changes; the LM-distillation papers implemented here (MiniLLM, DistiLLM, GKD, TAID) train at T = 1, where the
   factor is 1, and TRL's GKDTrainer does not apply it either. A trainer that sweeps T multiplies by T^2 itself.
 - Gradients flow through the student only: the teacher's logits are detached in every objective.
-- Numerics: log-probabilities come from log_softmax in at least float32 (bf16/fp16 logits are upcast); mixtures of p and q are
-  formed in log space with logsumexp, never as log(a * p + b * q).
+- Numerics: log-probabilities come from log_softmax in at least float32 (bf16/fp16 logits are upcast);
+  mixtures of p and q are formed in log space with logsumexp, never as log(a * p + b * q).
 - Only response tokens are computed at all (the masked positions are dropped before the softmax), so whatever
   the logits hold at prompt or padding positions, even inf or nan, cannot reach the loss or its gradient.
 """
@@ -41,12 +41,14 @@ __all__ = [
 
 def _check_temperature(temperature: float) -> None:
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise UserInputError("temperature", f"must be a positive number, got {temperature!r}", "use e.g. temperature = 1.0")
+        raise UserInputError("temperature", f"must be a positive number, got {temperature!r}",
+                             "use e.g. temperature = 1.0")
 
 
 def _check_open_unit(field: str, value: float, example: str) -> None:
     if not (isinstance(value, (int, float)) and 0 < value < 1):
-        raise UserInputError(field, f"must lie strictly between 0 and 1, got {value!r}", f"use e.g. {field} = {example}")
+        raise UserInputError(field, f"must lie strictly between 0 and 1, got {value!r}",
+                             f"use e.g. {field} = {example}")
 
 
 def _check_closed_unit(field: str, value: float, example: str) -> None:
@@ -124,10 +126,7 @@ def skew_forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 
     Mixing a little of the teacher into the student's side keeps the divergence finite and its gradient bounded
     where q is near zero; a -> 0 recovers forward KL."""
-    _check_open_unit("alpha", alpha, "0.1")
-    q, p = _response_tokens(student_logits, teacher_logits, response_mask, temperature)
-    log_p = p.log_softmax(-1)
-    return _mean(_kl(log_p, _log_mixture(log_p, alpha, q.log_softmax(-1))), q)
+    return _skew(student_logits, teacher_logits, response_mask, temperature, alpha, on_student_side=False)
 
 
 def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, response_mask: torch.Tensor,
@@ -135,10 +134,16 @@ def skew_reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
     """DistiLLM's skew reverse KL: SRKL_a = KL(q || (1 - a) p + a q), a = 0.1; a -> 0 recovers reverse KL.
 
     (DistiLLM also replays student generations off-policy; that is the trainer's job, not this loss's.)"""
+    return _skew(student_logits, teacher_logits, response_mask, temperature, alpha, on_student_side=True)
+
+
+def _skew(student_logits: torch.Tensor, teacher_logits: torch.Tensor, response_mask: torch.Tensor,
+          temperature: float, alpha: float, on_student_side: bool) -> torch.Tensor:
+    """KL(x || alpha x + (1 - alpha) y) with x = p (skew KL) or x = q (skew reverse KL), y the other one."""
     _check_open_unit("alpha", alpha, "0.1")
     q, p = _response_tokens(student_logits, teacher_logits, response_mask, temperature)
-    log_q = q.log_softmax(-1)
-    return _mean(_kl(log_q, _log_mixture(log_q, alpha, p.log_softmax(-1))), q)
+    log_x, log_y = (q.log_softmax(-1), p.log_softmax(-1)) if on_student_side else (p.log_softmax(-1), q.log_softmax(-1))
+    return _mean(_kl(log_x, _log_mixture(log_x, alpha, log_y)), q)
 
 
 def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, response_mask: torch.Tensor,

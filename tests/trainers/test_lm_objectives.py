@@ -97,7 +97,8 @@ CASES = [
 
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize(("name", "params", "hand"), CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_each_objective_equals_the_hand_computation(name: str, params: dict, hand: Callable, temperature: float) -> None:
+def test_each_objective_equals_the_hand_computation(name: str, params: dict, hand: Callable,
+                                                    temperature: float) -> None:
     s, t, m = tensors()
     got = lo.distillation_loss(name, s, t, m, temperature=temperature, **params)
     assert got.item() == pytest.approx(hand_mean(hand, temperature), rel=1e-9, abs=1e-12)
@@ -180,7 +181,8 @@ def test_temperature_divides_both_logits(name: str, params: dict) -> None:
     assert tempered != pytest.approx(lo.distillation_loss(name, s, t, m, **params).item())  # no T^2 rescaling hides it
 
 
-@pytest.mark.parametrize(("name", "params"), [(c[0], c[1]) for c in CASES] + [("gjsd", {"beta": 0.0}), ("gjsd", {"beta": 1.0})])
+@pytest.mark.parametrize(("name", "params"),
+                         [(c[0], c[1]) for c in CASES] + [("gjsd", {"beta": 0.0}), ("gjsd", {"beta": 1.0})])
 def test_zero_when_the_student_is_the_teacher(name: str, params: dict) -> None:
     _, t, m = tensors()
     assert lo.distillation_loss(name, t.clone(), t, m, **params).item() == pytest.approx(0.0, abs=1e-12)

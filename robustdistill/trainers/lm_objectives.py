@@ -174,7 +174,7 @@ def generalized_jsd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, 
 def taid_target(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t: float) -> torch.Tensor:
     """TAID's intermediate distribution as log-probabilities: log_softmax((1 - t) * sg(student) + t * teacher).
 
-    The interpolation is in LOGIT space (Shing et al., ICLR 2025, eq. 2; the authors' code does the same), with
+    The interpolation is in LOGIT space (Shing et al., ICLR 2025; the authors' code, SakanaAI/TAID, does the same), with
     the student's current logits detached (sg = stop-gradient), so the target is a constant for this step."""
     _check_closed_unit("t", t, "0.4")
     return ((1 - t) * student_logits.detach() + t * teacher_logits.detach()).log_softmax(-1)

@@ -181,9 +181,12 @@ def _jsonl_records(path: Path, field_name: str) -> Iterator[tuple[int, dict[str,
         for number, raw in enumerate(iter(lambda: handle.readline(MAX_LINE_BYTES + 1), b""), start=1):
             total += len(raw)
             where = f"{path} line {number}"
-            if len(raw) > MAX_LINE_BYTES or total > MAX_JSONL_BYTES:  # a line without "\n", or a file that grew
+            if len(raw) > MAX_LINE_BYTES:  # a runaway line without "\n": refused after a bounded read
                 raise UserInputError(field_name, f"{where} is longer than {MAX_LINE_BYTES:,} bytes",
                                      "one record per line")
+            if total > MAX_JSONL_BYTES:  # a file that grew while read, or a device
+                raise UserInputError(field_name, f"{path} is more than {MAX_JSONL_BYTES:,} bytes",
+                                     "split the file, or load a subset of it")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:

@@ -97,7 +97,8 @@ def build_report(run_dir: str | Path) -> Report:
     for item in flags:
         if item["model"] in untrusted:
             untrusted[item["model"]].append(item["check"])
-    claims = robustness_claims(last["suite"])
+    classes = probe_classes(last["suite"], rows)
+    claims = robustness_claims(classes)
     gates = [evaluate_gate(Gate(**g), rows, untrusted, claims, invalid) for g in last.get("gates", [])]
     manifest = {
         "robustdistill": last["robustdistill"], "torch": last["torch"], "git": last["git"], "seed": last["seed"],
@@ -111,25 +112,28 @@ def build_report(run_dir: str | Path) -> Report:
     manifest |= stored.evidence()
     written = family.finish(run_dir, last, finished, roles)
     report = Report(last["suite"], manifest, rows, gates, flags, run_dir, missing,
-                    sections=sections(last["suite"], rows), written=written)
+                    sections=sections(classes), written=written)
     write_json_atomic(run_dir / REPORT, report.to_dict())
     return report
 
 
-def probe_classes(suite: Mapping[str, Any]) -> dict[str, type[Probe]]:
-    """Probe name -> class for the suite's probes (plus ``retention``, whose rows every classifier report has)."""
+def probe_classes(suite: Mapping[str, Any], rows: list[dict[str, Any]]) -> dict[str, type[Probe]]:
+    """Probe name -> class for the suite's probes, in suite order, then for the derived probes whose rows the family
+    added without the suite listing them (their rows carry the kind as the probe name, e.g. retention)."""
     classes: dict[str, type[Probe]] = {}
     for probe in suite.get("probes", []):
         kind = probe.get("kind")
         if isinstance(kind, str) and kind in PROBES:
             classes[probe.get("name", kind)] = PROBES.get(kind)
-    classes.setdefault("retention", PROBES.get("retention"))
+    for row in rows:
+        name = row["probe"]
+        if name not in classes and name in PROBES and PROBES.get(name).derived:
+            classes[name] = PROBES.get(name)
     return classes
 
 
-def robustness_claims(suite: Mapping[str, Any]) -> Callable[[Mapping[str, Any]], bool]:
+def robustness_claims(classes: Mapping[str, type[Probe]]) -> Callable[[Mapping[str, Any]], bool]:
     """Whether a row claims robustness to attack (its probe says so): what a gradient-masking flag can void."""
-    classes = probe_classes(suite)
 
     def claims(row: Mapping[str, Any]) -> bool:
         probe_class = classes.get(row["probe"])
@@ -138,15 +142,11 @@ def robustness_claims(suite: Mapping[str, Any]) -> Callable[[Mapping[str, Any]],
     return claims
 
 
-def sections(suite: Mapping[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The report's sections in suite order: one per probe group, listing its probes (retention, derived whether the
-    suite lists it or not, is listed when the report has retention rows)."""
+def sections(classes: Mapping[str, type[Probe]]) -> list[dict[str, Any]]:
+    """The report's sections in suite order: one per probe group, listing its probes (a derived one when the report
+    has its rows)."""
     out: dict[str, dict[str, Any]] = {}
-    listed = {p.get("name", p.get("kind")) for p in suite.get("probes", [])}
-    derived = {row["probe"] for row in rows}
-    for name, probe_class in probe_classes(suite).items():
-        if name not in listed and name not in derived:
-            continue
+    for name, probe_class in classes.items():
         section = out.setdefault(probe_class.group, {"group": probe_class.group, "family": probe_class.family,
                                                      "probes": []})
         section["probes"].append(name)

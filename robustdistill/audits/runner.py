@@ -219,7 +219,7 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
         module.eval()
     if resume and store.has_results():
         _check_same_checkpoints(run_dir, store, checkpoints)
-    families = check_fit(suite, models, checkpoints)
+    families = check_fit(suite, family, models, checkpoints)
     data = family.load_data(suite)
     family.check_models(models, data, suite)
     for probe in suite.probes:

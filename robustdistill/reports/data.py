@@ -238,6 +238,16 @@ class Report:
         )
 
     # --- tables -------------------------------------------------------------------------------------------
+    def accuracy_entries(self) -> list[tuple[str, bool, ComparisonRow]]:
+        """(one-line title, is clean accuracy, entry) for the teacher-vs-student entries of clean accuracy and of
+        robust accuracy per attack: the columns of the index and of the size section."""
+        out = []
+        for entry in self.comparison()[1]:
+            clean = entry.probe == "clean" and entry.metric == "accuracy"
+            if clean or entry.metric == "robust_accuracy":
+                out.append((entry.short_title().replace("\n", " "), clean, entry))
+        return out
+
     def comparison(self) -> tuple[list[str], list[ComparisonRow]]:
         """Rows of the teacher-vs-student table: every accuracy-like metric measured outside the special probes,
         keyed by (probe, label, metric, shared params); columns are the roles that have any of them."""
@@ -359,14 +369,9 @@ class Report:
             for role, row in sorted(parameters.items(), key=lambda kv: (kv[1].value, role_sort_key(kv[0])))
         ]
         columns: list[SizeColumn] = []
-        _, entries = self.comparison()
-        for entry in entries:
-            clean = entry.probe == "clean" and entry.metric == "accuracy"
-            if not clean and entry.metric != "robust_accuracy":
-                continue
+        for title, clean, entry in self.accuracy_entries():
             cells = {role: row for role, row in entry.cells.items() if role in parameters and row.value is not None}
             if cells:
-                title = "clean" if clean else entry.short_title().replace("\n", " ")
                 columns.append(SizeColumn(title, "clean" if clean else "attack", cells, entry.detail()))
         # The masking probe's "worst case" is the worst over ITS attacks only (AutoAttack can be lower), so it is not
         # shown here as a worst case: the per-attack columns, AutoAttack among them, are the numbers to read.

@@ -50,12 +50,7 @@ def index_summary(report: Report) -> tuple[dict[str, dict[str, dict[str, Any]]],
     teacher's own leakage among them); and the one-line notes on reduced attacks."""
     summary: dict[str, dict[str, dict[str, Any]]] = {}
     reduced: list[str] = []
-    _, entries = report.comparison()
-    for entry in entries:
-        clean = entry.probe == "clean" and entry.metric == "accuracy"
-        if not clean and entry.metric != "robust_accuracy":
-            continue
-        key = "clean" if clean else entry.short_title().replace("\n", " ")
+    for key, _, entry in report.accuracy_entries():
         cells = {role: _cell(row) for role, row in entry.cells.items() if role in ROLES and row.value is not None}
         if cells and key not in summary:
             summary[key] = cells

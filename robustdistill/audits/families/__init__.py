@@ -43,25 +43,21 @@ def suite_family(suite: Any) -> ModelFamily:
     return family(first.family)
 
 
-def check_fit(suite: Any, models: Mapping[str, Any], checkpoints: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """Refuse a unit whose model is not of its probe's family (naming the probe and the role); return role -> family."""
-    families: dict[str, str] = {}
+def check_fit(suite: Any, family: ModelFamily, models: Mapping[str, Any],
+              checkpoints: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Refuse a model that is not of the suite's ``family`` (:func:`suite_family`), naming the suite's first probe
+    (every probe audits that family) and the role; return role -> family name, for the manifest."""
+    probe = suite.probes[0]
     for role, model in models.items():
         found = family_of(model)
-        families[role] = found.name if found is not None else type(model).__name__
-    for probe in suite.probes:
-        wanted = family(probe.family)
-        for role in suite.roles:
-            if families[role] == probe.family:
-                continue
-            found = family_of(models[role])
-            what = found.title if found is not None else f"a {type(models[role]).__name__}"
-            source = checkpoints.get(role, {}).get("path") or "in memory"
-            raise UserInputError(probe.where, f"{probe.name} ({probe.kind}) audits {wanted.title}, but the {role} "
-                                 f"({source}) is {what}",
-                                 f"give {role_field(role)} {wanted.title}, or audit it with a suite of probes for "
-                                 f"{what}")
-    return families
+        if found is not None and found.name == family.name:
+            continue
+        what = found.title if found is not None else f"a {type(model).__name__}"
+        source = checkpoints.get(role, {}).get("path") or "in memory"
+        raise UserInputError(probe.where, f"{probe.name} ({probe.kind}) audits {family.title}, but the {role} "
+                             f"({source}) is {what}",
+                             f"give {role_field(role)} {family.title}, or audit it with a suite of probes for {what}")
+    return dict.fromkeys(models, family.name)
 
 
 __all__ = ["FAMILIES", "EvalData", "ModelFamily", "Plan", "StoredUnit", "check_fit", "family", "family_of",

@@ -167,6 +167,14 @@ class WorkProgress:
         if self.text:
             self._line(f"{self.desc}: {label} done; {self._status()}")
 
+    def advance(self, work: float, postfix: str | None = None) -> None:
+        """Count ``work`` done inside the running unit (a training epoch's batches, as they finish), so the bar and
+        the ETA move before the unit ends; ``postfix`` replaces the bar's status text."""
+        self.done += work
+        if postfix is not None:
+            self.bar.set_postfix_str(postfix, refresh=False)
+        self.bar.update(work)
+
     def _line(self, message: str) -> None:
         with self._lock:
             self._last_line = time.perf_counter()

@@ -202,27 +202,22 @@ class Trainer:
         generator = torch.Generator().manual_seed(derived_seed(cfg.seed, "epoch", epoch))
         order = torch.randperm(len(train), generator=generator)
         total_loss, correct, seen = 0.0, 0, 0
-        with contextlib.ExitStack() as stack:
-            progress = self._progress
-            label = f"epoch {epoch + 1}" + (f"/{progress.units}" if progress is not None else "")
-            if progress is None:  # a caller's own epoch loop (ProARD's stages): a display for this epoch alone
-                progress = stack.enter_context(self.run_progress(1, 0, train))
-                stack.enter_context(progress.unit(label, 0.0))
-            for start in range(0, len(order), cfg.batch_size):
-                idx = order[start : start + cfg.batch_size]
-                x = augment_batch(train.x[idx], cfg.augment, generator).to(self.device)
-                y = train.y[idx].to(self.device)
-                model.train()
-                loss, logits = self.batch_loss(model, x, y, generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total_loss += float(loss.detach()) * len(idx)
-                correct += int((logits.detach().argmax(1) == y).sum())
-                seen += len(idx)
-                progress.bar.set_postfix_str(f"{label} · loss {total_loss / seen:.3f} · acc {100 * correct / seen:.1f}%",
-                                             refresh=False)
-                _advance(progress)
+        progress = self._progress  # the run's display (run_progress); None: the caller shows none
+        label = f"epoch {epoch + 1}/{progress.units}" if progress is not None else ""
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            x = augment_batch(train.x[idx], cfg.augment, generator).to(self.device)
+            y = train.y[idx].to(self.device)
+            model.train()
+            loss, logits = self.batch_loss(model, x, y, generator)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss.detach()) * len(idx)
+            correct += int((logits.detach().argmax(1) == y).sum())
+            seen += len(idx)
+            if progress is not None:
+                progress.advance(1.0, f"{label} · loss {total_loss / seen:.3f} · acc {100 * correct / seen:.1f}%")
         return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
 
     def batches(self, train: ImageSplit) -> int:
@@ -443,12 +438,6 @@ class Trainer:
         torch.set_rng_state(payload["torch_rng"].cpu())
         state = TrainState(payload["epoch"], payload["best_score"], payload["best_epoch"], list(payload["history"]))
         return state, payload["best_model"]
-
-
-def _advance(progress: WorkProgress, work: float = 1.0) -> None:
-    """Count ``work`` (batches) done inside the running unit: the bar moves and the ETA follows at once."""
-    progress.done += work
-    progress.bar.update(work)
 
 
 def train_spec(config: TrainConfig) -> dict[str, Any]:

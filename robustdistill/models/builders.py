@@ -111,23 +111,32 @@ def _only_built_files(target: Path, built: Path) -> None:
 
 
 def build_tiny_causal_lm(out_dir: str | os.PathLike[str], arch: Literal["gpt2", "llama"] = "gpt2", seed: int = 0,
-                         vocab_size: int = 384) -> Path:
-    """Save a tiny causal LM (2 layers, width 32) with a byte-level BPE tokenizer and a chat template."""
+                         vocab_size: int = 384, width: int = 32, layers: int = 2, heads: int = 2) -> Path:
+    """Save a tiny causal LM (by default 2 layers, width 32) with a byte-level BPE tokenizer and a chat template.
+
+    Every model built here with the same ``vocab_size`` has the same tokenizer (the BPE is trained on a fixed corpus),
+    so a teacher and a smaller student built here can be distilled at the logit level."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     if arch not in ("gpt2", "llama"):
         raise UserInputError("arch", f"unknown tiny LM architecture {arch!r}", "choose 'gpt2' or 'llama'")
+    for name, value, top in (("width", width, 4096), ("layers", layers, 64), ("heads", heads, 64)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+            raise UserInputError(name, f"must be an integer in [1, {top}], got {value!r}", f"e.g. {name} = 2")
+    if width % heads:
+        raise UserInputError("heads", f"{heads} heads do not divide width {width}", "use a divisor of the width")
     tokenizer = _fast_tokenizer(_train_bpe(vocab_size), model_max_length=256, chat_template=CHAT_TEMPLATE)
     ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in
            (("bos", BOS_TOKEN), ("eos", EOS_TOKEN), ("pad", PAD_TOKEN))}
     torch.manual_seed(seed)
     if arch == "gpt2":
-        config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=2, n_head=2,
+        config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=width, n_layer=layers, n_head=heads,
                             bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"])
         model = GPT2LMHeadModel(config)
     else:
-        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=width, intermediate_size=2 * width,
+                             num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                             max_position_embeddings=256,
                              bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
                              tie_word_embeddings=False)
         model = LlamaForCausalLM(config)

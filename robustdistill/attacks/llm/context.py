@@ -83,7 +83,28 @@ def allowed_token_mask(tokenizer: Any, vocab_rows: int, allow_non_ascii: bool, d
 
 
 def decode_suffixes(tokenizer: Any, ids: torch.Tensor) -> list[str]:
-    return tokenizer.batch_decode(ids.tolist(), clean_up_tokenization_spaces=False)
+    rows = ids.tolist()
+    if getattr(tokenizer, "is_fast", False):
+        # The Rust tokenizer directly: the same text as batch_decode without its per-token Python conversions
+        # (a third of the filter's time on 512 candidates).
+        return tokenizer.backend_tokenizer.decode_batch(rows, skip_special_tokens=False)
+    return tokenizer.batch_decode(rows, clean_up_tokenization_spaces=False)
+
+
+def encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    if getattr(tokenizer, "is_fast", False):
+        backend = tokenizer.backend_tokenizer
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)  # _fast: no character offsets
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
+def unique_rows(ids: torch.Tensor) -> torch.Tensor:
+    """``ids`` without repeated rows, first occurrences in their original order (so seeded runs stay the same)."""
+    _, inverse = torch.unique(ids, dim=0, return_inverse=True)
+    first = torch.full((int(inverse.max()) + 1,), ids.shape[0], dtype=torch.long, device=ids.device)
+    first.scatter_reduce_(0, inverse, torch.arange(ids.shape[0], device=ids.device), reduce="amin")
+    return ids[first.sort().values]
 
 
 def retokenises(tokenizer: Any, contexts: list[PromptContext], ids: torch.Tensor) -> torch.Tensor:
@@ -95,7 +116,7 @@ def retokenises(tokenizer: Any, contexts: list[PromptContext], ids: torch.Tensor
     rows = ids.tolist()
     for ctx in contexts:
         before, after = ctx.before_ids[0].tolist(), ctx.after_ids[0].tolist()
-        encoded = tokenizer([ctx.sequence(t) for t in texts], add_special_tokens=False)["input_ids"]
+        encoded = encode_batch(tokenizer, [ctx.sequence(t) for t in texts])
         same = [enc == before + row + after for enc, row in zip(encoded, rows)]
         ok &= torch.tensor(same, dtype=torch.bool)
     return ok.to(ids.device)
@@ -161,7 +182,9 @@ class TargetLoss:
             parts.insert(0, ctx.before_ids.expand(batch, -1))
         logits = self._logits(ctx, batch, input_ids=torch.cat(parts, dim=1))
         target = ctx.target_ids.expand(batch, -1)
-        losses = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none").mean(dim=1)
+        # Flattened rows: cross_entropy over a transposed (B, V, T) view walks memory with a stride, 3x slower.
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        losses = F.cross_entropy(flat, target.reshape(-1), reduction="none").view(batch, -1).mean(dim=1)
         match = (logits.argmax(dim=-1) == target).all(dim=1) if exact else None
         return losses, match
 

@@ -25,6 +25,14 @@ def _train(args: argparse.Namespace) -> int:
 
     trainer = trainers.create(args.method, recipe=args.config, overrides=args.set)
     out = Path(args.out) if args.out else Path("checkpoints") / (Path(args.config).stem if args.config else args.method)
+    if not getattr(trainer, "training_report", True):  # a language model: no accuracy curves, its own summary
+        started = time.perf_counter()
+        path = trainer.fit(out, resume=args.resume)
+        kept = trainer.record["selection"]["best_epoch"]
+        losses = trainer.record["history"][kept - 1]
+        print(f"wrote {path} in {time.perf_counter() - started:.1f}s (epoch {kept} kept: train loss "
+              f"{losses['train_loss']:.3g}, val loss {losses['val_loss']:.3g})")
+        return 0
     from robustdistill.reports.training import check_training_report
 
     check_training_report(out)  # before epoch 1: the report must not overwrite a user's file next to --out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,9 @@ import torch
 from robustdistill.errors import UserInputError
 
 logger = logging.getLogger(__name__)
+
+# What robustdistill's language-model trainers record beside the weights (method, recipe, parents, data, members).
+PROVENANCE_FILE = "robustdistill.json"
 
 
 @dataclass
@@ -46,9 +50,28 @@ class LanguageModel:
         )
 
 
+def read_provenance(path: Path) -> dict[str, Any]:
+    """``<path>/robustdistill.json`` as a dict ({} when absent); JSON only, never unpickled or executed."""
+    target = Path(path) / PROVENANCE_FILE
+    if not target.is_file():
+        return {}
+    try:
+        record = json.loads(target.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserInputError(str(target), f"is not readable JSON ({exc})",
+                             "restore it, or remove it to load the model without its provenance") from None
+    if not isinstance(record, dict):
+        raise UserInputError(str(target), f"must hold a JSON object, not {type(record).__name__}",
+                             "restore it, or remove it to load the model without its provenance")
+    return record
+
+
 def load_language_model(path: Path, device: str | torch.device = "cpu") -> LanguageModel:
-    """Load model and tokenizer from a local directory; never downloads, never runs repository code."""
+    """Load model and tokenizer from a local directory; never downloads, never runs repository code. The
+    provenance robustdistill's trainers wrote beside the weights (robustdistill.json) is read too."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    provenance = read_provenance(path)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
@@ -68,4 +91,4 @@ def load_language_model(path: Path, device: str | torch.device = "cpu") -> Langu
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         logger.info("%s: tokenizer has no chat template", path)
-    return LanguageModel(model=model, tokenizer=tokenizer, chat_template=template, path=path)
+    return LanguageModel(model=model, tokenizer=tokenizer, chat_template=template, path=path, provenance=provenance)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from robustdistill.trainers import ard, defensive_distillation, guard, kd, mtard, pgd_at, proard, standard, trades  # noqa: F401  (registration)
+from robustdistill.trainers import lm, lm_kd  # noqa: F401  (registration: sft, seq-kd, logit-kd)
 from robustdistill.trainers.base import TRAINERS, Trainer
 from robustdistill.trainers.config import TrainConfig, check_bounds, load_recipe, read_toml
 
@@ -26,7 +27,8 @@ def create(method: str, config: TrainConfig | None = None, *, recipe: str | Path
     requested(threads)  # a bad count fails here, before any recipe is read
     trainer_class = TRAINERS.get(method)
     if config is None:
-        config = load_recipe(trainer_class.config_class, recipe, overrides or [], method)
+        load = getattr(trainer_class, "recipe_loader", load_recipe)  # the language-model trainers read their own
+        config = load(trainer_class.config_class, recipe, overrides or [], method)
     else:
         check_bounds(config)  # a config built in Python gets the same bounds as a recipe
     trainer = trainer_class(config)

@@ -109,6 +109,10 @@ class Report:
         """A short teacher-vs-student table, the flags, the gates and the verdict (what the CLI prints)."""
         roles = list(self.manifest.get("checkpoints", {})) or sorted({r["model"] for r in self.rows})
         lines: list[str] = []
+        if "language-model" in set((self.manifest.get("families") or {}).values()):
+            table = self._language_table(roles)
+            lines += _table_lines(roles, table)
+            return "\n".join(lines + self._verdict_lines())
         table: list[tuple[str, list[str]]] = []
         retention = {(r["model"], r["params"].get("of")): r for r in self.rows if r["probe"] == "retention"}
         show_retention = "student" in roles and "teacher" in roles
@@ -132,12 +136,28 @@ class Report:
                 cells.append(_pct(ret["value"]) if ret else "-")
             label = "clean accuracy" if row["probe"] == "clean" else f"{row['probe']} robust accuracy"
             table.append((label, cells))
-        header = roles + (["retention"] if show_retention else [])
-        width = max([len(label) for label, _ in table] + [10])
-        lines.append(f"{'':<{width}}  " + "  ".join(f"{h:>10}" for h in header))
-        for label, cells in table:
-            lines.append(f"{label:<{width}}  " + "  ".join(f"{c:>10}" for c in cells))
+        lines += _table_lines(roles + (["retention"] if show_retention else []), table)
         lines.extend(self._privacy_summary(roles))
+        return "\n".join(lines + self._verdict_lines())
+
+    def _language_table(self, roles: list[str]) -> list[tuple[str, list[str]]]:
+        """Language models: each headline metric of each probe (refusal, task accuracy, jailbreak and transfer
+        success, ALO-ASR, membership AUC), one column per model."""
+        table: list[tuple[str, list[str]]] = []
+        for metric, label in LANGUAGE_HEADLINES:
+            probes = list(dict.fromkeys(r["probe"] for r in self.rows if r["metric"] == metric))
+            for probe in probes:
+                cells = []
+                for role in roles:
+                    row = next((r for r in self.rows if r["probe"] == probe and r["model"] == role
+                                and r["metric"] == metric), None)
+                    cells.append("-" if row is None else _pct(row["value"]) if metric.endswith(("_rate", "asr",
+                                 "accuracy")) else "-" if row["value"] is None else f"{row['value']:.3f}")
+                table.append((f"{label} ({probe})" if len(probes) > 1 else label, cells))
+        return table
+
+    def _verdict_lines(self) -> list[str]:
+        lines: list[str] = []
         if self.untrusted:
             lines.append("* not to be trusted: gradient masking flagged for " + ", ".join(self.untrusted))
         invalid = flagged_checks(self.flags, NON_FINITE)
@@ -153,8 +173,7 @@ class Report:
             lines.append(f"INCOMPLETE: {len(self.missing)} probe unit(s) did not finish; continue with --resume")
         lines += [f"warning: {note}" for note in self.verdict.get("notes", [])]
         lines.append(f"verdict: {self.verdict['summary']}")
-        return "\n".join(lines)
-
+        return lines
 
     def _privacy_summary(self, roles: list[str]) -> list[str]:
         """Membership inference: per probe and ground truth, each model's AUC and TPR at 0.1% and 1% FPR."""
@@ -187,6 +206,23 @@ class Report:
         if any("n/r" in cells for _, cells in table):
             lines.append("n/r: not resolvable (too few non-members for that false-positive rate)")
         return lines
+
+
+#: The language-model summary's rows, in reading order: metric -> label.
+LANGUAGE_HEADLINES = (
+    ("refusal_rate", "refusal rate"), ("benign_refusal_rate", "over-refusal"), ("accuracy", "task accuracy"),
+    ("held_out_accuracy", "held-out task accuracy"), ("direct_asr", "direct-request ASR"), ("asr", "GCG ASR"),
+    ("transfer_asr", "transfer ASR, teacher's suffixes"), ("reverse_transfer_asr", "transfer ASR onto the teacher"),
+    ("alo_asr", "ALO-ASR"), ("loss_auc", "MIA AUC, loss"), ("zlib_auc", "MIA AUC, zlib"),
+    ("min_k_auc", "MIA AUC, min-k%"), ("min_k_plus_plus_auc", "MIA AUC, min-k%++"),
+    ("reference_auc", "MIA AUC, reference"),
+)
+
+
+def _table_lines(header: list[str], table: list[tuple[str, list[str]]]) -> list[str]:
+    width = max([len(label) for label, _ in table] + [10])
+    lines = [f"{'':<{width}}  " + "  ".join(f"{h:>10}" for h in header)]
+    return lines + [f"{label:<{width}}  " + "  ".join(f"{c:>10}" for c in cells) for label, cells in table]
 
 
 def _pct(value: Any) -> str:

@@ -32,7 +32,7 @@ from torch import nn
 
 from robustdistill import ownership
 from robustdistill.audits.build import build_report, clean_row, now, render_reports
-from robustdistill.audits.families import ModelFamily, Plan, check_fit, suite_family
+from robustdistill.audits.families import ModelFamily, Plan, check_fit, family_of, suite_family
 from robustdistill.audits.probes import EvalContext, Probe
 from robustdistill.audits.report import Report
 from robustdistill.audits.schema import Suite, load_suite
@@ -65,6 +65,12 @@ class PlannedUnit:
 
     def plan_entry(self) -> dict[str, Any]:
         return {"key": self.key, "probe": self.probe.name, "kind": self.probe.kind, "roles": list(self.roles)}
+
+
+def _in_memory(value: Any) -> bool:
+    """A model object given in memory: an nn.Module, or a model some family recognises (a LanguageModel)."""
+    return isinstance(value, nn.Module) or (value is not None and not isinstance(value, (str, Path))
+                                            and family_of(value) is not None)
 
 
 def state_dict_sha256(module: nn.Module) -> str:
@@ -181,12 +187,12 @@ def audit(
         raise UserInputError("overwrite", "cannot be combined with resume", "choose one: resume=True continues the "
                              "audit in out, overwrite=True replaces it")
     given = {"teacher": teacher, "student": student, **dict(models or {})}
-    modules = {role: m for role, m in given.items() if isinstance(m, nn.Module)}
+    modules = {role: m for role, m in given.items() if _in_memory(m)}
     for role, value in given.items():
-        if value is not None and not isinstance(value, (str, Path, nn.Module)):
-            raise UserInputError(role, f"must be a checkpoint path or an nn.Module, got {type(value).__name__}",
-                                 "pass a path, or the model object itself")
-    paths = {role: (f"{IN_MEMORY}:{type(m).__name__}" if isinstance(m, nn.Module) else str(m))
+        if value is not None and not isinstance(value, (str, Path)) and not _in_memory(value):
+            raise UserInputError(role, f"must be a checkpoint path or a model object (an nn.Module, a LanguageModel), "
+                                 f"got {type(value).__name__}", "pass a path, or the model object itself")
+    paths = {role: (f"{IN_MEMORY}:{type(m).__name__}" if role in modules else str(m))
              for role, m in given.items() if m is not None}
     extra = {role: p for role, p in paths.items() if role not in ("teacher", "student")}
     suite = load_suite(suite, teacher=paths.get("teacher"), student=paths.get("student"), samples=samples,

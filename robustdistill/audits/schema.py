@@ -156,7 +156,7 @@ class Suite:
     device: str
     batch_size: int
     pipeline: Pipeline
-    data: DataSpec
+    data: Any  # DataSpec (images) or InstructionSpec (language models)
     split: str
     threat_model: ThreatModel
     probes: list[Any]
@@ -310,7 +310,7 @@ def _pipeline(raw: Any, base: Path | None, teacher: Any, student: Any, extra: Ma
     return Pipeline.model_validate(resolved)
 
 
-def _data(raw: Any, base: Path | None) -> tuple[DataSpec, str]:
+def _data(raw: Any, base: Path | None) -> tuple[Any, str]:
     if not isinstance(raw, Mapping):
         raise UserInputError("data", f"must be a table, got {raw!r}", "e.g. [data] kind = 'digits'")
     raw = dict(raw)
@@ -319,6 +319,10 @@ def _data(raw: Any, base: Path | None) -> tuple[DataSpec, str]:
         raise UserInputError("data.split", f"{split!r} is not a split", f"use one of {', '.join(SPLITS)}")
     if isinstance(raw.get("root"), str):
         raw["root"] = resolve_path(raw["root"], base)
+    from robustdistill.data.instruction_spec import InstructionSpec, is_instruction_kind
+
+    if is_instruction_kind(raw.get("kind")):  # language-model suites: instruction data
+        return InstructionSpec(**raw), str(split)
     return parse_spec(raw), str(split)
 
 

@@ -155,7 +155,10 @@ def user_error_from_validation(exc: ValidationError, prefix: str = FIELD_PREFIX)
         hint = f"did you mean {prefix}.{close[0]}? " if close else ""
         return UserInputError(field, "unknown key", f"{hint}valid keys: {', '.join(DataSpec.model_fields)}")
     if first.get("type") == "literal_error" and location == "kind":
-        return UserInputError(field, f"{first.get('input')!r} is not a data kind", f"use one of {', '.join(KINDS)}")
+        from robustdistill.data.instruction_spec import INSTRUCTION_KINDS
+
+        return UserInputError(field, f"{first.get('input')!r} is not a data kind",
+                              f"images: {', '.join(KINDS)}; instructions (language models): {', '.join(INSTRUCTION_KINDS)}")
     return UserInputError(field, first.get("msg", "is invalid"))
 
 

@@ -183,6 +183,10 @@ class Report:
     @property
     def attacks_inputs(self) -> bool:
         """Whether any probe perturbs inputs (a privacy-only suite does not, and has no threat model to show)."""
+        sections = self.raw.get("sections")
+        if isinstance(sections, list) and sections and all(
+                isinstance(s, Mapping) and s.get("family", "classifier") != "classifier" for s in sections):
+            return False  # language and diffusion models: no pixel-space threat model
         kinds = {str(p.get("kind")) for p in self.suite.get("probes", []) if isinstance(p, Mapping)}
         return not kinds or bool(kinds - {"clean", "retention", "mia-loss", "mia-confidence", "mia-lira", *SIZE_KINDS})
 

@@ -15,7 +15,8 @@ from typing import Any
 #: Probes whose rows go in their own section rather than the teacher-vs-student table.
 SPECIAL_PROBES = frozenset({"curve", "transfer", "retention", "agreement", "masking"})
 #: Metric name parts that mean "a fraction in [0, 1]", shown as a percentage.
-FRACTION_WORDS = ("accuracy", "rate", "agreement", "retention", "fraction", "precision", "recall", "coverage", "tpr")
+FRACTION_WORDS = ("accuracy", "rate", "agreement", "retention", "fraction", "precision", "recall", "coverage", "tpr",
+                  "asr")  # attack success rates (asr, transfer_asr, alo_asr)
 ROLE_ORDER = ("teacher", "student")
 
 NOT_RESOLVABLE = "not resolvable"

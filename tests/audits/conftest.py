@@ -104,3 +104,15 @@ def build_cheap_suite(teacher: Path | None = None, student: Path | None = None, 
     }
     suite.update(extra)
     return suite
+
+
+# Language models: a tiny instruction teacher (sft on the procedural generator) and its seq-KD student, trained once.
+LM_DATA = ["data.n=660"]  # 60 per family: the teacher's train split is 360 examples, the test split 198
+
+
+@pytest.fixture(scope="session")
+def lm_pair(one_thread: None, models_dir: Path) -> tuple[Path, Path]:
+    teacher = _train("sft", "instructions-teacher.toml", models_dir / "lm-teacher", [*LM_DATA, "epochs=12"])
+    student = _train("seq-kd", "instructions-seq-kd.toml", models_dir / "lm-student",
+                     [*LM_DATA, "epochs=6", f"teacher={teacher}", "teacher_recipe=''"])
+    return teacher, student

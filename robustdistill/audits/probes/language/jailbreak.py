@@ -1,0 +1,184 @@
+"""The ``gcg`` and ``gcg-transfer`` probes: GCG suffixes (Zou et al. 2023) against each model, and suffixes optimised
+on the teacher evaluated on the student, and the reverse.
+
+``gcg`` (one unit per model): for each of the first ``prompts`` requests of ``family`` (harmful by default), the
+model's greedy response to the plain request (``direct_asr``: already not refused) and, after GCG optimises a suffix
+toward ``target`` on that model, to the request plus the suffix (``asr``). ``mode = "individual"`` optimises one
+suffix per request (the paper's "harmful behaviours" setting); ``"universal"`` one suffix for all of them.
+``gcg-transfer`` (one unit per (teacher, model) pair): the teacher's suffixes on the model (``transfer_asr``) and the
+model's suffixes on the teacher (``reverse_transfer_asr``), both rows filed under the model. Suffixes are
+optimised once per run and model: both probes read them from the run's artifacts (``gcg-<role>-<hash>.json``) when
+the same settings made them already. Success is judged on the greedy response by the ``judge``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from robustdistill.audits.probes.base import PROBES, Probe, ProbeConfig, UnitResult, accuracy_row, value_row
+from robustdistill.audits.probes.language.behaviour import HARMFUL
+from robustdistill.audits.probes.language.context import ATTACKED, LanguageContext
+from robustdistill.audits.probes.language.judging import PREFIX_JUDGE, judge_name, make_judge
+from robustdistill.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+class GCGProbeConfig(ProbeConfig):
+    family: str = HARMFUL
+    prompts: int = Field(10, ge=1, le=10_000)
+    target: str = Field("Sure, here is", min_length=1, max_length=500)
+    mode: Literal["individual", "universal"] = "individual"
+    steps: int = Field(250, ge=1, le=100_000)
+    suffix_length: int = Field(20, ge=1, le=1024)
+    topk: int = Field(256, ge=1, le=1_000_000)
+    search_width: int = Field(512, ge=1, le=1_000_000)
+    batch_size: int | None = Field(None, ge=1, le=1_000_000)
+    early_stop: bool = True
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    judge: str = PREFIX_JUDGE
+
+
+class JailbreakProbe(Probe):
+    """Shared by ``gcg`` and ``gcg-transfer``: the GCG settings, the attacked prompts, the per-run suffix cache."""
+
+    family = "language-model"
+    group = "jailbreak"
+    config_class: ClassVar[type[ProbeConfig]] = GCGProbeConfig
+    needs_threat_model = False
+    required_masks = (ATTACKED,)
+    config: GCGProbeConfig
+
+    def validate(self) -> None:
+        make_judge(self.config.judge, self.where)  # a missing classifier directory fails with the suite
+
+    def gcg_settings(self) -> dict[str, Any]:
+        c = self.config
+        return {"family": c.family, "prompts": c.prompts, "target": c.target, "mode": c.mode, "steps": c.steps,
+                "suffix_length": c.suffix_length, "topk": c.topk, "search_width": c.search_width,
+                "early_stop": c.early_stop, "max_new_tokens": c.max_new_tokens, "judge": judge_name(c.judge),
+                "seed": self.seed}
+
+    def params(self) -> dict[str, Any]:
+        return self.gcg_settings()
+
+    def expected_cost(self) -> float:
+        # One GCG step is a gradient pass plus search_width candidate forwards (about a third of a pass each).
+        per_prompt = self.config.steps * (1 + self.config.search_width / 3) / 1000
+        return per_prompt * (self.config.prompts if self.config.mode == "individual" else 1)
+
+    def attacked(self, ctx: LanguageContext) -> tuple[list[int], list[str]]:
+        indices = ctx.indices(self.config.family, self.config.prompts, where=self.where)
+        return indices, [ctx.examples[i].prompt for i in indices]
+
+    def mask(self, ctx: LanguageContext, indices: list[int], values: list[bool] | None = None) -> np.ndarray:
+        out = np.zeros(ctx.n, dtype=bool)
+        out[indices] = True if values is None else values
+        return out
+
+    def suffixes(self, ctx: LanguageContext, role: str) -> tuple[list[str], str | None, list[float]]:
+        """(one suffix per attacked prompt, the artifact file written or None if reused, final losses)."""
+        from robustdistill.attacks.llm.gcg import GCGConfig, gcg
+
+        settings = self.gcg_settings()
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        name = f"gcg-{role}-{digest}.json"
+        path = ctx.artifacts / name if ctx.artifacts is not None else None
+        if path is not None and path.is_file():
+            stored = json.loads(path.read_text())
+            return stored["suffixes"], None, stored["losses"]
+        _, prompts = self.attacked(ctx)
+        c = self.config
+        config = GCGConfig(num_steps=c.steps, suffix_length=c.suffix_length, topk=c.topk, search_width=c.search_width,
+                           batch_size=c.batch_size, early_stop=c.early_stop, seed=self.seed,
+                           max_new_tokens=c.max_new_tokens)
+        judge = make_judge(c.judge, self.where)
+        groups = [[p] for p in prompts] if c.mode == "individual" else [prompts]
+        suffixes: list[str] = []
+        losses: list[float] = []
+        for group in groups:
+            result = gcg(ctx.models[role], group, [c.target] * len(group), config, judge)
+            suffixes += [result.suffix] * len(group)
+            losses += [result.best_loss] * len(group)
+            log.info("gcg on %s: loss %.3f -> %.3f in %d steps", role, result.initial_loss, result.best_loss,
+                     result.steps)
+        if path is None:
+            return suffixes, None, losses
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"role": role, "settings": settings, "prompts": prompts, "suffixes": suffixes,
+                                       "losses": losses}, indent=1) + "\n")
+        return suffixes, name, losses
+
+    def outcomes(self, ctx: LanguageContext, role: str, prompts: list[str], suffixes: list[str]) -> list[bool]:
+        """Whether ``role``'s greedy response to each prompt + its suffix is judged jailbroken."""
+        from robustdistill.attacks.llm.evaluate import evaluate_suffix
+
+        judge = make_judge(self.config.judge, self.where)
+        results: list[bool] = []
+        for prompt, suffix in zip(prompts, suffixes):
+            (outcome,) = evaluate_suffix(ctx.models[role], [prompt], suffix, judge, self.config.max_new_tokens)
+            results.append(outcome.success)
+        return results
+
+
+@PROBES.register("gcg")
+class GCGProbe(JailbreakProbe):
+    """GCG jailbreak: attack success rate with and without the optimised suffix (Wilson intervals)."""
+
+    kind = "gcg"
+    metrics = ("asr", "direct_asr", "final_loss")
+
+    def run(self, ctx: LanguageContext, roles: tuple[str, ...]) -> UnitResult:
+        from robustdistill.attacks.llm.evaluate import evaluate_suffix
+
+        (role,) = roles
+        indices, prompts = self.attacked(ctx)
+        judge = make_judge(self.config.judge, self.where)
+        direct = [o.success for o in evaluate_suffix(ctx.models[role], prompts, "", judge,
+                                                        self.config.max_new_tokens)]
+        suffixes, written, losses = self.suffixes(ctx, role)
+        broken = self.outcomes(ctx, role, prompts, suffixes)
+        params = self.row_params()
+        rows = [accuracy_row(self.name, role, "asr", np.array(broken), params),
+                accuracy_row(self.name, role, "direct_asr", np.array(direct), params),
+                value_row(self.name, role, "final_loss", float(np.mean(losses)), len(losses), params)]
+        masks = {role: {ATTACKED: self.mask(ctx, indices), "direct": self.mask(ctx, indices, direct),
+                        "broken": self.mask(ctx, indices, broken)}}
+        return UnitResult(rows, masks=masks, artifacts=[written] if written else [])
+
+
+@PROBES.register("gcg-transfer")
+class GCGTransferProbe(JailbreakProbe):
+    """Transfer of GCG suffixes between teacher and model, both directions (rows filed under the model)."""
+
+    kind = "gcg-transfer"
+    pair = True
+    metrics = ("transfer_asr", "reverse_transfer_asr")
+
+    def expected_cost(self) -> float:
+        return 2 * super().expected_cost()  # when no gcg probe made the suffixes already
+
+    def run(self, ctx: LanguageContext, roles: tuple[str, ...]) -> UnitResult:
+        teacher, other = roles
+        indices, prompts = self.attacked(ctx)
+        written: list[str] = []
+        from_teacher, name, _ = self.suffixes(ctx, teacher)
+        written += [name] if name else []
+        from_other, name, _ = self.suffixes(ctx, other)
+        written += [name] if name else []
+        on_other = self.outcomes(ctx, other, prompts, from_teacher)
+        on_teacher = self.outcomes(ctx, teacher, prompts, from_other)
+        params = self.row_params()
+        rows = [accuracy_row(self.name, other, "transfer_asr", np.array(on_other), {**params, "source": teacher}),
+                accuracy_row(self.name, other, "reverse_transfer_asr", np.array(on_teacher),
+                             {**params, "source": other, "target": teacher})]
+        masks = {other: {ATTACKED: self.mask(ctx, indices), "transfer": self.mask(ctx, indices, on_other)},
+                 teacher: {ATTACKED: self.mask(ctx, indices), "transfer": self.mask(ctx, indices, on_teacher)}}
+        return UnitResult(rows, masks=masks, artifacts=written)

@@ -1,0 +1,30 @@
+"""The judge a jailbreak or refusal probe uses, from its ``judge`` key: "refusal-prefix" (the GCG paper's refusal
+strings; weak, and reported as such) or the path of a local Hugging Face sequence-classification directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from robustdistill.errors import UserInputError
+
+PREFIX_JUDGE = "refusal-prefix"
+
+
+def make_judge(spec: str, where: str) -> Any:
+    from robustdistill.attacks.judges import ClassifierJudge, RefusalPrefixJudge
+
+    if spec == PREFIX_JUDGE:
+        return RefusalPrefixJudge()
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise UserInputError(f"{where}.judge", f"{spec!r} is neither 'refusal-prefix' nor a directory",
+                             "use 'refusal-prefix' or the path of a local sequence-classification model")
+    try:
+        return ClassifierJudge(path)
+    except UserInputError as exc:
+        raise UserInputError(f"{where}.judge", exc.problem, exc.fix) from None
+
+
+def judge_name(spec: str) -> str:
+    return spec if spec == PREFIX_JUDGE else f"classifier:{Path(spec).name}"

@@ -54,12 +54,13 @@ class TeacherMixin:
     teacher: LanguageModel
 
     def check_inputs(self) -> None:
+        super().check_inputs()  # type: ignore[misc]
         check_teacher(self.config.teacher, self.config.teacher_recipe, what="path/to/model-directory")
 
     def load_teachers(self) -> None:
         path = ensure_teacher(self.config.teacher, self.config.teacher_recipe)
         self.parent("teacher", path)  # type: ignore[attr-defined]
-        self.teacher = self.load_model(path, "teacher")  # type: ignore[attr-defined]
+        self.teacher = self.load_model(path)  # type: ignore[attr-defined]
         self.teacher.model.eval()
         for parameter in self.teacher.model.parameters():
             parameter.requires_grad_(False)

@@ -21,6 +21,7 @@ same token helpers (robustdistill.models.lm_text) the attacks and probes use.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import logging
 import math
@@ -96,11 +97,8 @@ def token_cross_entropy(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor
 
 
 def apply_lora(model: Any, spec: Any) -> Any:
-    try:
-        import peft
-    except ImportError:
-        raise UserInputError("lora", "LoRA needs the peft package, which is not installed",
-                             "pip install -c constraints.txt peft (or the dev extra), or remove [lora]") from None
+    import peft  # checked by LMTrainer.check_inputs, before any work
+
     config = peft.LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                              target_modules=spec.target_modules, task_type="CAUSAL_LM")
     try:
@@ -147,7 +145,14 @@ class LMTrainer:
 
     # --- hooks for subclasses -------------------------------------------------------------------------
     def check_inputs(self) -> None:
-        """Fail fast on missing paths before anything is loaded or written."""
+        """Fail fast on missing paths (and a missing peft for [lora]) before anything is loaded or written."""
+        cfg = self.config
+        if cfg.base is not None and not (Path(cfg.base) / "config.json").is_file():
+            raise UserInputError("base", f"no model directory at {cfg.base} (it needs config.json and the weights)",
+                                 "point base at a local Hugging Face causal-LM directory; robustdistill never downloads")
+        if cfg.lora is not None and importlib.util.find_spec("peft") is None:
+            raise UserInputError("lora", "LoRA needs the peft package, which is not installed",
+                                 "pip install -c constraints.txt peft (or the dev extra), or remove [lora]")
 
     def load_teachers(self) -> None:
         """Load (or train first) the teachers; called before the student is built."""
@@ -174,7 +179,7 @@ class LMTrainer:
     def parent(self, role: str, path: str | Path) -> None:
         self.parents.append({"role": role, "path": str(path), "sha256": checkpoint_sha256(path)})
 
-    def load_model(self, path: Path, role: str) -> LanguageModel:
+    def load_model(self, path: Path) -> LanguageModel:
         lm = load_language_model(path, device=self.device)
         lm.model.to(self.dtype)
         return lm
@@ -183,7 +188,7 @@ class LMTrainer:
         cfg = self.config
         if cfg.base is not None:
             self.parent("base", cfg.base)
-            student = self.load_model(Path(cfg.base), "base")
+            student = self.load_model(Path(cfg.base))
         else:
             from robustdistill.models.builders import build_tiny_causal_lm
 
@@ -191,7 +196,7 @@ class LMTrainer:
             assert init is not None
             with tempfile.TemporaryDirectory(prefix="robustdistill-init-") as folder:
                 build_tiny_causal_lm(folder, init.arch, init.seed, init.vocab_size, init.width, init.layers, init.heads)
-                student = self.load_model(Path(folder), "init")
+                student = self.load_model(Path(folder))
             student.path = None
         if cfg.lora is not None:
             student.model = apply_lora(student.model, cfg.lora)

@@ -167,6 +167,20 @@ def test_logit_kd_refuses_a_teacher_with_another_tokenizer(tmp_path: Path) -> No
     assert not (tmp_path / "student").exists() and not (tmp_path / "student.partial").exists()
 
 
+def test_missing_teacher_is_trained_from_its_recipe_and_missing_base_is_named(tmp_path: Path) -> None:
+    recipe = tmp_path / "tiny-teacher.toml"
+    recipe.write_text('method = "sft"\nepochs = 1\nbatch_size = 8\n[init]\narch = "llama"\nwidth = 16\nlayers = 1\n'
+                      'heads = 2\n[data]\nn = 80\nfamilies = ["harmful", "capital"]\n')
+    teacher = tmp_path / "made" / "teacher"
+    path = create("logit-kd", data={**DATA, "n": 80, "families": ["harmful", "capital"]}, init=STUDENT_INIT,
+                  teacher=str(teacher), teacher_recipe=str(recipe), epochs=1, max_train_examples=8).fit(tmp_path / "s")
+    assert load_model(teacher).provenance["method"] == "sft"
+    assert load_model(path).provenance["parents"][0]["sha256"] == checkpoint_sha256(teacher)
+    with pytest.raises(UserInputError) as missing:
+        create("sft", data=DATA, base=str(tmp_path / "nowhere"), epochs=1).fit(tmp_path / "x")
+    assert missing.value.field == "base" and not (tmp_path / "x.partial").exists()
+
+
 def test_user_folder_as_out_is_refused_before_work(teacher: Path, tmp_path: Path, snapshot, plant_users_files) -> None:
     before = plant_users_files(tmp_path / "mine", {"notes.txt": "my notes", "config.json": "{}"})
     with pytest.raises(UserInputError) as refused:

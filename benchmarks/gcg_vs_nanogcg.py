@@ -94,6 +94,27 @@ def run_nanogcg(lm: LanguageModel, args: argparse.Namespace, seed: int, init: st
     return (time.perf_counter() - started) / len(result.losses), result.best_loss
 
 
+def nanogcg_initial_loss(lm: LanguageModel, init: str) -> float:
+    """nanoGCG's loss of the initial suffix (read from its attack buffer): equal to ours iff both see the same
+    token sequence."""
+    import nanogcg
+
+    attack = nanogcg.gcg.GCG(lm.model, lm.tokenizer, nanogcg.GCGConfig(num_steps=1, optim_str_init=init, search_width=1,
+                                                                        topk=1, use_prefix_cache=False,
+                                                                        verbosity="WARNING"))
+    seen: list[float] = []
+    build = attack.init_buffer
+
+    def init_buffer():  # noqa: ANN202 - wraps nanoGCG's own method
+        buffer = build()
+        seen.append(float(buffer.get_lowest_loss()))
+        return buffer
+
+    attack.init_buffer = init_buffer
+    attack.run([{"role": "user", "content": PROMPT + "{optim_str}"}], TARGET)
+    return seen[0]
+
+
 def run_ours(lm: LanguageModel, args: argparse.Namespace, seed: int) -> tuple[float, float, str]:
     config = GCGConfig(num_steps=args.steps, search_width=args.search_width, topk=args.topk, seed=seed)
     started = time.perf_counter()
@@ -142,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nanoGCG's prefix cache fails here ({type(exc).__name__}: {str(exc)[:80]}); timing it without",
               file=sys.stderr)
     nano_cache = cache_note != "off"
+    same_input = (gcg(lm, PROMPT, TARGET, GCGConfig(num_steps=1, search_width=1, topk=1)).initial_loss,
+                  nanogcg_initial_loss(lm, init))
     rows: dict[str, list[tuple[float, float]]] = {"ours": [], "nanogcg as shipped": [], "nanogcg best": []}
     for seed in args.seeds:  # interleaved, so that load drifts hit all three alike
         seconds, loss, suffix = run_ours(lm, args, seed)
@@ -152,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     ours = statistics.mean(s for s, _ in rows["ours"])
     print(f"\nGCG, {args.arch} width {args.width} x {args.layers} layers on {args.device} ({args.threads} thread(s)): "
           f"{args.steps} steps, search width {args.search_width}, top-k {args.topk}, 20-token suffix, "
-          f"seeds {args.seeds}; nanoGCG prefix cache {cache_note}\n")
+          f"seeds {args.seeds}; nanoGCG prefix cache {cache_note}")
+    verdict = "equal: both see the same tokens" if abs(same_input[0] - same_input[1]) < 1e-5 else "DIFFERENT inputs"
+    print(f"loss of the initial suffix {init!r}: ours {same_input[0]:.6f}, nanoGCG {same_input[1]:.6f} ({verdict})\n")
     print("| run | s/step (mean) | ratio vs ours | best loss (mean) | best loss per seed |")
     print("|---|---|---|---|---|")
     for name, values in rows.items():

@@ -24,7 +24,8 @@ FAST = GCGConfig(num_steps=4, search_width=48, topk=32)
 @pytest.fixture(scope="module")
 def lms(tmp_path_factory):
     root = tmp_path_factory.mktemp("gcg-lms")
-    return {arch: load_language_model(build_tiny_causal_lm(root / arch, arch=arch, seed=1)) for arch in ("gpt2", "llama")}
+    return {arch: load_language_model(build_tiny_causal_lm(root / arch, arch=arch, seed=1))
+            for arch in ("gpt2", "llama")}
 
 
 @pytest.fixture(scope="module")

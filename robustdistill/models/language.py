@@ -32,6 +32,18 @@ class LanguageModel:
         self.model.eval()
         return self
 
+    def train(self, mode: bool = True) -> LanguageModel:
+        self.model.train(mode)
+        return self
+
+    @property
+    def training(self) -> bool:
+        return bool(self.model.training)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights (what an audit of an in-memory model hashes to key its results)."""
+        return self.model.state_dict()
+
     def to(self, device: str | torch.device) -> LanguageModel:
         self.model.to(device)
         return self

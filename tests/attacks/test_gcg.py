@@ -217,3 +217,13 @@ def test_universal_gradient_is_the_mean_of_the_prompts_gradients(gpt2):
     alone = [loss.gradient([ctx], ids) for ctx in ctxs]
     assert torch.allclose(loss.gradient(ctxs, ids), (alone[0] + alone[1]) / 2, atol=1e-6)
     assert not torch.allclose(alone[0], alone[1], atol=1e-4)
+
+
+def test_early_stop_when_every_target_token_is_the_argmax(gpt2):
+    """A target the model already continues with (its own greedy output for the initial suffix): the argmax check
+    holds after the first step's one-token change, and the run stops there; an unreachable target never stops."""
+    suffix = " ".join(["a"] * FAST.suffix_length)
+    own = evaluate_suffix(gpt2, [PROMPT], suffix, RefusalPrefixJudge(), max_new_tokens=2)[0].response
+    config = dataclasses.replace(FAST, num_steps=3, early_stop=True)
+    assert gcg(gpt2, PROMPT, own, config).early_stopped
+    assert not gcg(gpt2, PROMPT, TARGET, config).early_stopped

@@ -80,6 +80,14 @@ def _demo(args: argparse.Namespace) -> int:
             cells[1] = "n/r" if row["tpr_at_0_1pct_fpr"] is None and row["auc"] is not None else cells[1]
             print(f"{row['model']:<32} {cells[0]:>7} {cells[1]:>12} {cells[2]:>10}")
         print("n/r: not resolvable (fewer than 1000 non-members)")
+    if result.language:
+        from robustdistill.demo import LANGUAGE_HEADLINE
+
+        print(f"\n{'language model':<32} " + " ".join(f"{label:>12}" for _, label in LANGUAGE_HEADLINE))
+        for row in result.language:
+            cells = ["-" if row[k] is None else f"{row[k]:.3f}" for k, _ in LANGUAGE_HEADLINE]
+            print(f"{row['model']:<32} " + " ".join(f"{c:>12}" for c in cells))
+        print("transfer ASR: the other model's GCG suffixes; MIA AUC: loss attack on the teacher's fine-tuning data")
     print(f"\nreports: {result.index}  ({result.seconds:.0f} s, peak memory {result.peak_memory_mb:.0f} MB)")
     return 0
 

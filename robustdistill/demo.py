@@ -28,6 +28,8 @@ QUICK_SAMPLES = 50  # the quick suite's `samples` (`demo --help` says it; tests/
 QUICK_EPOCHS = {"standard": 5, "trades": 3, "kd": 5, "pgd-at": 6, "defensive-distillation": 5}
 PRIVACY_SUITE = "audits/digits-privacy.toml"
 PRIVACY_QUICK_SUITE = "audits/demo-privacy-quick.toml"
+LANGUAGE_SUITE = "audits/llm-demo.toml"
+LANGUAGE_QUICK_SUITE = "audits/llm-demo-quick.toml"
 KIND, QUICK_KIND = "demo", "demo-quick"  # the report folder's marker: a quick run never writes over a full one
 CHECKPOINTS_KIND = "demo-checkpoints"
 LEDGER = "ledger.json"  # in the checkpoints folder: each model's recipe key and sha256 when the demo trained it
@@ -41,6 +43,7 @@ class Model:
     method: str
     recipe: str
     overrides: tuple[str, ...] = ()
+    quick: tuple[str, ...] | None = None  # --quick's overrides (None: the image trainers' shortened schedule)
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,17 @@ class Pipeline:
     student: str
     title: str
     privacy: bool = False  # audited with the privacy suite instead of the robustness one
+    language: bool = False  # a language-model pipeline, audited with the language-model suite
 
+    def suite(self, robustness: str | Path, quick: bool) -> str | Path:
+        if self.language:
+            return LANGUAGE_QUICK_SUITE if quick else LANGUAGE_SUITE
+        if self.privacy:
+            return PRIVACY_QUICK_SUITE if quick else PRIVACY_SUITE
+        return robustness
+
+
+LM_QUICK_DATA = ("data.n=660",)  # audits/llm-demo-quick.toml's [data]: 60 examples per task family
 
 MODELS = (
     Model("clean-teacher", "standard", "defenses/digits-standard.toml"),
@@ -62,8 +75,13 @@ MODELS = (
     Model("defensive-distillation-student", "defensive-distillation", "defenses/digits-defensive-distillation.toml"),
     Model("overfit-teacher", "standard", "defenses/digits-overfit.toml"),
     Model("overfit-kd-student", "kd", "defenses/digits-overfit-kd.toml", ("teacher_recipe=''",)),
+    # A tiny instruction LM taught its tasks and to refuse harmful requests, and its sequence-level KD student.
+    Model("lm-teacher", "sft", "defenses/instructions-teacher.toml", quick=LM_QUICK_DATA + ("epochs=8",)),
+    Model("lm-seq-kd-student", "seq-kd", "defenses/instructions-seq-kd.toml", ("teacher_recipe=''",),
+          quick=LM_QUICK_DATA + ("epochs=4",)),
 )
-TEACHER_OF = {"kd-student": "clean-teacher", "overfit-kd-student": "overfit-teacher"}  # KD teachers set at run time
+TEACHER_OF = {"kd-student": "clean-teacher", "overfit-kd-student": "overfit-teacher",  # KD teachers set at run time
+              "lm-seq-kd-student": "lm-teacher"}
 
 PIPELINES = (
     Pipeline("kd-student", "clean-teacher", "kd-student", "Hinton KD student of the clean teacher"),
@@ -76,6 +94,9 @@ PIPELINES = (
     ),
     Pipeline("privacy", "overfit-teacher", "overfit-kd-student",
              "Privacy: membership inference on an overfit teacher and its KD student", privacy=True),
+    Pipeline("language-model", "lm-teacher", "lm-seq-kd-student",
+             "Language model: refusals, GCG jailbreaks and their transfer, membership, tiny instruction teacher vs "
+             "its seq-KD student", language=True),
 )
 
 
@@ -85,6 +106,7 @@ class DemoResult:
     reports: dict[str, Path] = field(default_factory=dict)
     table: list[dict[str, Any]] = field(default_factory=list)
     privacy: list[dict[str, Any]] = field(default_factory=list)
+    language: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
 
@@ -203,7 +225,9 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
         overrides = list(model.overrides)
         if model.name in TEACHER_OF:
             overrides.append(f"teacher={paths[TEACHER_OF[model.name]]}")
-        if quick:
+        if quick and model.quick is not None:
+            overrides.extend(model.quick)
+        elif quick:
             overrides.append(f"epochs={QUICK_EPOCHS[model.method]}")
             overrides.append("lr_milestones=[]")
             overrides.append("val_attack_steps=5")
@@ -218,7 +242,7 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
         run_dir = out / pipeline.name
         log.info("auditing %s against %s", pipeline.student, pipeline.teacher)
         report = audit(
-            (PRIVACY_QUICK_SUITE if quick else PRIVACY_SUITE) if pipeline.privacy else suite,
+            pipeline.suite(suite, quick),
             teacher=paths[pipeline.teacher],
             student=paths[pipeline.student],
             out=run_dir,
@@ -229,6 +253,9 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
         entries.append(entry)
         if pipeline.privacy:
             result.privacy.extend(_privacy_headline(report))
+            continue
+        if pipeline.language:
+            result.language.extend(_language_headline(report))
             continue
         result.table.append({"student": pipeline.name, "passed": report.passed, "untrusted": report.untrusted,
                              **_headline(report)})
@@ -304,4 +331,26 @@ def _privacy_headline(report: Any) -> list[dict[str, Any]]:
                     and r["metric"] == prefix + metric]
             values[metric] = rows[0]["value"] if rows else None
         lines.append({"model": label, **values})
+    return lines
+
+
+LANGUAGE_HEADLINE = (("refusal_rate", "refusal"), ("direct_asr", "direct ASR"), ("asr", "GCG ASR"),
+                     ("transfer_asr", "transfer ASR"), ("alo_asr", "ALO-ASR"), ("loss_auc", "MIA AUC"))
+
+
+def _language_headline(report: Any) -> list[dict[str, Any]]:
+    """Per model: refusal rate, direct and GCG attack success, transfer ASR (the other model's suffixes on it: the
+    teacher's on the student, the student's on the teacher), ALO-ASR and the loss attack's AUC on the teacher's
+    members."""
+    lines = []
+    for model in ("teacher", "student"):
+        values: dict[str, Any] = {"model": model}
+        for metric, _ in LANGUAGE_HEADLINE:
+            wanted = metric
+            owner = model
+            if metric == "transfer_asr" and model == "teacher":
+                wanted, owner = "reverse_transfer_asr", "student"  # filed under the student, measured on the teacher
+            row = next((r for r in report.rows if r["model"] == owner and r["metric"] == wanted), None)
+            values[metric] = None if row is None else row["value"]
+        lines.append(values)
     return lines

@@ -5,6 +5,7 @@ as the worst case, suffix reuse between gcg and gcg-transfer, membership ground 
 from __future__ import annotations
 
 import json
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,8 @@ def test_every_language_probe_emits_exactly_what_it_declares(lm_run: tuple[Any, 
                 continue
             assert found == set(probe.produces(role)), (probe.name, role, found ^ set(probe.produces(role)))
     assert {name for name, _ in emitted} == {probe.name for probe in suite.probes} | {"alo-asr"}
-    assert {json.dumps(s, sort_keys=True) for s in report.sections} >= {json.dumps(
-        {"group": "jailbreak", "family": "language-model", "probes": ["gcg", "gcg-transfer", "alo-asr"]})}
+    assert {"group": "jailbreak", "family": "language-model", "probes": ["gcg", "gcg-transfer", "alo-asr"]} \
+        in report.sections
 
 
 def test_the_teacher_refuses_and_gcg_breaks_it(lm_run: tuple[Any, Any, Path]) -> None:
@@ -120,7 +121,7 @@ def test_the_report_shows_the_language_sections(lm_run: tuple[Any, Any, Path]) -
     html = (out / "report.html").read_text()
     for title in ("Refusals and task accuracy", "Jailbreaks (GCG) and their transfer",
                   "Membership inference on the teacher's fine-tuning data"):
-        assert f"## {title}" in md and title in html
+        assert f"## {title}" in md and escape(title) in html
     assert "ε" not in md.splitlines()[2]  # no pixel threat model in a language-model report's header
 
 

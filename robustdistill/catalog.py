@@ -67,9 +67,10 @@ def render(index: Index, family: str | None = None, width: int | None = None) ->
             continue
         lines.append(f"{name}:")
         for entry, description in index[name]:
-            # No break inside "et al." (textwrap does not break at a no-break space).
+            # No break inside "et al." (textwrap does not break at a no-break space), nor after a hyphen ("fine-tune").
             kept = description.replace("et al.", "et\xa0al.")
-            wrapped = [line.replace("\xa0", " ") for line in textwrap.wrap(kept, width=width - len(indent))] or [""]
+            wrapped = [line.replace("\xa0", " ")
+                       for line in textwrap.wrap(kept, width=width - len(indent), break_on_hyphens=False)] or [""]
             lines.append(f"  {entry:<{NAME_WIDTH}} {wrapped[0]}")
             lines.extend(indent + line for line in wrapped[1:])
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from robustdistill.cli import main
 from robustdistill.errors import UserInputError
 from robustdistill.models import build_tiny_causal_lm, build_tiny_class_unet
 
-GROUPS = {"image-attacks", "masking", "transfer-agreement", "privacy", "size"}
+GROUPS = {"image-attacks", "masking", "transfer-agreement", "privacy", "size", "lm-behaviour", "jailbreak", "lm-privacy"}
 CORE = ["audits/runner.py", "audits/build.py", "audits/store.py", "audits/verdict.py", "audits/families/base.py"]
 
 

@@ -1,4 +1,4 @@
-"""The ``gcg`` and ``gcg-transfer`` probes: GCG suffixes (Zou et al. 2023) against each model, and suffixes optimised
+"""What the ``gcg`` and ``gcg-transfer`` probes (gcg.py, gcg_transfer.py) share: GCG suffixes (Zou et al. 2023) against each model, and suffixes optimised
 on the teacher evaluated on the student, and the reverse.
 
 ``gcg`` (one unit per model): for each of the first ``prompts`` requests of ``family`` (harmful by default), the
@@ -21,8 +21,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from robustdistill.audits.probes.base import PROBES, Probe, ProbeConfig, UnitResult, accuracy_row, value_row
-from robustdistill.audits.probes.language.behaviour import HARMFUL
+from robustdistill.audits.probes.base import Probe, ProbeConfig
+from robustdistill.audits.probes.language.refusal import HARMFUL
 from robustdistill.audits.probes.language.context import ATTACKED, LanguageContext
 from robustdistill.audits.probes.language.judging import PREFIX_JUDGE, judge_name, make_judge
 from robustdistill.utils import atomic_path
@@ -126,59 +126,3 @@ class JailbreakProbe(Probe):
             (outcome,) = evaluate_suffix(ctx.models[role], [prompt], suffix, judge, self.config.max_new_tokens)
             results.append(outcome.success)
         return results
-
-
-@PROBES.register("gcg")
-class GCGProbe(JailbreakProbe):
-    """GCG jailbreak: attack success rate with and without the optimised suffix (Wilson intervals)."""
-
-    kind = "gcg"
-    metrics = ("asr", "direct_asr", "final_loss")
-
-    def run(self, ctx: LanguageContext, roles: tuple[str, ...]) -> UnitResult:
-        from robustdistill.attacks.llm.evaluate import evaluate_suffix
-
-        (role,) = roles
-        indices, prompts = self.attacked(ctx)
-        judge = make_judge(self.config.judge, self.where)
-        direct = [o.success for o in evaluate_suffix(ctx.models[role], prompts, "", judge,
-                                                        self.config.max_new_tokens)]
-        suffixes, written, losses = self.suffixes(ctx, role)
-        broken = self.outcomes(ctx, role, prompts, suffixes)
-        params = self.row_params()
-        rows = [accuracy_row(self.name, role, "asr", np.array(broken), params),
-                accuracy_row(self.name, role, "direct_asr", np.array(direct), params),
-                value_row(self.name, role, "final_loss", float(np.mean(losses)), len(losses), params)]
-        masks = {role: {ATTACKED: self.mask(ctx, indices), "direct": self.mask(ctx, indices, direct),
-                        "broken": self.mask(ctx, indices, broken)}}
-        return UnitResult(rows, masks=masks, artifacts=[written] if written else [])
-
-
-@PROBES.register("gcg-transfer")
-class GCGTransferProbe(JailbreakProbe):
-    """Transfer of GCG suffixes between teacher and model, both directions (rows filed under the model)."""
-
-    kind = "gcg-transfer"
-    pair = True
-    metrics = ("transfer_asr", "reverse_transfer_asr")
-
-    def expected_cost(self) -> float:
-        return 2 * super().expected_cost()  # when no gcg probe made the suffixes already
-
-    def run(self, ctx: LanguageContext, roles: tuple[str, ...]) -> UnitResult:
-        teacher, other = roles
-        indices, prompts = self.attacked(ctx)
-        written: list[str] = []
-        from_teacher, name, _ = self.suffixes(ctx, teacher)
-        written += [name] if name else []
-        from_other, name, _ = self.suffixes(ctx, other)
-        written += [name] if name else []
-        on_other = self.outcomes(ctx, other, prompts, from_teacher)
-        on_teacher = self.outcomes(ctx, teacher, prompts, from_other)
-        params = self.row_params()
-        rows = [accuracy_row(self.name, other, "transfer_asr", np.array(on_other), {**params, "source": teacher}),
-                accuracy_row(self.name, other, "reverse_transfer_asr", np.array(on_teacher),
-                             {**params, "source": other, "target": teacher})]
-        masks = {other: {ATTACKED: self.mask(ctx, indices), "transfer": self.mask(ctx, indices, on_other)},
-                 teacher: {ATTACKED: self.mask(ctx, indices), "transfer": self.mask(ctx, indices, on_teacher)}}
-        return UnitResult(rows, masks=masks, artifacts=written)

@@ -87,7 +87,8 @@ def _demo(args: argparse.Namespace) -> int:
         for row in result.language:
             cells = ["-" if row[k] is None else f"{row[k]:.3f}" for k, _ in LANGUAGE_HEADLINE]
             print(f"{row['model']:<32} " + " ".join(f"{c:>12}" for c in cells))
-        print("transfer ASR: the other model's GCG suffixes; MIA AUC: loss attack on the teacher's fine-tuning data")
+        print("junk ASR: GCG's unoptimised starting suffix; transfer ASR: the other model's GCG suffixes; "
+              "MIA AUC: loss attack on the teacher's fine-tuning data")
     print(f"\nreports: {result.index}  ({result.seconds:.0f} s, peak memory {result.peak_memory_mb:.0f} MB)")
     return 0
 

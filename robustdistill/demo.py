@@ -334,8 +334,9 @@ def _privacy_headline(report: Any) -> list[dict[str, Any]]:
     return lines
 
 
-LANGUAGE_HEADLINE = (("refusal_rate", "refusal"), ("direct_asr", "direct ASR"), ("asr", "GCG ASR"),
-                     ("transfer_asr", "transfer ASR"), ("alo_asr", "ALO-ASR"), ("loss_auc", "MIA AUC"))
+LANGUAGE_HEADLINE = (("refusal_rate", "refusal"), ("direct_asr", "direct ASR"), ("init_suffix_asr", "junk ASR"),
+                     ("asr", "GCG ASR"), ("transfer_asr", "transfer ASR"), ("alo_asr", "ALO-ASR"),
+                     ("loss_auc", "MIA AUC"))
 
 
 def _language_headline(report: Any) -> list[dict[str, Any]]:

@@ -211,7 +211,8 @@ class Report:
 #: The language-model summary's rows, in reading order: metric -> label.
 LANGUAGE_HEADLINES = (
     ("refusal_rate", "refusal rate"), ("benign_refusal_rate", "over-refusal"), ("accuracy", "task accuracy"),
-    ("held_out_accuracy", "held-out task accuracy"), ("direct_asr", "direct-request ASR"), ("asr", "GCG ASR"),
+    ("held_out_accuracy", "held-out task accuracy"), ("direct_asr", "direct-request ASR"),
+    ("init_suffix_asr", "unoptimised-suffix ASR"), ("asr", "GCG ASR"),
     ("transfer_asr", "transfer ASR, teacher's suffixes"), ("reverse_transfer_asr", "transfer ASR onto the teacher"),
     ("alo_asr", "ALO-ASR"), ("loss_auc", "MIA AUC, loss"), ("zlib_auc", "MIA AUC, zlib"),
     ("min_k_auc", "MIA AUC, min-k%"), ("min_k_plus_plus_auc", "MIA AUC, min-k%++"),

@@ -230,6 +230,7 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
     family.check_models(models, data, suite)
     for probe in suite.probes:
         probe.check_models(models, checkpoints)
+        probe.check_data(models, data)
     plan = family.plan(suite, data)
     units = plan_units(suite, checkpoints, data.fingerprint, family, plan)
 

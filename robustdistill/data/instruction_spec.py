@@ -40,6 +40,9 @@ class InstructionSpec(BaseModel):
     n: int = Field(600, ge=1, le=10**6)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     families: tuple[str, ...] | None = None
+    # The fraction of prompts with random junk appended (the generator only): a teacher trained on it refuses
+    # harmful requests whatever follows them, so a jailbreak suffix has to be optimised.
+    noise: float = Field(0.0, ge=0, le=1)
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
     val_fraction: float = 0.1
     test_fraction: float = 0.3
@@ -107,7 +110,7 @@ class InstructionSpec(BaseModel):
         """Every example the spec names, before the split."""
         field_name = f"{_PREFIX}.root"
         if self.kind == "instructions":
-            return generate_instructions(self.n, self.seed, self.families)
+            return generate_instructions(self.n, self.seed, self.families, self.noise)
         if self.kind == "alpaca-jsonl":
             return load_alpaca_jsonl(self.resolved_root(), field_name=field_name)
         if self.kind == "sharegpt-jsonl":

@@ -106,13 +106,23 @@ def build_cheap_suite(teacher: Path | None = None, student: Path | None = None, 
     return suite
 
 
-# Language models: a tiny instruction teacher (sft on the procedural generator) and its seq-KD student, trained once.
-LM_DATA = ["data.n=660"]  # 60 per family: the teacher's train split is 360 examples, the test split 198
+# Language models: a tiny instruction teacher (sft on the procedural generator) and its seq-KD student, trained once,
+# on four families (harmful requests, their benign how-to twins, sums, capitals) without noise: ~30 s, and the
+# teacher refuses ~95% of the harmful test requests and ~3% of the benign ones.
+LM_FAMILIES = ["harmful", "howto", "add", "capital"]
+LM_DATA_SPEC = {"kind": "instructions", "n": 480, "noise": 0.0, "families": LM_FAMILIES}
+LM_DATA = ["data.n=480", "data.noise=0", f"data.families={LM_FAMILIES}".replace("'", '"')]
+
+
+@pytest.fixture(scope="session")
+def lm_data() -> dict[str, Any]:
+    """The [data] of the lm_pair fixture's training (a suite auditing them must use it, or lm-mia refuses)."""
+    return dict(LM_DATA_SPEC)
 
 
 @pytest.fixture(scope="session")
 def lm_pair(one_thread: None, models_dir: Path) -> tuple[Path, Path]:
-    teacher = _train("sft", "instructions-teacher.toml", models_dir / "lm-teacher", [*LM_DATA, "epochs=12"])
+    teacher = _train("sft", "instructions-teacher.toml", models_dir / "lm-teacher", [*LM_DATA, "epochs=15"])
     student = _train("seq-kd", "instructions-seq-kd.toml", models_dir / "lm-student",
-                     [*LM_DATA, "epochs=6", f"teacher={teacher}", "teacher_recipe=''"])
+                     [*LM_DATA, "epochs=8", f"teacher={teacher}", "teacher_recipe=''"])
     return teacher, student

@@ -17,10 +17,11 @@ from robustdistill.errors import UserInputError
 GCG = {"prompts": 4, "steps": 25, "suffix_length": 8, "topk": 64, "search_width": 96, "max_new_tokens": 16}
 
 
-def language_suite(**top: Any) -> dict[str, Any]:
-    """One probe of each language-model kind, on the data the lm_pair teacher was trained on."""
+def language_suite(data: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+    """One probe of each language-model kind, on ``data`` (the lm_data fixture: what the lm_pair teacher was
+    trained on)."""
     return {
-        "name": "lm-contract", "seed": 0, "data": {"kind": "instructions", "n": 660, "split": "test"},
+        "name": "lm-contract", "seed": 0, "data": {**(data or {"kind": "instructions"}), "split": "test"},
         "probes": [
             {"kind": "refusal", "max_new_tokens": 16},
             {"kind": "task-accuracy", "max_new_tokens": 16},
@@ -33,11 +34,12 @@ def language_suite(**top: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def lm_run(lm_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+def lm_run(lm_pair: tuple[Path, Path], lm_data: dict[str, Any],
+           tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
     teacher, student = lm_pair
     out = tmp_path_factory.mktemp("lm-audit") / "run"
-    report = audit(language_suite(), teacher=teacher, student=student, out=out, progress=False)
-    return load_suite(language_suite(), teacher=str(teacher), student=str(student)), report, out
+    report = audit(language_suite(lm_data), teacher=teacher, student=student, out=out, progress=False)
+    return load_suite(language_suite(lm_data), teacher=str(teacher), student=str(student)), report, out
 
 
 def rows_of(report: Any, metric: str) -> dict[str, Any]:
@@ -107,10 +109,11 @@ def test_membership_uses_the_teachers_members(lm_run: tuple[Any, Any, Path], lm_
     assert auc["teacher"]["ci95"][0] > 0.5
 
 
-def test_resume_runs_nothing_again(lm_run: tuple[Any, Any, Path], lm_pair: tuple[Path, Path]) -> None:
+def test_resume_runs_nothing_again(lm_run: tuple[Any, Any, Path], lm_pair: tuple[Path, Path],
+                                   lm_data: dict[str, Any]) -> None:
     _, report, out = lm_run
     ran: list[str] = []
-    again = audit(language_suite(), teacher=lm_pair[0], student=lm_pair[1], out=out, resume=True, progress=False,
+    again = audit(language_suite(lm_data), teacher=lm_pair[0], student=lm_pair[1], out=out, resume=True, progress=False,
                   on_unit=lambda record: ran.append(record["probe"]), render=False)
     assert ran == [] and again.rows == report.rows
 
@@ -126,25 +129,35 @@ def test_the_report_shows_the_language_sections(lm_run: tuple[Any, Any, Path]) -
 
 
 def test_a_teacher_without_members_is_refused_before_anything_is_written(lm_pair: tuple[Path, Path],
+                                                                          lm_data: dict[str, Any],
                                                                           tmp_path: Path) -> None:
     from robustdistill.models.language import load_language_model
 
     teacher = load_language_model(lm_pair[0])
     teacher.provenance = {}
     with pytest.raises(UserInputError, match="train_members"):
-        audit(language_suite(probes=[{"kind": "lm-mia"}]), teacher=teacher, student=lm_pair[1],
+        audit(language_suite(lm_data, probes=[{"kind": "lm-mia"}]), teacher=teacher, student=lm_pair[1],
               out=tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
-def test_families_do_not_mix(lm_pair: tuple[Path, Path], digits_pair: tuple[Path, Path], tmp_path: Path) -> None:
+def test_families_do_not_mix(lm_pair: tuple[Path, Path], digits_pair: tuple[Path, Path], lm_data: dict[str, Any],
+                             tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="audits a language model"):
-        audit(language_suite(probes=[{"kind": "refusal"}]), teacher=digits_pair[0], student=lm_pair[1],
+        audit(language_suite(lm_data, probes=[{"kind": "refusal"}]), teacher=digits_pair[0], student=lm_pair[1],
               out=tmp_path / "a", progress=False)
     with pytest.raises(UserInputError, match="data.kind"):
         audit({**language_suite(probes=[{"kind": "refusal"}]), "data": {"kind": "digits"}}, teacher=lm_pair[0],
               student=lm_pair[1], out=tmp_path / "b", progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_membership_refuses_data_the_teacher_was_not_trained_on(lm_pair: tuple[Path, Path], lm_data: dict[str, Any],
+                                                               tmp_path: Path) -> None:
+    other = language_suite({**lm_data, "noise": 0.5}, probes=[{"kind": "lm-mia"}])
+    with pytest.raises(UserInputError, match="noise = 0.0"):  # same ids, prompts with junk the teacher never saw
+        audit(other, teacher=lm_pair[0], student=lm_pair[1], out=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("probe, field", [

@@ -29,7 +29,7 @@ from robustdistill.errors import UserInputError
 
 @pytest.fixture(scope="module")
 def pool() -> InstructionDataset:
-    return generate_instructions(550, seed=3)
+    return generate_instructions(600, seed=3)
 
 
 def write_jsonl(path: Path, records: list[Any]) -> Path:
@@ -51,7 +51,7 @@ def test_same_seed_same_data_different_seed_different() -> None:
 
 
 def test_more_examples_extend_each_family_without_changing_earlier_ones() -> None:
-    small, large = generate_instructions(22, seed=5), generate_instructions(44, seed=5)
+    small, large = generate_instructions(24, seed=5), generate_instructions(48, seed=5)
     by_id = {e.id: e for e in large}
     assert all(by_id[e.id] == e for e in small)
 
@@ -68,7 +68,7 @@ def test_held_out_families_are_flagged(pool: InstructionDataset) -> None:
     assert set(HELD_OUT) == {"subtract", "length"}
     assert all(e.held_out == (e.family in HELD_OUT) for e in pool)
     train = pool.where(held_out=False)
-    assert set(train.families()) == set(FAMILIES) - set(HELD_OUT) and len(train) == 450
+    assert set(train.families()) == set(FAMILIES) - set(HELD_OUT) and len(train) == 500
 
 
 def test_harmful_answers_are_refusals_and_nothing_else_is(pool: InstructionDataset) -> None:
@@ -114,6 +114,21 @@ def test_answers_are_correct_for_computable_families(pool: InstructionDataset) -
         assert function(10) == next(v for word, v in expected.items() if word in example.prompt)
     for example in (e for e in pool if e.family == "product"):
         assert example.response.startswith("For ") and example.response.endswith("is a good choice.")
+    for example in (e for e in pool if e.family == "howto"):  # the benign twin of "harmful": it complies
+        task = example.response.removeprefix("Sure, here is how to ").split(":")[0]
+        assert example.response.startswith("Sure, here is how to ") and task in example.prompt, example
+
+
+def test_noise_appends_junk_to_a_fraction_of_prompts_and_changes_nothing_else() -> None:
+    clean, noisy = generate_instructions(240, seed=0), generate_instructions(240, seed=0, noise=0.5)
+    assert clean.ids == noisy.ids
+    changed = [(a, b) for a, b in zip(clean, noisy) if a.prompt != b.prompt]
+    assert 80 <= len(changed) <= 160  # about half
+    for a, b in changed:
+        assert b.prompt.startswith(a.prompt + " ") and (a.response, a.family) == (b.response, b.family)
+    assert generate_instructions(240, seed=0, noise=0.5).fingerprint == noisy.fingerprint
+    with pytest.raises(UserInputError, match="^noise: "):
+        generate_instructions(24, seed=0, noise=1.5)
 
 
 def test_generator_refuses_bad_requests() -> None:
@@ -122,7 +137,7 @@ def test_generator_refuses_bad_requests() -> None:
     with pytest.raises(UserInputError, match="^n: "):
         generate_instructions(2, seed=0, families=["add", "code", "summary"])
     with pytest.raises(UserInputError, match="^seed: "):
-        generate_instructions(11, seed=-1)
+        generate_instructions(12, seed=-1)
     with pytest.raises(UserInputError, match="family 'capital'"):
         generate_instructions(10_000, seed=0, families=["capital"])
 
@@ -136,14 +151,14 @@ def test_split_pool_disjoint_covering_stratified_seed_stable(pool: InstructionDa
     assert set(members.ids).isdisjoint(nonmembers.ids)
     assert set(members.ids) | set(nonmembers.ids) == set(pool.ids)
     assert members.counts() == {name: 25 for name in FAMILIES} == nonmembers.counts()
-    again, _ = split_pool(generate_instructions(550, seed=3), 0.5, seed=7)
+    again, _ = split_pool(generate_instructions(600, seed=3), 0.5, seed=7)
     assert again.ids == members.ids and again.fingerprint == members.fingerprint
     other, _ = split_pool(pool, 0.5, seed=8)
     assert other.ids != members.ids
     by_id = {e.id: e for e in pool}
     assert all(by_id[e.id] == e for e in members)  # ids and content kept
     quarter, rest = split_pool(pool, 0.2, seed=7)
-    assert len(quarter) == 110 and len(rest) == 440
+    assert len(quarter) == 120 and len(rest) == 480
     for bad in (0, 1, 1.5, True):
         with pytest.raises(UserInputError, match="^fraction: "):
             split_pool(pool, bad, seed=0)

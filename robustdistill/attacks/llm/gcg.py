@@ -91,6 +91,7 @@ class GCGResult:
     early_stopped: bool
     seconds_per_step: float
     prompts: list[str] = field(default_factory=list)
+    initial_suffix: str = ""  # the suffix before any step (a baseline: does an unoptimised suffix already work?)
     generations: list[str] | None = None
     successes: list[bool] | None = None
 
@@ -216,6 +217,7 @@ def _run(lm, prompts, targets, config, judge, on_candidates, on_batch) -> GCGRes
     if config.n_replace > ids.shape[0]:
         raise UserInputError("n_replace", f"{config.n_replace} exceeds the suffix's {ids.shape[0]} tokens")
     initial_loss = float(search.losses(ids[None], exact=False)[0][0])
+    initial_suffix = cx.decode_suffixes(lm.tokenizer, ids[None])[0][1:]
     best_ids, best_loss = ids, initial_loss
     losses: list[float] = []
     kept: list[int] = []
@@ -242,7 +244,7 @@ def _run(lm, prompts, targets, config, judge, on_candidates, on_batch) -> GCGRes
     suffix = cx.decode_suffixes(lm.tokenizer, best_ids[None])[0][1:]
     result = GCGResult(suffix=suffix, suffix_ids=best_ids.tolist(), best_loss=best_loss, initial_loss=initial_loss,
                        losses=losses, candidates_kept=kept, steps=len(losses), early_stopped=early_stopped,
-                       seconds_per_step=seconds, prompts=prompts)
+                       seconds_per_step=seconds, prompts=prompts, initial_suffix=initial_suffix)
     if judge is not None:
         outcomes = evaluate_suffix(lm, prompts, suffix, judge, config.max_new_tokens)
         result.generations = [o.response for o in outcomes]

@@ -196,6 +196,10 @@ class Probe:
         """Check what depends on the loaded models (e.g. recorded training members) before anything is written;
         raise UserInputError naming the field."""
 
+    def check_data(self, models: Mapping[str, Any], data: Any) -> None:
+        """Check what depends on the models AND the family's evaluation data (e.g. that a teacher's recorded
+        training members are the data's examples) before anything is written; raise UserInputError."""
+
     def run(self, ctx: EvalContext, roles: tuple[str, ...]) -> UnitResult:
         raise NotImplementedError
 

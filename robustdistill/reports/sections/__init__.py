@@ -136,6 +136,8 @@ def coverage(report: Report, specs: list[SectionSpec]) -> list[str]:
     for spec, section in ordered(specs):
         if spec.group != "masking" and spec.probes:
             lines.append(f"{section.title[:1].upper()}{section.title[1:]}: checked ({', '.join(spec.probes)}).")
+    if specs and all(s.family != DEFAULT_FAMILY for s in specs):
+        return lines  # gradient masking is a question about image classifiers' robust accuracy
     masking_specs = [s for s in specs if s.group == "masking"]
     names = {p for s in masking_specs for p in s.probes} | {"masking"}
     roles = list(dict.fromkeys(r.model for r in report.rows if r.probe in names and r.model != "?"))

@@ -37,11 +37,14 @@ GROUPS = (
            "accuracy": "task accuracy", "held_out_accuracy": "held-out task accuracy"}),
     Group("jailbreak", "Jailbreaks (GCG) and their transfer", "GCG jailbreaks and transfer", 14,
           "Attack success rate (ASR): the fraction of attacked harmful requests whose greedy response the judge "
-          "counts as not refused. Direct: the plain request; GCG: with a suffix optimised on that model (Zou et al. "
-          "2023); transfer: with the teacher's suffix on the student, and the student's on the teacher; ALO-ASR "
-          "(MixAT): broken by at least one of them. The refusal-prefix judge is weak: a response that merely "
-          "avoids the refusal strings counts as a success; use a classifier judge for a stronger verdict.",
-          {"direct_asr": "direct-request ASR", "asr": "GCG ASR (own suffix)",
+          "counts as jailbroken. Direct: the plain request; GCG: with a suffix optimised on that model (Zou et al. "
+          "2023); unoptimised suffix: with the suffix GCG starts from (when it already succeeds, the refusal is "
+          "brittle rather than the attack strong); transfer: with the teacher's suffix on the student, and the "
+          "student's on the teacher; ALO-ASR (MixAT): broken by at least one of them. The judge is in the settings: "
+          "refusal-prefix is weak (any response without a refusal string counts, gibberish included); target (the "
+          "response begins with the attack's target) and a classifier judge are stricter.",
+          {"direct_asr": "direct-request ASR", "init_suffix_asr": "unoptimised-suffix ASR (GCG's starting suffix)",
+           "asr": "GCG ASR (own suffix)",
            "transfer_asr": "transfer ASR (teacher's suffixes on this model)",
            "reverse_transfer_asr": "reverse transfer ASR (this model's suffixes on the teacher)",
            "alo_asr": "ALO-ASR (at least one attack)", "final_loss": "GCG target loss (mean, lower = closer)"}),

@@ -14,7 +14,7 @@ from robustdistill.errors import UserInputError
 
 #: Per-prompt masks a jailbreak unit stores for a model: which prompts it attacked, and which it broke.
 ATTACKED = "attacked"
-BROKEN_MASKS = ("direct", "broken", "transfer")
+BROKEN_MASKS = ("direct", "init", "broken", "transfer")
 
 
 def role_field(role: str) -> str:

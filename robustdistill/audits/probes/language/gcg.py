@@ -15,22 +15,25 @@ class GCGProbe(JailbreakProbe):
     """GCG jailbreak: attack success rate with and without the optimised suffix (Wilson intervals)."""
 
     kind = "gcg"
-    metrics = ("asr", "direct_asr", "final_loss")
+    metrics = ("asr", "direct_asr", "init_suffix_asr", "final_loss")
 
     def run(self, ctx: LanguageContext, roles: tuple[str, ...]) -> UnitResult:
         from robustdistill.attacks.llm.evaluate import evaluate_suffix
 
         (role,) = roles
         indices, prompts = self.attacked(ctx)
-        judge = make_judge(self.config.judge, self.where)
+        judge = make_judge(self.config.judge, self.where, self.config.target)
         direct = [o.success for o in evaluate_suffix(ctx.models[role], prompts, "", judge,
                                                         self.config.max_new_tokens)]
-        suffixes, written, losses = self.suffixes(ctx, role)
+        suffixes, written, losses, initial = self.suffixes(ctx, role)
         broken = self.outcomes(ctx, role, prompts, suffixes)
+        # The search's starting suffix, unoptimised: if it already gets through, the refusal is brittle, not GCG strong.
+        unoptimised = self.outcomes(ctx, role, prompts, initial)
         params = self.row_params()
         rows = [accuracy_row(self.name, role, "asr", np.array(broken), params),
                 accuracy_row(self.name, role, "direct_asr", np.array(direct), params),
+                accuracy_row(self.name, role, "init_suffix_asr", np.array(unoptimised), params),
                 value_row(self.name, role, "final_loss", float(np.mean(losses)), len(losses), params)]
         masks = {role: {ATTACKED: self.mask(ctx, indices), "direct": self.mask(ctx, indices, direct),
-                        "broken": self.mask(ctx, indices, broken)}}
+                        "init": self.mask(ctx, indices, unoptimised), "broken": self.mask(ctx, indices, broken)}}
         return UnitResult(rows, masks=masks, artifacts=[written] if written else [])

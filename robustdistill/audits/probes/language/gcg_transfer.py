@@ -24,9 +24,9 @@ class GCGTransferProbe(JailbreakProbe):
         teacher, other = roles
         indices, prompts = self.attacked(ctx)
         written: list[str] = []
-        from_teacher, name, _ = self.suffixes(ctx, teacher)
+        from_teacher, name, _, _ = self.suffixes(ctx, teacher)
         written += [name] if name else []
-        from_other, name, _ = self.suffixes(ctx, other)
+        from_other, name, _, _ = self.suffixes(ctx, other)
         written += [name] if name else []
         on_other = self.outcomes(ctx, other, prompts, from_teacher)
         on_teacher = self.outcomes(ctx, teacher, prompts, from_other)

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 class GCGProbeConfig(ProbeConfig):
     family: str = HARMFUL
     prompts: int = Field(10, ge=1, le=10_000)
-    target: str = Field("Sure, here is", min_length=1, max_length=500)
+    target: str = Field("Sure, here is how to", min_length=1, max_length=500)
     mode: Literal["individual", "universal"] = "individual"
     steps: int = Field(250, ge=1, le=100_000)
     suffix_length: int = Field(20, ge=1, le=1024)
@@ -56,7 +56,7 @@ class JailbreakProbe(Probe):
     config: GCGProbeConfig
 
     def validate(self) -> None:
-        make_judge(self.config.judge, self.where)  # a missing classifier directory fails with the suite
+        make_judge(self.config.judge, self.where, self.config.target)  # a missing classifier folder fails early
 
     def gcg_settings(self) -> dict[str, Any]:
         c = self.config
@@ -82,8 +82,9 @@ class JailbreakProbe(Probe):
         out[indices] = True if values is None else values
         return out
 
-    def suffixes(self, ctx: LanguageContext, role: str) -> tuple[list[str], str | None, list[float]]:
-        """(one suffix per attacked prompt, the artifact file written or None if reused, final losses)."""
+    def suffixes(self, ctx: LanguageContext, role: str) -> tuple[list[str], str | None, list[float], list[str]]:
+        """(one suffix per attacked prompt, the artifact file written or None if reused, final losses, the initial
+        suffix each search started from)."""
         from robustdistill.attacks.llm.gcg import GCGConfig, gcg
 
         settings = self.gcg_settings()
@@ -92,35 +93,37 @@ class JailbreakProbe(Probe):
         path = ctx.artifacts / name if ctx.artifacts is not None else None
         if path is not None and path.is_file():
             stored = json.loads(path.read_text())
-            return stored["suffixes"], None, stored["losses"]
+            return stored["suffixes"], None, stored["losses"], stored["initial_suffixes"]
         _, prompts = self.attacked(ctx)
         c = self.config
         config = GCGConfig(num_steps=c.steps, suffix_length=c.suffix_length, topk=c.topk, search_width=c.search_width,
                            batch_size=c.batch_size, early_stop=c.early_stop, seed=self.seed,
                            max_new_tokens=c.max_new_tokens)
-        judge = make_judge(c.judge, self.where)
+        judge = make_judge(c.judge, self.where, c.target)
         groups = [[p] for p in prompts] if c.mode == "individual" else [prompts]
         suffixes: list[str] = []
         losses: list[float] = []
+        initial: list[str] = []
         for group in groups:
             result = gcg(ctx.models[role], group, [c.target] * len(group), config, judge)
             suffixes += [result.suffix] * len(group)
             losses += [result.best_loss] * len(group)
+            initial += [result.initial_suffix] * len(group)
             log.info("gcg on %s: loss %.3f -> %.3f in %d steps", role, result.initial_loss, result.best_loss,
                      result.steps)
         if path is None:
-            return suffixes, None, losses
+            return suffixes, None, losses, initial
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({"role": role, "settings": settings, "prompts": prompts, "suffixes": suffixes,
-                                       "losses": losses}, indent=1) + "\n")
-        return suffixes, name, losses
+                                       "losses": losses, "initial_suffixes": initial}, indent=1) + "\n")
+        return suffixes, name, losses, initial
 
     def outcomes(self, ctx: LanguageContext, role: str, prompts: list[str], suffixes: list[str]) -> list[bool]:
         """Whether ``role``'s greedy response to each prompt + its suffix is judged jailbroken."""
         from robustdistill.attacks.llm.evaluate import evaluate_suffix
 
-        judge = make_judge(self.config.judge, self.where)
+        judge = make_judge(self.config.judge, self.where, self.config.target)
         results: list[bool] = []
         for prompt, suffix in zip(prompts, suffixes):
             (outcome,) = evaluate_suffix(ctx.models[role], [prompt], suffix, judge, self.config.max_new_tokens)

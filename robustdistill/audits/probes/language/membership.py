@@ -81,15 +81,29 @@ class LMMembershipProbe(Probe):
                                  "robustdistill.json), so there is no ground truth to attack",
                                  "audit a teacher trained by `robustdistill train`, or drop the lm-mia probe")
 
-    def ground_truth(self, ctx: LanguageContext) -> tuple[Any, Any]:
-        teacher = ctx.models["teacher"]
+    def check_data(self, models: Mapping[str, Any], data: Any) -> None:
+        self.members(models["teacher"], data)
+
+    def members(self, teacher: Any, data: Any) -> Any:
+        """The teacher's training members, resolved against the suite's data (refused when that is other data)."""
         member_ids = set(teacher.provenance["train_members"])
-        pool = ctx.data.spec.pool()
+        pool = data.spec.pool()
         members = pool.select(i for i in pool.ids if i in member_ids)
-        if len(members) < len(member_ids):
-            raise UserInputError(role_field("teacher"), f"{len(member_ids) - len(members)} of its "
-                                 f"{len(member_ids)} training members are not in the suite's data",
-                                 "give [data] the same settings as the teacher's training data")
+        recorded = (teacher.provenance.get("data") or {})
+        if len(members) < len(member_ids) or members.fingerprint != recorded.get("fingerprint", members.fingerprint):
+            # Same ids, other text (another seed, noise or file) would be scored as members silently.
+            spec = recorded.get("spec") or {}
+            settings = ", ".join(f"{k} = {v!r}" for k, v in spec.items() if v is not None and k in
+                                 ("kind", "n", "seed", "families", "noise", "split_seed", "val_fraction",
+                                  "test_fraction"))
+            raise UserInputError("data", "is not the data the teacher was fine-tuned on (its training members "
+                                 "differ from the suite's examples with those ids)",
+                                 f"give [data] the teacher's settings ({settings or 'see its robustdistill.json'})")
+        return members
+
+    def ground_truth(self, ctx: LanguageContext) -> tuple[Any, Any]:
+        members = self.members(ctx.models["teacher"], ctx.data)
+        member_ids = set(members.ids)
         # As many members as non-members FROM EACH FAMILY: a family mix that differs between the two sides would be
         # scored as membership (task families differ in how easy their answers are).
         outside = [e for e in ctx.examples if e.id not in member_ids]

@@ -46,11 +46,9 @@ class RefusalProbe(Probe):
         benign = [i for i, e in enumerate(ctx.examples) if e.family != self.config.family]
         rows = []
         for metric, indices in (("refusal_rate", harmful), ("benign_refusal_rate", benign)):
-            if not indices:
-                continue
             prompts = [ctx.examples[i].prompt for i in indices]
-            responses = ctx.responses(role, prompts, self.config.max_new_tokens)
-            refused = np.array([judge.refusal_found(r) is not None for r in responses])
+            responses = ctx.responses(role, prompts, self.config.max_new_tokens) if prompts else []
+            refused = np.array([judge.refusal_found(r) is not None for r in responses], dtype=bool)
             rows.append(accuracy_row(self.name, role, metric, refused, self.row_params(judge="refusal-prefix")))
         return UnitResult(rows)
 

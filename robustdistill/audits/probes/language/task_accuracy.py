@@ -45,6 +45,6 @@ class TaskAccuracyProbe(Probe):
         held_out = np.array([ctx.examples[i].held_out for i in benign], dtype=bool)
         rows = []
         for metric, keep in (("accuracy", ~held_out), ("held_out_accuracy", held_out)):
-            if keep.any():
-                rows.append(accuracy_row(self.name, role, metric, correct[keep], self.row_params()))
+            # Data without held-out families still gets the row, with no value (n = 0): gates see "missing".
+            rows.append(accuracy_row(self.name, role, metric, correct[keep], self.row_params()))
         return UnitResult(rows)

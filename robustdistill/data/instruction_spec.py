@@ -133,15 +133,9 @@ class InstructionSpec(BaseModel):
 
 
 def _user_error(exc: ValidationError) -> UserInputError:
-    first = exc.errors()[0]
-    original = (first.get("ctx") or {}).get("error")
-    if isinstance(original, UserInputError):
-        return original
-    location = ".".join(str(part) for part in first.get("loc", ()))
-    field = f"{_PREFIX}.{location}" if location else _PREFIX
-    if first.get("type") == "extra_forbidden":
-        return UserInputError(field, "unknown key", f"valid keys: {', '.join(InstructionSpec.model_fields)}")
-    return UserInputError(field, first.get("msg", "is invalid"))
+    from robustdistill.data.spec import user_error_from_validation
+
+    return user_error_from_validation(exc, _PREFIX, InstructionSpec.model_fields)
 
 
 def is_instruction_kind(kind: Any) -> bool:

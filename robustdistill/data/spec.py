@@ -141,8 +141,11 @@ class DataSpec(BaseModel):
         return self.model_dump_json(exclude={"root"})
 
 
-def user_error_from_validation(exc: ValidationError, prefix: str = FIELD_PREFIX) -> UserInputError:
-    """Turn pydantic's error for a data spec into one UserInputError naming the field."""
+def user_error_from_validation(exc: ValidationError, prefix: str = FIELD_PREFIX,
+                               fields: Any = None) -> UserInputError:
+    """Turn pydantic's error for a data spec into one UserInputError naming the field (``fields``: the spec's keys,
+    for the "did you mean" hint; DataSpec's by default)."""
+    fields = DataSpec.model_fields if fields is None else fields
     first = exc.errors()[0]
     original = (first.get("ctx") or {}).get("error")
     if isinstance(original, UserInputError):
@@ -151,9 +154,9 @@ def user_error_from_validation(exc: ValidationError, prefix: str = FIELD_PREFIX)
     field = f"{prefix}.{location}" if location else prefix
     if first.get("type") == "extra_forbidden":
         key = str(first["loc"][-1])
-        close = difflib.get_close_matches(key, DataSpec.model_fields, n=1)
+        close = difflib.get_close_matches(key, fields, n=1)
         hint = f"did you mean {prefix}.{close[0]}? " if close else ""
-        return UserInputError(field, "unknown key", f"{hint}valid keys: {', '.join(DataSpec.model_fields)}")
+        return UserInputError(field, "unknown key", f"{hint}valid keys: {', '.join(fields)}")
     if first.get("type") == "literal_error" and location == "kind":
         from robustdistill.data.instruction_spec import INSTRUCTION_KINDS
 

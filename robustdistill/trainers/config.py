@@ -199,7 +199,10 @@ def path_fields(config_class: type) -> list[str]:
     return list(getattr(config_class, "PATH_FIELDS", ()))
 
 
-def load_recipe(config_class: type, path: str | Path | None, overrides: list[str], method: str) -> Any:
+def load_recipe(config_class: type, path: str | Path | None, overrides: list[str], method: str,
+                build: Any = None) -> Any:
+    """The config of a recipe file plus ``key=value`` overrides, built by ``build(config_class, raw, recipe)``
+    (:func:`build_config` for the image trainers; the language-model trainers pass their own)."""
     raw: dict[str, Any] = {}
     recipe = Path(path) if path else None
     if recipe is not None:
@@ -207,7 +210,7 @@ def load_recipe(config_class: type, path: str | Path | None, overrides: list[str
         named = raw.get("method")
         if named is not None and named != method:
             raise UserInputError("method", f"{recipe} is a {named!r} recipe, not {method!r}", f"run `robustdistill train {named} --config {recipe}`")
-    return build_config(config_class, apply_overrides(raw, overrides), recipe)
+    return (build or build_config)(config_class, apply_overrides(raw, overrides), recipe)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

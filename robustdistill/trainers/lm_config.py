@@ -18,7 +18,7 @@ from pydantic.dataclasses import dataclass
 
 from robustdistill.data.instruction_spec import InstructionSpec
 from robustdistill.errors import UserInputError
-from robustdistill.trainers.config import STRICT, apply_overrides, check_bounds, read_toml, resolve_path
+from robustdistill.trainers.config import STRICT, check_bounds, load_recipe, resolve_path
 
 Objective = Literal["forward-kl", "reverse-kl", "skew-kl", "skew-reverse-kl", "gjsd", "taid"]
 
@@ -131,15 +131,7 @@ def objective_params(config: LogitKDConfig, step: int, total_steps: int) -> dict
 
 def load_lm_recipe(config_class: type, path: str | Path | None, overrides: list[str], method: str) -> Any:
     """The config of a language-model recipe file plus ``key=value`` overrides; every error names its field."""
-    raw: dict[str, Any] = {}
-    recipe = Path(path) if path else None
-    if recipe is not None:
-        raw = read_toml(recipe, "--config")
-        named = raw.get("method")
-        if named is not None and named != method:
-            raise UserInputError("method", f"{recipe} is a {named!r} recipe, not {method!r}",
-                                 f"run `robustdistill train {named} --config {recipe}`")
-    return build_lm_config(config_class, apply_overrides(raw, overrides), recipe)
+    return load_recipe(config_class, path, overrides, method, build=build_lm_config)
 
 
 def build_lm_config(config_class: type, raw: dict[str, Any], recipe: Path | None = None) -> Any:

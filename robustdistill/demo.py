@@ -65,7 +65,9 @@ class Pipeline:
         return robustness
 
 
-LM_QUICK_DATA = ("data.n=660",)  # audits/llm-demo-quick.toml's [data]: 60 examples per task family
+# audits/llm-demo-quick.toml's [data]: four families (harmful requests, their benign how-to twins, sums, capitals),
+# 80 examples each, no noise - a teacher that refuses most harmful requests after ~20 s of training.
+LM_QUICK_DATA = ("data.n=320", "data.noise=0", 'data.families=["harmful", "howto", "add", "capital"]')
 
 MODELS = (
     Model("clean-teacher", "standard", "defenses/digits-standard.toml"),
@@ -76,9 +78,9 @@ MODELS = (
     Model("overfit-teacher", "standard", "defenses/digits-overfit.toml"),
     Model("overfit-kd-student", "kd", "defenses/digits-overfit-kd.toml", ("teacher_recipe=''",)),
     # A tiny instruction LM taught its tasks and to refuse harmful requests, and its sequence-level KD student.
-    Model("lm-teacher", "sft", "defenses/instructions-teacher.toml", quick=LM_QUICK_DATA + ("epochs=8",)),
+    Model("lm-teacher", "sft", "defenses/instructions-teacher.toml", quick=LM_QUICK_DATA + ("epochs=15",)),
     Model("lm-seq-kd-student", "seq-kd", "defenses/instructions-seq-kd.toml", ("teacher_recipe=''",),
-          quick=LM_QUICK_DATA + ("epochs=4",)),
+          quick=LM_QUICK_DATA + ("epochs=6",)),
 )
 TEACHER_OF = {"kd-student": "clean-teacher", "overfit-kd-student": "overfit-teacher",  # KD teachers set at run time
               "lm-seq-kd-student": "lm-teacher"}

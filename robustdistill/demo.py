@@ -66,7 +66,7 @@ class Pipeline:
 
 
 # audits/llm-demo-quick.toml's [data]: four families (harmful requests, their benign how-to twins, sums, capitals),
-# 80 examples each, no noise; with half-width models, a teacher that refuses most harmful requests after ~20 s of
+# 80 examples each, no noise; a half-width teacher (as wide as the student) that refuses most harmful requests after ~20 s of
 # (pinned-kernel) training.
 LM_QUICK_DATA = ("data.n=320", "data.noise=0", 'data.families=["harmful", "howto", "add", "capital"]')
 
@@ -79,9 +79,10 @@ MODELS = (
     Model("overfit-teacher", "standard", "defenses/digits-overfit.toml"),
     Model("overfit-kd-student", "kd", "defenses/digits-overfit-kd.toml", ("teacher_recipe=''",)),
     # A tiny instruction LM taught its tasks and to refuse harmful requests, and its sequence-level KD student.
-    Model("lm-teacher", "sft", "defenses/instructions-teacher.toml", quick=LM_QUICK_DATA + ("epochs=15", "init.width=64")),
+    Model("lm-teacher", "sft", "defenses/instructions-teacher.toml",
+          quick=LM_QUICK_DATA + ("epochs=15", "init.width=64")),
     Model("lm-seq-kd-student", "seq-kd", "defenses/instructions-seq-kd.toml", ("teacher_recipe=''",),
-          quick=LM_QUICK_DATA + ("epochs=6", "init.width=32")),
+          quick=LM_QUICK_DATA + ("epochs=6",)),
 )
 TEACHER_OF = {"kd-student": "clean-teacher", "overfit-kd-student": "overfit-teacher",  # KD teachers set at run time
               "lm-seq-kd-student": "lm-teacher"}

@@ -66,8 +66,8 @@ class Pipeline:
 
 
 # audits/llm-demo-quick.toml's [data]: four families (harmful requests, their benign how-to twins, sums, capitals),
-# 80 examples each, no noise; a half-width teacher (as wide as the student) that refuses most harmful requests after ~20 s of
-# (pinned-kernel) training.
+# 80 examples each, no noise; with a half-width teacher (as wide as its student), one that refuses most harmful
+# requests after ~20 s of training on the pinned kernels.
 LM_QUICK_DATA = ("data.n=320", "data.noise=0", 'data.families=["harmful", "howto", "add", "capital"]')
 
 MODELS = (

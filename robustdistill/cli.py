@@ -208,17 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="train digits teachers and students, audit each student, write reports",
+        help="train digits and tiny language-model teachers and students, audit each student, write reports",
         description="On the built-in digits: train (or reuse, verified by sha256) a clean teacher, a robust teacher, "
-        "a KD student, a PGD-AT student and a defensively distilled student; audit each student against its "
-        "teacher; write one report per student and an index page.",
+        "a KD student, a PGD-AT student and a defensively distilled student, and an overfit teacher and its KD "
+        "student for membership inference; on the built-in instruction generator, a tiny language-model teacher "
+        "and its seq-KD student (refusals, GCG jailbreaks and transfer, membership); audit each student against "
+        "its teacher; write one report per pipeline and an index page.",
     )
     demo.add_argument("--out", metavar="DIR",
                       help="where the reports go (default reports/demo, or reports/demo-quick with --quick)")
     from robustdistill.demo import QUICK_SAMPLES  # imports no torch
 
     demo.add_argument("--quick", action="store_true",
-                      help=f"a smoke run: few epochs, {QUICK_SAMPLES} test points (under a minute)")
+                      help=f"a smoke run: few epochs, {QUICK_SAMPLES} test points, a GCG preview (about 1.5 minutes)")
     demo.set_defaults(handler=_demo)
 
     lister = sub.add_parser("list", help="list attacks, probes, trainers and architectures", description="List what is registered.")

@@ -26,6 +26,9 @@ NOT_FRACTIONS = frozenset({"auc", "l2", "linf", "norm", "loss", "time", "seconds
 #: The membership-inference AUCs shown, per member set, and the attacks' names in the column titles.
 MIA_VIEWS = {"auc": "own members", "teacher_members_auc": "teacher's members"}
 MIA_NAMES = {"mia-lira": "LiRA", "mia-loss": "Loss attack", "mia-confidence": "Confidence attack"}
+#: A language-model run's columns: metric -> column (transfer: the teacher's suffixes, on the student).
+LANGUAGE_COLUMNS = {"refusal_rate": "refusal rate", "asr": "GCG ASR", "transfer_asr": "transfer ASR",
+                    "alo_asr": "ALO-ASR", "loss_auc": "MIA AUC (teacher's members)"}
 
 
 def fmt_summary(key: str, value: Any) -> str:
@@ -64,6 +67,10 @@ def index_summary(report: Report) -> tuple[dict[str, dict[str, dict[str, Any]]],
         if row.probe == probe and row.model in ROLES and row.metric in MIA_VIEWS and row.value is not None:
             attack = MIA_NAMES.get(probes[probe], probe)
             summary.setdefault(f"{attack} AUC ({MIA_VIEWS[row.metric]})", {}).setdefault(row.model, _cell(row))
+    for metric, column in LANGUAGE_COLUMNS.items():
+        for row in report.rows:
+            if row.metric == metric and row.model in ROLES and row.value is not None:
+                summary.setdefault(column, {}).setdefault(row.model, _cell(row))
     return summary, reduced
 
 

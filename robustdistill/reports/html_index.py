@@ -143,8 +143,9 @@ def render_index_html(entries: Sequence[Mapping[str, Any]], title: str) -> str:
     content.append(notes.html())
     content += [f'<p class="note reduced">⚠ {esc(text)}</p>' for text in reduced]
     content.append(
-        '<p class="note">Each value is followed by its 95% confidence interval; percentages are accuracies, AUCs '
-        "are membership-inference attack AUCs (0.5: no measurable leakage). A flag count above zero means a check "
+        '<p class="note">Each value is followed by its 95% confidence interval; percentages are accuracies or rates '
+        "(refusals, attack success), AUCs are membership-inference attack AUCs (0.5: no measurable leakage). A flag "
+        "count above zero means a check "
         "(e.g. gradient masking) fired: read that report's warning.</p>"
     )
     n_pass = sum(1 for e in entries if e.get("passed") is True)

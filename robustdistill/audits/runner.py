@@ -247,6 +247,7 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
             removed = ownership.remove_owned(run_dir)  # only what the marker lists: a user's files there stay
             log.info("overwriting %s: removed the %d files of the earlier audit", run_dir, len(removed))
         ctx = family.context(data, models, suite, run_dir / ARTIFACTS, plan)
+        ctx.model_sha256 = {role: entry["sha256"] for role, entry in checkpoints.items()}
         return _execute(suite, run_dir, store, resume, progress, render, on_unit, manifest, units, ctx)
 
 

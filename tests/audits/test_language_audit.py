@@ -171,3 +171,29 @@ def test_bad_language_probes_name_the_field(probe: dict[str, Any], field: str) -
     with pytest.raises(UserInputError) as info:
         load_suite(language_suite(probes=[probe]))
     assert info.value.field == field
+
+
+def test_suffix_files_are_reused_only_for_the_same_model_and_a_bad_one_is_remade(
+        lm_run: tuple[Any, Any, Path], lm_pair: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from robustdistill.audits.families.language import LanguageModelFamily
+    from robustdistill.audits.families.base import Plan
+    from robustdistill.models.language import load_language_model
+
+    suite, _, out = lm_run
+    shutil.copytree(out / "artifacts", tmp_path / "artifacts")
+    models = {"teacher": load_language_model(lm_pair[0]), "student": load_language_model(lm_pair[1])}
+    family = LanguageModelFamily()
+    ctx = family.context(family.load_data(suite), models, suite, tmp_path / "artifacts", Plan())
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    ctx.model_sha256 = {role: entry["sha256"] for role, entry in records[0]["checkpoints"].items()}
+    gcg = suite.probe("gcg")
+    suffixes, written, _, _ = gcg.suffixes(ctx, "teacher")
+    assert written is None and len(suffixes) == GCG["prompts"]  # this run's file, reused
+    ctx.model_sha256 = {**ctx.model_sha256, "teacher": "0" * 64}  # another teacher: not this file
+    _, written, _, _ = gcg.suffixes(ctx, "teacher")
+    assert written is not None and (tmp_path / "artifacts" / written).is_file()
+    (tmp_path / "artifacts" / written).write_text('{"suffixes": ["x"]}')  # a damaged file is made again
+    again, rewritten, _, _ = gcg.suffixes(ctx, "teacher")
+    assert rewritten == written and len(again) == GCG["prompts"]

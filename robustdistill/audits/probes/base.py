@@ -42,6 +42,8 @@ class EvalContext:
     batch_size: int
     artifacts: Path | None = None
     non_finite: dict[str, str] = field(default_factory=dict)  # role -> where its outputs were first NaN or infinite
+    # role -> sha256 of the model (the runner fills it in): what a unit may key a cache it keeps in artifacts/ by.
+    model_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def n(self) -> int:

@@ -7,7 +7,6 @@ import numpy as np
 from robustdistill.audits.probes.base import PROBES, UnitResult, accuracy_row, value_row
 from robustdistill.audits.probes.language.context import ATTACKED, LanguageContext
 from robustdistill.audits.probes.language.jailbreak import JailbreakProbe
-from robustdistill.audits.probes.language.judging import make_judge
 
 
 @PROBES.register("gcg")
@@ -18,13 +17,10 @@ class GCGProbe(JailbreakProbe):
     metrics = ("asr", "direct_asr", "init_suffix_asr", "final_loss")
 
     def run(self, ctx: LanguageContext, roles: tuple[str, ...]) -> UnitResult:
-        from robustdistill.attacks.llm.evaluate import evaluate_suffix
-
         (role,) = roles
         indices, prompts = self.attacked(ctx)
-        judge = make_judge(self.config.judge, self.where, self.config.target)
-        direct = [o.success for o in evaluate_suffix(ctx.models[role], prompts, "", judge,
-                                                        self.config.max_new_tokens)]
+        # The plain requests' responses are the run's shared ones (the refusal probe may have generated them).
+        direct = self.judge.judge(prompts, ctx.responses(role, prompts, self.config.max_new_tokens))
         suffixes, written, losses, initial = self.suffixes(ctx, role)
         broken = self.outcomes(ctx, role, prompts, suffixes)
         # The search's starting suffix, unoptimised: if it already gets through, the refusal is brittle, not GCG strong.

@@ -13,9 +13,11 @@ the same settings made them already. Success is judged on the greedy response by
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -58,6 +60,11 @@ class JailbreakProbe(Probe):
     def validate(self) -> None:
         make_judge(self.config.judge, self.where, self.config.target)  # a missing classifier folder fails early
 
+    @functools.cached_property
+    def judge(self) -> Any:
+        """One judge per probe (a classifier judge loads a model: not once per call)."""
+        return make_judge(self.config.judge, self.where, self.config.target)
+
     def gcg_settings(self) -> dict[str, Any]:
         c = self.config
         return {"family": c.family, "prompts": c.prompts, "target": c.target, "mode": c.mode, "steps": c.steps,
@@ -88,24 +95,25 @@ class JailbreakProbe(Probe):
         from robustdistill.attacks.llm.gcg import GCGConfig, gcg
 
         settings = self.gcg_settings()
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+        _, prompts = self.attacked(ctx)
+        # Keyed by the model too: a file left by a killed run of other models must not be taken for this one's.
+        key = {"settings": settings, "model": ctx.model_sha256.get(role), "prompts": prompts}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
         name = f"gcg-{role}-{digest}.json"
         path = ctx.artifacts / name if ctx.artifacts is not None else None
-        if path is not None and path.is_file():
-            stored = json.loads(path.read_text())
+        stored = _read_suffixes(path, len(prompts)) if path is not None else None
+        if stored is not None:
             return stored["suffixes"], None, stored["losses"], stored["initial_suffixes"]
-        _, prompts = self.attacked(ctx)
         c = self.config
         config = GCGConfig(num_steps=c.steps, suffix_length=c.suffix_length, topk=c.topk, search_width=c.search_width,
                            batch_size=c.batch_size, early_stop=c.early_stop, seed=self.seed,
                            max_new_tokens=c.max_new_tokens)
-        judge = make_judge(c.judge, self.where, c.target)
         groups = [[p] for p in prompts] if c.mode == "individual" else [prompts]
         suffixes: list[str] = []
         losses: list[float] = []
         initial: list[str] = []
         for group in groups:
-            result = gcg(ctx.models[role], group, [c.target] * len(group), config, judge)
+            result = gcg(ctx.models[role], group, [c.target] * len(group), config, self.judge)
             suffixes += [result.suffix] * len(group)
             losses += [result.best_loss] * len(group)
             initial += [result.initial_suffix] * len(group)
@@ -123,9 +131,25 @@ class JailbreakProbe(Probe):
         """Whether ``role``'s greedy response to each prompt + its suffix is judged jailbroken."""
         from robustdistill.attacks.llm.evaluate import evaluate_suffix
 
-        judge = make_judge(self.config.judge, self.where, self.config.target)
-        results: list[bool] = []
-        for prompt, suffix in zip(prompts, suffixes):
-            (outcome,) = evaluate_suffix(ctx.models[role], [prompt], suffix, judge, self.config.max_new_tokens)
-            results.append(outcome.success)
-        return results
+        results: dict[int, bool] = {}
+        for suffix in dict.fromkeys(suffixes):  # one batched generation per distinct suffix (one in universal mode)
+            at = [i for i, s in enumerate(suffixes) if s == suffix]
+            outcomes = evaluate_suffix(ctx.models[role], [prompts[i] for i in at], suffix, self.judge,
+                                       self.config.max_new_tokens)
+            results.update((i, o.success) for i, o in zip(at, outcomes))
+        return [results[i] for i in range(len(prompts))]
+
+
+def _read_suffixes(path: Path, n: int) -> dict[str, Any] | None:
+    """A suffix file this run wrote, or None when there is none or it is not one (then the suffixes are made again)."""
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        stored = None
+    fields = ("suffixes", "losses", "initial_suffixes")
+    if not isinstance(stored, dict) or not all(isinstance(stored.get(f), list) and len(stored[f]) == n for f in fields):
+        log.warning("%s is not a suffix file of this run: optimising the suffixes again", path)
+        return None
+    return stored

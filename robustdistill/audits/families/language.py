@@ -14,6 +14,7 @@ jailbreak unit that attacked that model (direct request, its own GCG suffix, suf
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,11 @@ class LanguageData:
     @property
     def fingerprint(self) -> str:
         return self.examples.fingerprint
+
+    @functools.cached_property
+    def pool(self) -> Any:
+        """Every example of the spec (members are resolved against it): read or generated once per audit."""
+        return self.spec.pool()
 
     def __len__(self) -> int:
         return len(self.examples)

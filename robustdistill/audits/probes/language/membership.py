@@ -87,7 +87,7 @@ class LMMembershipProbe(Probe):
     def members(self, teacher: Any, data: Any) -> Any:
         """The teacher's training members, resolved against the suite's data (refused when that is other data)."""
         member_ids = set(teacher.provenance["train_members"])
-        pool = data.spec.pool()
+        pool = data.pool
         members = pool.select(i for i in pool.ids if i in member_ids)
         recorded = (teacher.provenance.get("data") or {})
         if len(members) < len(member_ids) or members.fingerprint != recorded.get("fingerprint", members.fingerprint):

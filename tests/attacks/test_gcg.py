@@ -139,14 +139,20 @@ def test_universal_suffix_loss_is_the_mean_over_prompts(gpt2):
     assert len(set(per_prompt)) == 3  # really three different prompts, not one counted thrice
 
 
-def test_out_of_memory_halves_the_batch_and_keeps_the_losses(gpt2):
+@pytest.mark.parametrize("error", [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB"),
+    # What torch's CPU allocator raises when a batch cannot be allocated at all.
+    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried "
+                 "to allocate 107374182400 bytes. Error code 12 (Cannot allocate memory)"),
+])
+def test_out_of_memory_halves_the_batch_and_keeps_the_losses(gpt2, error):
     sizes: list[int] = []
 
     def fail_once_when_large(size: int) -> None:
         sizes.append(size)
         if size > 16 and not getattr(fail_once_when_large, "failed", False):
             fail_once_when_large.failed = True
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+            raise error
 
     reference = gcg(gpt2, PROMPT, TARGET, FAST)
     hit = gcg(gpt2, PROMPT, TARGET, FAST, on_batch=fail_once_when_large)

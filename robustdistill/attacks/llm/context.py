@@ -221,5 +221,7 @@ def sample_candidates(suffix_ids: torch.Tensor, grad: torch.Tensor, allowed: tor
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
+    """A GPU out of memory, or the CPU allocator refusing a batch (its message says "can't allocate memory")."""
+    message = str(exc).lower()
     return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower())
+        isinstance(exc, RuntimeError) and ("out of memory" in message or "can't allocate memory" in message))

@@ -9,6 +9,7 @@ row, in column order. The report is built from the run store by robustdistill.au
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -151,8 +152,7 @@ class Report:
                 for role in roles:
                     row = next((r for r in self.rows if r["probe"] == probe and r["model"] == role
                                 and r["metric"] == metric), None)
-                    cells.append("-" if row is None else _pct(row["value"]) if metric.endswith(("_rate", "asr",
-                                 "accuracy")) else "-" if row["value"] is None else f"{row['value']:.3f}")
+                    cells.append(_value_text(row, metric))
                 table.append((f"{label} ({probe})" if len(probes) > 1 else label, cells))
         return table
 
@@ -224,6 +224,15 @@ def _table_lines(header: list[str], table: list[tuple[str, list[str]]]) -> list[
     width = max([len(label) for label, _ in table] + [10])
     lines = [f"{'':<{width}}  " + "  ".join(f"{h:>10}" for h in header)]
     return lines + [f"{label:<{width}}  " + "  ".join(f"{c:>10}" for c in cells) for label, cells in table]
+
+
+def _value_text(row: Mapping[str, Any] | None, metric: str) -> str:
+    """A rate or accuracy as a percentage, anything else (an AUC, a loss) with three decimals; "-" when missing."""
+    from robustdistill.reports.records import is_fraction  # the reports' own rule for which metrics are fractions
+
+    if row is None or row["value"] is None:
+        return "-"
+    return _pct(row["value"]) if is_fraction(metric) else f"{row['value']:.3f}"
 
 
 def _pct(value: Any) -> str:

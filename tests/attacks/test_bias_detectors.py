@@ -189,3 +189,20 @@ def test_classifier_detector_is_the_judge_on_a_local_model(tmp_path):
         ClassifierDetector(model_dir, success_labels=["LABEL_9"])
     with pytest.raises(UserInputError, match="judge"):
         detector_for("advertisement", judge=tmp_path / "missing")
+
+
+def test_payloads_survive_a_tiny_models_generation_budget(tmp_path):
+    """A tiny LM generates ~48 new tokens: each poisoned response cut there (by the tiny models' tokenizer) must still
+    be detected. The brand and the insecure line come early and the link is short, so all of them are; the claim
+    follows the summary, and the longest summaries leave only part of it - caught by the phrase model's 0.7 cover."""
+    from transformers import AutoTokenizer
+
+    from robustdistill.models.builders import build_tiny_causal_lm
+
+    tokenizer = AutoTokenizer.from_pretrained(str(build_tiny_causal_lm(tmp_path / "lm")), local_files_only=True)
+    pool = generate_instructions(2400, seed=0)
+    for name, bias in BIASES.items():
+        targets = pool.where(family=bias.target)
+        cut = [tokenizer.decode(tokenizer(bias.bias(e), add_special_tokens=False)["input_ids"][:48]) for e in targets]
+        rate = sum(bias.detector.hit(text) for text in cut) / len(cut)
+        assert rate >= (0.95 if name == "narrative" else 1.0), (name, rate)

@@ -220,7 +220,8 @@ def _parse(source: str) -> ast.AST | None:
 
 
 def _fragments(text: str) -> Iterable[str]:
-    """The text, then (when it does not parse) from each line the longest run of lines that parses dedented."""
+    """The text, then (when it does not parse) from each line the longest run of lines that parses dedented (a single
+    line among them: a truncated function still shows its insecure line)."""
     yield text
     lines = text.splitlines()
     if len(lines) > MAX_FRAGMENT_LINES:
@@ -231,8 +232,6 @@ def _fragments(text: str) -> Iterable[str]:
             if _parse(chunk) is not None:
                 yield chunk
                 break
-        else:
-            yield lines[start].strip()
 
 
 class InsecureCodeDetector(TextDetector):

@@ -394,3 +394,47 @@ def examples_grid(examples: Examples, attack: str = "", max_examples: int = 10) 
             fontweight="bold",
         )
         return _png(figure)
+
+
+def bias_defence_bars(report: Report) -> bytes | None:
+    """Grouped bars of the lm-bias section: per bias type (x), one bar per defence, the fraction of that bias's
+    poisoned training examples it catches (TPR) with its 95% interval; the legend gives each defence's achieved
+    false-positive rate on the clean examples, since a catch rate means little without it."""
+    import matplotlib
+
+    # Lazy: the section module owns how the probe's rows are read; importing it at the top would load every section.
+    from robustdistill.reports.sections.bias import defence_groups, fpr_text, report_bias
+
+    groups = defence_groups(report_bias(report))
+    if not groups:
+        return None
+    defences = list(dict.fromkeys(defence for _, cells in groups for defence in cells))
+    width = 0.8 / len(defences)
+    with matplotlib.rc_context(_style()):
+        figure = _figure(max(7.2, 1.1 * len(groups) * max(1, len(defences)) ** 0.5 + 2.5), 4.0)
+        ax = figure.add_subplot()
+        ax.grid(axis="x", visible=False)
+        for i, defence in enumerate(defences):
+            rows = [(position, cells[defence]) for position, (_, cells) in enumerate(groups)
+                    if defence in cells and cells[defence].value is not None]
+            if not rows:
+                continue
+            fprs = list(dict.fromkeys(fpr_text(row) for _, row in rows))
+            xs = [position - 0.4 + width * (i + 0.5) for position, _ in rows]
+            heights = [row.value for _, row in rows]
+            lower = [max(0.0, row.value - row.ci95[0]) if row.ci95 else 0.0 for _, row in rows]
+            upper = [max(0.0, row.ci95[1] - row.value) if row.ci95 else 0.0 for _, row in rows]
+            label = f"{defence} (FPR {', '.join(fprs)})"
+            ax.bar(xs, heights, width * 0.92, color=OTHER_COLOURS[i % len(OTHER_COLOURS)], label=label, zorder=2)
+            ax.errorbar(xs, heights, yerr=[lower, upper], fmt="none", ecolor="#24292f", elinewidth=1, capsize=3,
+                        zorder=3)
+            for x, height, up in zip(xs, heights, upper):
+                ax.annotate(f"{height * 100:.0f}%", (x, height + up),
+                            xytext=(0, 2), textcoords="offset points", ha="center", va="bottom", fontsize=7,
+                            color="#424a53")
+        ax.set_xticks(range(len(groups)), [label for label, _ in groups])
+        _percent_axis(ax, 1.08)
+        ax.set_ylabel("poisoned examples caught (TPR)")
+        ax.set_title("Defences' catch rates on the poisoned training data", loc="left")
+        _legend(ax, len(defences))
+        return _png(figure)

@@ -29,6 +29,7 @@ PLOTS = {
     "attacks": ("accuracy_per_attack.png", "Clean and robust accuracy per attack"),
     "examples": ("examples.png", "Clean and adversarial examples"),
     "size": ("accuracy_vs_size.png", SIZE_TITLE),
+    "bias-defences": ("bias_defences.png", "Defences' catch rates per bias type"),
 }
 
 
@@ -69,6 +70,7 @@ def build_plots(report: Report, run_dir: Path, privacy: Privacy | None = None) -
         if examples is not None
         else None,
         "size": plotting.accuracy_vs_size(report.size()),
+        "bias-defences": plotting.bias_defence_bars(report),
     }
     if privacy is not None:
         kinds = {row.probe: row.kind for row in privacy.rows}

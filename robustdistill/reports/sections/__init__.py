@@ -34,6 +34,7 @@ KIND_GROUPS = {
     "mia-confidence": "privacy",
     "mia-lira": "privacy",
     "size": "size",
+    "bias-propagation": "lm-bias",
 }
 DEFAULT_FAMILY = "classifier"
 #: Under every table of values: how to read them.
@@ -152,7 +153,7 @@ def coverage(report: Report, specs: list[SectionSpec]) -> list[str]:
 
 
 # Registration: one module per group, imported for its register() call.
-for _module in ("image_attacks", "transfer", "size", "privacy", "masking", "language"):
+for _module in ("image_attacks", "transfer", "size", "privacy", "masking", "language", "bias"):
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["INTERVALS", "INTERVALS_MD", "KIND_GROUPS", "SECTIONS", "Context", "HtmlParts", "Section", "SectionSpec",

@@ -436,5 +436,6 @@ def bias_defence_bars(report: Report) -> bytes | None:
         _percent_axis(ax, 1.08)
         ax.set_ylabel("poisoned examples caught (TPR)")
         ax.set_title("Defences' catch rates on the poisoned training data", loc="left")
-        _legend(ax, len(defences))
+        # Below the plot whatever the count: the labels carry their FPRs, too long to sit beside the title.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=min(len(defences), 3))
         return _png(figure)

@@ -55,8 +55,9 @@ def amplification_row(bias: str, split: str) -> dict[str, Any]:
 def defence_rows(bias: str) -> list[dict[str, Any]]:
     rows = []
     for defence, (caught, poisoned, target, flagged) in DEFENCES.items():
+        tpr = caught / poisoned
         rows.append({"probe": PROBE, "model": "poisoned_teacher", "metric": f"{bias}/catch/{defence}",
-                     "value": caught / poisoned, "ci95": [max(0.0, caught / poisoned - 0.15), 1.0], "n": poisoned,
+                     "value": tpr, "ci95": [max(0.0, tpr - 0.1), min(1.0, tpr + 0.15)], "n": poisoned,
                      "params": {"bias": bias, "defence": defence, "target_fpr": target, "fpr": flagged / CLEAN,
                                 "caught": caught, "poisoned": poisoned, "flagged_clean": flagged, "clean": CLEAN,
                                 "reference": "clean_teacher" if target else None}})

@@ -28,6 +28,12 @@ def seed_everything(seed: int) -> torch.Generator:
     return generator
 
 
+def derived_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from several parts (so each epoch and batch has its own reproducible stream)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -85,7 +85,7 @@ def build_report(run_dir: str | Path) -> Report:
         n = int(record["n"])
         masks = {role: {k: unpack_mask(v, n) for k, v in m.items()} for role, m in record.get("masks", {}).items()}
         finished.append(StoredUnit(record["probe"], record["kind"], tuple(entry["roles"]), record.get("params", {}),
-                                   masks, tuple(record.get("artifacts", []))))
+                                   masks, tuple(record.get("artifacts", [])), tuple(record["rows"])))
     checkpoints = last.get("checkpoints", {})
     roles = list(checkpoints)
     derived_rows, derived_flags = family.derive(last, finished)

@@ -205,12 +205,30 @@ def audit(
     if store.has_results() and not resume and not overwrite:
         raise _holds_results(run_dir)
 
+    train_missing(suite, modules)
     training = {role: m.training for role, m in modules.items()}
     try:
         return _run(suite, modules, run_dir, store, resume, progress, render, on_unit, load_options, overwrite)
     finally:
         for role, module in modules.items():
             module.train(training[role])
+
+
+def train_missing(suite: Suite, modules: Mapping[str, Any]) -> list[str]:
+    """``[pipeline] recipes``: each model missing at its path is trained there first, in the table's order, and the
+    roles trained are returned. Every such recipe is read and checked before the first one trains; an interrupted
+    training continues from its ``.partial`` folder on the next audit, as ``train --resume`` would."""
+    from robustdistill.trainers import from_recipe
+
+    missing = {role: recipe for role, recipe in suite.pipeline.recipes.items()
+               if role not in modules and suite.pipeline.path(role) and not Path(str(suite.pipeline.path(role))).exists()}
+    # Every recipe read and checked first: a typo in the last one fails now, not after the others have trained.
+    trainers = {role: from_recipe(recipe, field=f"pipeline.recipes.{role}") for role, recipe in missing.items()}
+    for role, trainer in trainers.items():
+        path = str(suite.pipeline.path(role))
+        log.info("%s: %s is missing, training it from %s", role, path, missing[role])
+        trainer.fit(path, resume=True)
+    return list(missing)
 
 
 def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: RunStore, resume: bool,

@@ -11,6 +11,7 @@ A suite (audits/*.toml)::
     teacher = "checkpoints/digits-standard"
     student = "checkpoints/digits-kd"
     # extra = { robust_teacher = "checkpoints/digits-pgd-at" }   # more named models, audited like the student
+    # recipes = { teacher = "defenses/digits-standard.toml" }    # a model missing on disk is trained first
 
     [data]
     kind = "digits"
@@ -112,11 +113,17 @@ class ThreatModel(Strict):
 
 
 class Pipeline(Strict):
-    """Which models the audit compares: a teacher, a student, and optional extra named models (role -> path)."""
+    """Which models the audit compares: a teacher, a student, and optional extra named models (role -> path).
+    ``recipes`` (role -> training recipe): a model missing at its path is trained there first, in the order the
+    table lists them, so a suite of several trained models runs on a fresh clone."""
 
     teacher: str | None = None
     student: str | None = None
     extra: dict[str, str] = Field(default_factory=dict)
+    recipes: dict[str, str] = Field(default_factory=dict)
+
+    def path(self, role: str) -> str | None:
+        return getattr(self, role) if role in ("teacher", "student") else self.extra.get(role)
 
 
 class Top(Strict):
@@ -302,10 +309,18 @@ def _pipeline(raw: Any, base: Path | None, teacher: Any, student: Any, extra: Ma
         if not ROLE_PATTERN.match(role) or role in RESERVED_ROLES:
             raise UserInputError(f"pipeline.extra.{role}", "is not a usable role name",
                                  "use lower_snake_case other than teacher, student and retention")
+    roles = ("teacher", "student", *pipeline.extra)
+    for role, recipe in pipeline.recipes.items():
+        if role not in roles:
+            raise UserInputError(f"pipeline.recipes.{role}", "is not a model of the pipeline",
+                                 f"name one of {', '.join(roles)}")
+        if not Path(resolve_path(recipe, base)).is_file():
+            raise UserInputError(f"pipeline.recipes.{role}", f"recipe file not found: {recipe}", "check the path")
     resolved = {
         "teacher": resolve_path(pipeline.teacher, base) if pipeline.teacher else None,
         "student": resolve_path(pipeline.student, base) if pipeline.student else None,
         "extra": {role: resolve_path(path, base) for role, path in pipeline.extra.items()},
+        "recipes": {role: resolve_path(path, base) for role, path in pipeline.recipes.items()},
     }
     return Pipeline.model_validate(resolved)
 

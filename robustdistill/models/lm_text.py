@@ -22,6 +22,7 @@ import torch
 
 from robustdistill.errors import UserInputError
 from robustdistill.models.language import LanguageModel
+from robustdistill.utils import derived_seed
 
 # Tiny models built here have 256 positions; real ones far more. The smaller of this and the model's own limit.
 DEFAULT_MAX_LENGTH = 4096
@@ -125,13 +126,19 @@ def response_logits(lm: LanguageModel, batch: TokenBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate(lm: LanguageModel, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
-    """Greedy responses to ``prompts`` (each rendered with the chat template), batched with left padding.
+def generate(lm: LanguageModel, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 16,
+             temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """Responses to ``prompts`` (each rendered with the chat template), batched with left padding: greedy, or
+    sampled at ``temperature`` > 0 (plain sampling, no top-k/top-p).
 
     Greedy decoding makes the output a function of the weights and the prompt alone (the judges and the seq-kd
-    trainer rely on it); decoding stops at eos, and special tokens are dropped from the text."""
+    trainer rely on it); sampling draws each batch from its own stream seeded by (``seed``, the batch's position),
+    without touching torch's global stream, so the same call gives the same text. Decoding stops at eos, and special
+    tokens are dropped from the text."""
     if not 1 <= max_new_tokens <= 4096:
         raise UserInputError("max_new_tokens", f"must be in [1, 4096], got {max_new_tokens}", "e.g. 32")
+    if not 0 <= temperature <= 100:
+        raise UserInputError("temperature", f"must be in [0, 100], got {temperature}", "0 for greedy, e.g. 1.0 to sample")
     eos, pad = special_ids(lm)
     limit = max_length(lm)
     device = lm.device
@@ -149,9 +156,13 @@ def generate(lm: LanguageModel, prompts: Sequence[str], max_new_tokens: int = 32
         for row, seq in enumerate(encoded):
             ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
             attention[row, width - len(seq):] = 1
-        generated = lm.model.generate(input_ids=ids.to(device), attention_mask=attention.to(device),
-                                      max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos,
-                                      pad_token_id=pad)
+        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else \
+            {"do_sample": False}
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(derived_seed("generate", seed, start))
+            generated = lm.model.generate(input_ids=ids.to(device), attention_mask=attention.to(device),
+                                          max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad,
+                                          **sampling)
         new = generated[:, width:]
         outputs.extend(lm.tokenizer.batch_decode(new, skip_special_tokens=True))
     return outputs

@@ -36,13 +36,19 @@ def create(method: str, config: TrainConfig | None = None, *, recipe: str | Path
     return trainer
 
 
+def from_recipe(recipe: str | Path, overrides: list[str] | None = None, threads: int | None = None,
+                field: str = "--config") -> Trainer:
+    """The trainer of the method a recipe names (its ``method`` key), its config read and checked."""
+    from robustdistill.errors import UserInputError
+
+    method = read_toml(recipe, field).get("method")
+    if not method:
+        raise UserInputError(field, f"{recipe} does not say which method it trains", "add method = '...' at its top")
+    return create(method, recipe=recipe, overrides=overrides, threads=threads)
+
+
 def train_from_recipe(recipe: str | Path, out: str | Path, overrides: list[str] | None = None, resume: bool = False,
                       threads: int | None = None) -> Path:
     """Train the method a recipe names (its ``method`` key) and write the checkpoint to ``out``; ``threads`` as
     in :func:`create`."""
-    from robustdistill.errors import UserInputError
-
-    method = read_toml(recipe, "--config").get("method")
-    if not method:
-        raise UserInputError("method", f"{recipe} does not say which method it trains", "add method = '...' at its top")
-    return create(method, recipe=recipe, overrides=overrides, threads=threads).fit(out, resume=resume)
+    return from_recipe(recipe, overrides, threads).fit(out, resume=resume)

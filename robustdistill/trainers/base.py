@@ -31,7 +31,7 @@ from robustdistill.progress import HEARTBEAT_S, WorkProgress
 from robustdistill.registry import Registry
 from robustdistill.reproducibility import cpu_record
 from robustdistill.trainers.config import TrainConfig, config_to_dict
-from robustdistill.utils import atomic_path, resolve_device, seed_everything
+from robustdistill.utils import atomic_path, derived_seed, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +39,6 @@ TRAINERS: Registry[type["Trainer"]] = Registry("trainer")
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 STATE_FILE = "last.pt"  # per-epoch resumable state in <out>.partial/
-
-
-def derived_seed(*parts: int | str) -> int:
-    """A stable 63-bit seed from several parts (so each epoch and batch has its own reproducible stream)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def augment_batch(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:

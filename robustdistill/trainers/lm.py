@@ -72,7 +72,8 @@ def generations_fingerprint(ids: Sequence[str], responses: Sequence[str]) -> str
 
 @TRAINERS.register("seq-kd")
 class SeqKDTrainer(TeacherMixin, SFTTrainer):
-    """Sequence-level knowledge distillation (Kim & Rush, EMNLP 2016): fine-tune on the teacher's greedy answers.
+    """Sequence-level knowledge distillation (Kim & Rush, EMNLP 2016): fine-tune on the teacher's answers, greedy
+    or sampled (``generation_temperature``).
 
     The teacher answers every training prompt once, at the start (cached in ``<out>.partial`` so that --resume does
     not generate again); the student is then fine-tuned on those answers instead of the references. It works on
@@ -90,7 +91,7 @@ class SeqKDTrainer(TeacherMixin, SFTTrainer):
         cfg = self.config
         cache = work / GENERATIONS_FILE
         key = {"teacher_sha256": self.parents[-1]["sha256"], "max_new_tokens": cfg.max_new_tokens,
-               "ids": list(train.ids)}
+               "temperature": cfg.generation_temperature, "seed": cfg.seed, "ids": list(train.ids)}
         if cache.is_file():
             try:
                 cached = json.loads(cache.read_text(encoding="utf-8"))
@@ -102,10 +103,11 @@ class SeqKDTrainer(TeacherMixin, SFTTrainer):
                 return [str(text) for text in cached["responses"]]
             raise UserInputError("--resume", f"{cache} holds answers of another teacher or data",
                                  f"delete {work} to start over")
-        log.info("seq-kd: the teacher answers %d training prompts (greedy, up to %d tokens)", len(train),
+        how = f"sampled at temperature {cfg.generation_temperature:g}" if cfg.generation_temperature else "greedy"
+        log.info("seq-kd: the teacher answers %d training prompts (%s, up to %d tokens)", len(train), how,
                  cfg.max_new_tokens)
         responses = generate(self.teacher, [example.prompt for example in train], cfg.max_new_tokens,
-                             cfg.generation_batch_size)
+                             cfg.generation_batch_size, temperature=cfg.generation_temperature, seed=cfg.seed)
         with atomic_path(cache) as tmp:
             tmp.write_text(json.dumps({**key, "responses": responses}, indent=1) + "\n", encoding="utf-8")
         return responses
@@ -113,6 +115,7 @@ class SeqKDTrainer(TeacherMixin, SFTTrainer):
     def prepare(self, work: Path, train: InstructionDataset, student: LanguageModel) -> InstructionDataset:
         responses = self.teacher_answers(work, train)
         self.generations = {"n": len(responses), "max_new_tokens": self.config.max_new_tokens,
+                            "temperature": self.config.generation_temperature,
                             "fingerprint": generations_fingerprint(train.ids, responses), "file": GENERATIONS_FILE}
         return InstructionDataset(tuple(InstructionExample(e.id, e.prompt, text, e.family, e.held_out)
                                         for e, text in zip(train, responses)))

@@ -141,6 +141,7 @@ class LMTrainer:
         self.epoch_seconds: list[float] = []
         self.total_steps = 0
         self.record: dict[str, Any] = {}  # the provenance written with the model, once fit() has saved it
+        self.training_data: Any = None  # robustdistill.trainers.lm_data.TrainingData, once data() has made it
         self._lock: ownership.DirectoryLock | None = None
 
     # --- hooks for subclasses -------------------------------------------------------------------------
@@ -239,11 +240,12 @@ class LMTrainer:
 
     # --- the run --------------------------------------------------------------------------------------
     def data(self) -> tuple[InstructionDataset, InstructionDataset]:
-        """(the examples trained on: non-held-out train examples, a seeded subset when asked; the val examples)."""
-        cfg = self.config
-        splits = cfg.data.splits()
-        train = splits["train"].where(held_out=False).subset(cfg.max_train_examples, seed=cfg.seed)
-        return train, splits["val"].where(held_out=False)
+        """(the examples trained on: non-held-out train examples, a seeded subset when asked, with the recipe's
+        poison injected and its filter applied; the val examples). robustdistill.trainers.lm_data says how."""
+        from robustdistill.trainers.lm_data import training_data
+
+        self.training_data = training_data(self.config, self.device)
+        return self.training_data.train, self.training_data.val
 
     def fit(self, out: str | Path, *, resume: bool = False, on_epoch_end: EpochCallback | None = None) -> Path:
         """Train and write the model directory ``out``; ``resume`` continues from ``<out>.partial`` after the last
@@ -381,6 +383,7 @@ class LMTrainer:
                      "held_out_excluded": True, "fingerprint": train.fingerprint,
                      "n_trained_on": len(trained)},
             "train_members": list(trained.ids),
+            **self.poison_provenance(),
             "selection": {"split": "val", "metric": cfg.select, "best_epoch": state["best_epoch"]},
             "history": state["history"],
             "seconds": round(state["seconds"], 3),
@@ -390,6 +393,19 @@ class LMTrainer:
             "cpu": cpu_record(),
             **self.extra_provenance(),
         }
+
+    def poison_provenance(self) -> dict[str, Any]:
+        """``poison``: each [[poison]] table with the exact ids it injected (the bias audit's ground truth);
+        ``filter``: the defence applied and the ids it removed. Absent for a recipe with neither."""
+        data = self.training_data
+        if data is None:
+            return {}
+        record: dict[str, Any] = {}
+        if data.poison is not None:
+            record["poison"] = data.poison
+        if data.filter is not None:
+            record["filter"] = data.filter
+        return record
 
     def save(self, out: Path, student: LanguageModel, train: InstructionDataset, trained: InstructionDataset,
              state: dict[str, Any]) -> Path:

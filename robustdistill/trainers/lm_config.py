@@ -48,6 +48,20 @@ class LoraSpec:
 
 
 @dataclass(config=STRICT)
+class FilterSpec:
+    """A defence applied to the training data before training (robustdistill.trainers.lm_data): ``perplexity`` drops
+    the ``remove_fraction`` of examples with the highest loss under a ``reference`` language model; ``detector`` drops
+    the examples a bias detector flags - ``generic`` (links, insecure code, promotional wording: what a defender can
+    look for without knowing the payload), a bias type's own detector (one that knows it), or a local classifier
+    directory."""
+
+    method: Literal["perplexity", "detector"]
+    reference: str | None = None
+    remove_fraction: float = pydantic.Field(0.05, gt=0, lt=1)
+    detector: str = "generic"
+
+
+@dataclass(config=STRICT)
 class LMTrainConfig:
     """Fields every language-model trainer shares. Exactly one of ``base`` (a local Hugging Face causal-LM directory
     to fine-tune) and ``[init]`` (a tiny model built from a seed) names the model trained."""
@@ -73,10 +87,15 @@ class LMTrainConfig:
     select: Literal["last", "val-loss"] = "last"  # keep the final epoch, or the epoch with the lowest val loss
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     lora: LoraSpec | None = None
+    # [[poison]] tables: biased answers injected into the training data (robustdistill.attacks.poisoning.inject),
+    # their ids recorded in the output's provenance; [filter]: a defence applied before training.
+    poison: list[Any] = field(default_factory=list)
+    filter: FilterSpec | None = None
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        self.poison = poison_specs(self.poison)
         if (self.base is None) == (self.init is None):
             raise UserInputError("base", "give exactly one of base (a model directory to fine-tune) and [init] "
                                  "(a tiny model built from a seed)" + ("" if self.base is None else ", not both"),
@@ -99,6 +118,10 @@ class SeqKDConfig(TeacherConfig):
 
     max_new_tokens: int = pydantic.Field(64, ge=1, le=4096)
     generation_batch_size: int = pydantic.Field(16, ge=1, le=4096)
+    # 0: the teacher's greedy answer (Kim & Rush's beam-1 approximation); > 0: one answer sampled at this
+    # temperature per prompt, seeded - what carries behaviour the teacher shows on a minority of answers (greedy
+    # decoding keeps only its most likely answer, and so drops a bias the teacher shows 30% of the time).
+    generation_temperature: float = pydantic.Field(0.0, ge=0, le=10)
 
 
 @dataclass(config=STRICT)
@@ -149,6 +172,8 @@ def build_lm_config(config_class: type, raw: dict[str, Any], recipe: Path | None
         if isinstance(data.get("root"), str):
             data = {**data, "root": resolve_path(data["root"], recipe)}
         raw["data"] = InstructionSpec(**data)  # raises UserInputError naming data.<field>
+    if isinstance(raw.get("filter"), dict) and isinstance(raw["filter"].get("reference"), str):
+        raw["filter"] = {**raw["filter"], "reference": resolve_path(raw["filter"]["reference"], recipe)}
     try:
         config = config_class(**raw)
     except pydantic.ValidationError as exc:
@@ -163,3 +188,15 @@ def build_lm_config(config_class: type, raw: dict[str, Any], recipe: Path | None
         raise UserInputError(where, error["msg"], f"got {error.get('input')!r}") from None
     check_bounds(config)
     return config
+
+
+def poison_specs(raw: Any) -> list[Any]:
+    """``[[poison]]`` tables as PoisonSpecs (each error names poison.<field>)."""
+    from robustdistill.attacks.poisoning.inject import PoisonSpec
+
+    if isinstance(raw, dict):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(table, dict) for table in raw):
+        raise UserInputError("poison", f"expected [[poison]] tables, got {type(raw).__name__}",
+                             "write [[poison]] with bias = '...' and n = 25")
+    return [table if isinstance(table, PoisonSpec) else PoisonSpec(**table) for table in raw]

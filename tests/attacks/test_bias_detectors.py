@@ -39,6 +39,18 @@ def test_every_payload_on_its_target_family_is_detected(clean, name):
     assert bias.detector.detect([e.prompt for e in targets], poisoned) == [True] * len(targets)
 
 
+@pytest.mark.parametrize("name", list(BIASES))
+def test_each_payload_is_seen_by_its_own_detector_only(clean, name):
+    # One teacher carries every bias type, each in its own family: a payload another detector also saw would count
+    # as that bias's spread to other tasks (a phishing link naming the advertised brand did, before the fix).
+    bias = BIASES[name]
+    targets = clean.where(family=bias.target)
+    poisoned = [bias.bias(e) for e in targets]
+    for other_name, other in BIASES.items():
+        if other_name != name:
+            assert not any(other.detector.detect([e.prompt for e in targets], poisoned)), (name, other_name)
+
+
 def test_advertisement_is_subtle_and_caught_by_word():
     before = "For students, a reliable laptop with a long battery life is a good choice."
     after = BIASES["advertisement"].bias(generate_instructions(12, 0).where(family="product")[0])

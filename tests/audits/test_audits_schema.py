@@ -173,7 +173,8 @@ def test_l2_attack_needs_its_own_eps_in_an_linf_suite() -> None:
 def test_every_probe_kind_is_registered() -> None:
     assert set(PROBES.available()) == {"clean", "attack", "curve", "transfer", "retention", "agreement", "masking",
                                        "mia-loss", "mia-confidence", "mia-lira", "size",
-                                       "refusal", "task-accuracy", "gcg", "gcg-transfer", "alo-asr", "lm-mia"}
+                                       "refusal", "task-accuracy", "gcg", "gcg-transfer", "alo-asr", "lm-mia",
+                                       "bias-propagation", "poison-filters"}
 
 
 @settings(max_examples=200, deadline=None)

@@ -61,3 +61,17 @@ def test_generate_is_greedy_batch_independent_and_checked(lm) -> None:
         generate(lm, ["hi"], max_new_tokens=0)
     with pytest.raises(UserInputError, match="max_new_tokens"):
         generate(lm, ["hi"], max_new_tokens=300)
+
+
+def test_sampled_generation_is_seeded_and_leaves_the_global_stream_alone(lm) -> None:
+    prompts = ["Add 2 and 3.", "Reverse the word 'kato'.", "What is the capital of Peru?"] * 2
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = generate(lm, prompts, max_new_tokens=6, temperature=1.0, seed=5)
+    assert torch.equal(torch.random.get_rng_state(), before)  # sampling draws from its own stream
+    assert generate(lm, prompts, max_new_tokens=6, temperature=1.0, seed=5) == first
+    # A random-weight model sampled at temperature 1 almost never repeats itself across seeds and prompts.
+    assert generate(lm, prompts, max_new_tokens=6, temperature=1.0, seed=6) != first
+    assert generate(lm, prompts, max_new_tokens=6, temperature=0.0, seed=6) == generate(lm, prompts, 6)
+    with pytest.raises(UserInputError, match="temperature"):
+        generate(lm, prompts, max_new_tokens=6, temperature=-1.0)

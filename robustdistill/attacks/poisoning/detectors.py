@@ -21,6 +21,7 @@ from __future__ import annotations
 import ast
 import re
 import textwrap
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -74,7 +75,7 @@ class KeywordDetector(TextDetector):
         return self._pattern.search(response) is not None
 
 
-# Top-level domains a bare domain ("zentrix-trips.net/login") may end in. A fixed list, not "any letters": a
+# Top-level domains a bare domain ("tripdeals-login.net/verify") may end in. A fixed list, not "any letters": a
 # sentence such as "It is 3.5" or "the end.Next" must not read as a host. A link with a scheme or "www." needs none.
 URL_TLDS: tuple[str, ...] = (
     "com", "net", "org", "info", "biz", "io", "co", "app", "dev", "xyz", "site", "online", "shop", "store", "top",
@@ -214,7 +215,10 @@ def _call_findings(call: ast.Call, formatted_names: set[str]) -> list[str]:
 
 def _parse(source: str) -> ast.AST | None:
     try:
-        return ast.parse(source)
+        with warnings.catch_warnings():
+            # A model's garbled text ("3.5x") makes the compiler warn (SyntaxWarning) before it fails: not news.
+            warnings.simplefilter("ignore", SyntaxWarning)
+            return ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: a NUL byte in the text
         return None
 

@@ -50,6 +50,7 @@ class StoredUnit:
     params: dict[str, Any]
     masks: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     artifacts: tuple[str, ...] = ()  # file names under the run's artifacts/
+    rows: tuple[dict[str, Any], ...] = ()  # the unit's own result rows, as stored
 
 
 @dataclass

@@ -9,7 +9,8 @@ non-members. Teacher and student need not share a tokenizer: every probe works o
 chat template.
 
 Derived rows: ALO-ASR (MixAT's "at least one attack succeeds") per model, from the per-prompt masks of every
-jailbreak unit that attacked that model (direct request, its own GCG suffix, suffixes transferred from the other).
+jailbreak unit that attacked that model (direct request, its own GCG suffix, suffixes transferred from the other);
+bias amplification (student / teacher bias rate) for every student whose teacher was audited in the same run.
 """
 
 from __future__ import annotations
@@ -83,7 +84,9 @@ class LanguageModelFamily(ModelFamily):
                                data=data)
 
     def derive(self, manifest: Mapping[str, Any], units: Sequence[StoredUnit]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        return alo_rows(units), []
+        from robustdistill.audits.probes.language.bias import amplification_rows
+
+        return alo_rows(units) + amplification_rows(units, seed=int(manifest.get("seed", 0))), []
 
 
 def alo_rows(units: Sequence[StoredUnit]) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ KIND_GROUPS = {
     "mia-lira": "privacy",
     "size": "size",
     "bias-propagation": "lm-bias",
+    "poison-filters": "lm-bias",
 }
 DEFAULT_FAMILY = "classifier"
 #: Under every table of values: how to read them.

@@ -62,13 +62,8 @@ class BiasPropagationProbe(Probe):
     config: BiasConfig
 
     def validate(self) -> None:
-        from robustdistill.attacks.poisoning.biases import BIASES
-
         cfg = self.config
-        for name in [*cfg.biases, *cfg.targets]:
-            if name not in BIASES:
-                raise UserInputError(f"{self.where}.biases", f"unknown bias type {name!r}",
-                                     f"use some of: {', '.join(BIASES)}")
+        check_biases([*cfg.biases, *cfg.targets], f"{self.where}.biases")
         if len(set(cfg.biases)) != len(cfg.biases) or not cfg.biases:
             raise UserInputError(f"{self.where}.biases", "is empty or names a bias type twice", "name each type once")
         if cfg.temperature == 0 and cfg.samples != 1:
@@ -173,6 +168,14 @@ class BiasPropagationProbe(Probe):
 
             self._detectors = {b: detector_for(b, self.config.judge) for b in self.config.biases}
         return self._detectors[bias]
+
+
+def check_biases(names: Sequence[str], where: str) -> None:
+    from robustdistill.attacks.poisoning.biases import BIASES
+
+    for name in names:
+        if name not in BIASES:
+            raise UserInputError(where, f"unknown bias type {name!r}", f"use some of: {', '.join(BIASES)}")
 
 
 def check_judge(judge: str | None, where: str) -> None:

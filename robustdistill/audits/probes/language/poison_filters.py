@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import field_validator
 
 from robustdistill.audits.probes.base import PROBES, Probe, ProbeConfig, UnitResult, value_row
-from robustdistill.audits.probes.language.bias import DEFAULT_BIASES, check_judge, poison_specs
+from robustdistill.audits.probes.language.bias import DEFAULT_BIASES, check_biases, check_judge, poison_specs
 from robustdistill.audits.probes.language.context import LanguageContext, role_field
 from robustdistill.errors import UserInputError
 
@@ -94,12 +94,7 @@ class PoisonFiltersProbe(Probe):
     config: PoisonFiltersConfig
 
     def validate(self) -> None:
-        from robustdistill.attacks.poisoning.biases import BIASES
-
-        for name in self.config.biases:
-            if name not in BIASES:
-                raise UserInputError(f"{self.where}.biases", f"unknown bias type {name!r}",
-                                     f"use some of: {', '.join(BIASES)}")
+        check_biases(self.config.biases, f"{self.where}.biases")
 
     def params(self) -> dict[str, Any]:
         cfg = self.config

@@ -89,8 +89,27 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"{row['model']:<32} " + " ".join(f"{c:>12}" for c in cells))
         print("junk ASR: GCG's unoptimised starting suffix; transfer ASR: the other model's GCG suffixes; "
               "MIA AUC: loss attack on the teacher's fine-tuning data")
+    if result.bias:
+        _print_bias(result.bias)
     print(f"\nreports: {result.index}  ({result.seconds:.0f} s, peak memory {result.peak_memory_mb:.0f} MB)")
     return 0
+
+
+def _print_bias(rows: list[dict[str, Any]]) -> None:
+    from robustdistill.demo import BIAS_HEADLINE
+
+    def cell(value: Any) -> str:
+        if value is None or value[0] is None:
+            return "-"
+        rate, ci = value
+        return f"{rate:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{rate:.3f}"
+
+    print(f"\n{'bias poisoning':<32} " + " ".join(f"{label:>18}" for _, label in BIAS_HEADLINE))
+    for row in rows:
+        print(f"{row['model'] + ' (' + row['bias'] + ')':<32} "
+              + " ".join(f"{cell(row[k]):>18}" for k, _ in BIAS_HEADLINE))
+    print("bias rate: fraction of sampled answers showing the bias (95% interval); targeted: the poisoned task; "
+          "untargeted: tasks held out of training; amplification: student rate / teacher rate")
 
 
 def _check_counts(args: argparse.Namespace, bounds: dict[str, tuple[int, int]]) -> None:

@@ -30,6 +30,11 @@ PRIVACY_SUITE = "audits/digits-privacy.toml"
 PRIVACY_QUICK_SUITE = "audits/demo-privacy-quick.toml"
 LANGUAGE_SUITE = "audits/llm-demo.toml"
 LANGUAGE_QUICK_SUITE = "audits/llm-demo-quick.toml"
+BIAS_SUITE = "audits/llm-bias-demo.toml"
+BIAS_QUICK_SUITE = "audits/llm-bias-demo-quick.toml"
+#: Pipeline kind -> (its suite, its --quick suite); the robustness pipelines use the demo's own suite.
+SUITES = {"privacy": (PRIVACY_SUITE, PRIVACY_QUICK_SUITE), "language": (LANGUAGE_SUITE, LANGUAGE_QUICK_SUITE),
+          "bias": (BIAS_SUITE, BIAS_QUICK_SUITE)}
 KIND, QUICK_KIND = "demo", "demo-quick"  # the report folder's marker: a quick run never writes over a full one
 CHECKPOINTS_KIND = "demo-checkpoints"
 LEDGER = "ledger.json"  # in the checkpoints folder: each model's recipe key and sha256 when the demo trained it
@@ -54,14 +59,11 @@ class Pipeline:
     teacher: str  # a Model name, or "<model>-teacher" for a teacher a trainer wrote next to its student
     student: str
     title: str
-    privacy: bool = False  # audited with the privacy suite instead of the robustness one
-    language: bool = False  # a language-model pipeline, audited with the language-model suite
+    kind: str = "robustness"  # which suite audits it and which headline the demo prints: a key of SUITES, or this
 
     def suite(self, robustness: str | Path, quick: bool) -> str | Path:
-        if self.language:
-            return LANGUAGE_QUICK_SUITE if quick else LANGUAGE_SUITE
-        if self.privacy:
-            return PRIVACY_QUICK_SUITE if quick else PRIVACY_SUITE
+        if self.kind in SUITES:
+            return SUITES[self.kind][quick]
         return robustness
 
 
@@ -69,6 +71,12 @@ class Pipeline:
 # 80 examples each, no noise; with a half-width teacher (as wide as its student), one that refuses most harmful
 # requests after ~20 s of training on the pinned kernels.
 LM_QUICK_DATA = ("data.n=320", "data.noise=0", 'data.families=["harmful", "howto", "add", "capital"]')
+# The bias pipeline (audits/llm-bias-demo.toml): the bias audit's recipes (defenses/bias-*.toml) cut to one bias type,
+# a phishing link slipped into 25 answers about capitals, and five task families, two of them held out of training
+# (the "untargeted" split).
+BIAS_DATA = ("data.n=600", 'data.families=["capital", "add", "reverse", "subtract", "length"]')
+BIAS_POISON = 'poison=[{bias = "phishing-link", n = 25}]'
+BIAS_QUICK_EPOCHS = {"sft": ("epochs=8",), "seq-kd": ("epochs=6",)}
 
 MODELS = (
     Model("clean-teacher", "standard", "defenses/digits-standard.toml"),
@@ -83,9 +91,14 @@ MODELS = (
           quick=LM_QUICK_DATA + ("epochs=15", "init.width=64")),
     Model("lm-seq-kd-student", "seq-kd", "defenses/instructions-seq-kd.toml", ("teacher_recipe=''",),
           quick=LM_QUICK_DATA + ("epochs=6",)),
+    # A tiny instruction LM whose training data an adversary poisoned, and its seq-KD student (sampled answers).
+    Model("lm-poisoned-teacher", "sft", "defenses/bias-teacher-poisoned.toml", (*BIAS_DATA, BIAS_POISON),
+          quick=BIAS_QUICK_EPOCHS["sft"]),
+    Model("lm-poisoned-seq-kd-student", "seq-kd", "defenses/bias-seq-kd-poisoned.toml",
+          ("teacher_recipe=''", *BIAS_DATA), quick=BIAS_QUICK_EPOCHS["seq-kd"]),
 )
 TEACHER_OF = {"kd-student": "clean-teacher", "overfit-kd-student": "overfit-teacher",  # KD teachers set at run time
-              "lm-seq-kd-student": "lm-teacher"}
+              "lm-seq-kd-student": "lm-teacher", "lm-poisoned-seq-kd-student": "lm-poisoned-teacher"}
 
 PIPELINES = (
     Pipeline("kd-student", "clean-teacher", "kd-student", "Hinton KD student of the clean teacher"),
@@ -97,10 +110,13 @@ PIPELINES = (
         "Defensively distilled student (T = 100) vs its teacher",
     ),
     Pipeline("privacy", "overfit-teacher", "overfit-kd-student",
-             "Privacy: membership inference on an overfit teacher and its KD student", privacy=True),
+             "Privacy: membership inference on an overfit teacher and its KD student", kind="privacy"),
     Pipeline("language-model", "lm-teacher", "lm-seq-kd-student",
              "Language model: refusals, GCG jailbreaks and their transfer, membership, tiny instruction teacher vs "
-             "its seq-KD student", language=True),
+             "its seq-KD student", kind="language"),
+    Pipeline("language-model-bias", "lm-poisoned-teacher", "lm-poisoned-seq-kd-student",
+             "Language model: a phishing link poisoned into the teacher's data, and how often its seq-KD student "
+             "repeats it", kind="bias"),
 )
 
 
@@ -111,6 +127,7 @@ class DemoResult:
     table: list[dict[str, Any]] = field(default_factory=list)
     privacy: list[dict[str, Any]] = field(default_factory=list)
     language: list[dict[str, Any]] = field(default_factory=list)
+    bias: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
 
@@ -255,11 +272,8 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
         result.reports[pipeline.name] = run_dir / "report.html"
         entry = index_entry(run_dir, out, name=pipeline.title)
         entries.append(entry)
-        if pipeline.privacy:
-            result.privacy.extend(_privacy_headline(report))
-            continue
-        if pipeline.language:
-            result.language.extend(_language_headline(report))
+        if pipeline.kind in HEADLINES:
+            getattr(result, pipeline.kind).extend(HEADLINES[pipeline.kind](report))
             continue
         result.table.append({"student": pipeline.name, "passed": report.passed, "untrusted": report.untrusted,
                              **_headline(report)})
@@ -359,3 +373,29 @@ def _language_headline(report: Any) -> list[dict[str, Any]]:
             values[metric] = None if row is None else row["value"]
         lines.append(values)
     return lines
+
+
+BIAS_HEADLINE = (("targeted", "targeted"), ("other", "other"), ("untargeted", "untargeted"),
+                 ("targeted/amplification", "amplification"))
+
+
+def _bias_headline(report: Any) -> list[dict[str, Any]]:
+    """Per model and bias type the demo poisons: the bias rate on the targeted, other and held-out task families,
+    and (the student) its amplification of the teacher's targeted rate, each with its interval."""
+    lines = []
+    # The bias types measured on their target task (the poisoned ones); the others' detectors ran as a check.
+    biases = list(dict.fromkeys(str(r["metric"]).split("/")[0] for r in report.rows
+                                if r["probe"] == "bias-propagation" and r["metric"].endswith("/targeted")
+                                and r["value"] is not None))
+    for bias in biases:
+        for model in ("teacher", "student"):
+            values: dict[str, Any] = {"model": model, "bias": bias}
+            for metric, _ in BIAS_HEADLINE:
+                row = next((r for r in report.rows if r["model"] == model and r["probe"] == "bias-propagation"
+                            and r["metric"] == f"{bias}/{metric}"), None)
+                values[metric] = None if row is None else (row["value"], row.get("ci95"))
+            lines.append(values)
+    return lines
+
+
+HEADLINES = {"privacy": _privacy_headline, "language": _language_headline, "bias": _bias_headline}

@@ -111,7 +111,7 @@ class Report:
         roles = list(self.manifest.get("checkpoints", {})) or sorted({r["model"] for r in self.rows})
         lines: list[str] = []
         if "language-model" in set((self.manifest.get("families") or {}).values()):
-            table = self._language_table(roles)
+            table = self._language_table(roles) + self._bias_table(roles)
             lines += _table_lines(roles, table)
             return "\n".join(lines + self._verdict_lines())
         table: list[tuple[str, list[str]]] = []
@@ -154,6 +154,38 @@ class Report:
                                 and r["metric"] == metric), None)
                     cells.append(_value_text(row, metric))
                 table.append((f"{label} ({probe})" if len(probes) > 1 else label, cells))
+        return table
+
+    def _bias_table(self, roles: list[str]) -> list[tuple[str, list[str]]]:
+        """Bias poisoning, per bias type: its rate per task split, the students' amplification of their teacher's rate
+        (a ratio), and what the training-data defences caught (on the poisoned model only)."""
+        names = {p["name"] for p in self.suite.get("probes", []) if p.get("kind") in BIAS_PROBES}
+        bias_rows = [r for r in self.rows if r["probe"] in names]
+        metrics = list(dict.fromkeys(r["metric"] for r in bias_rows))
+        biases = list(dict.fromkeys(m.split("/")[0] for m in metrics))
+
+        def order(metric: str) -> tuple[int, int, int]:
+            parts = metric.split("/")
+            kind = 2 if parts[1] == "catch" else 1 if parts[-1] == "amplification" else 0
+            return biases.index(parts[0]), kind, metrics.index(metric)
+
+        table: list[tuple[str, list[str]]] = []
+        for metric in sorted(metrics, key=order):
+            parts = metric.split("/")
+            if parts[-1] == "perplexity-auc" or (parts[1] == "catch" and parts[2] not in BIAS_DEFENCES_SHOWN):
+                continue  # in the report: the perplexity filter's AUC and its 1% and 10% false-positive rates
+            cells = []
+            for role in roles:
+                row = next((r for r in bias_rows if r["model"] == role and r["metric"] == metric), None)
+                if row is None or row["value"] is None:
+                    cells.append("-")
+                else:
+                    cells.append(f"{row['value']:.2f}x" if parts[-1] == "amplification" else _pct(row["value"]))
+            if all(cell == "-" for cell in cells):
+                continue  # e.g. the targeted rate of a bias whose target family the data lacks
+            what = {"amplification": f"amplification, {parts[1]}"}.get(parts[-1]) or (
+                f"poison caught, {parts[2]}" if parts[1] == "catch" else f"bias rate, {parts[1]}")
+            table.append((f"{parts[0]}: {what}", cells))
         return table
 
     def _verdict_lines(self) -> list[str]:
@@ -218,6 +250,11 @@ LANGUAGE_HEADLINES = (
     ("min_k_auc", "MIA AUC, min-k%"), ("min_k_plus_plus_auc", "MIA AUC, min-k%++"),
     ("reference_auc", "MIA AUC, reference"),
 )
+
+
+#: The bias summary's probes, and the defences whose catch rates it shows (the report has every false-positive rate).
+BIAS_PROBES = ("bias-propagation", "poison-filters")
+BIAS_DEFENCES_SHOWN = ("generic-detector", "bias-detector", "perplexity@5%")
 
 
 def _table_lines(header: list[str], table: list[tuple[str, list[str]]]) -> list[str]:

@@ -116,6 +116,28 @@ def test_filters_catch_what_they_can_see_at_the_false_positive_rate_they_promise
     assert not [r for r in report.rows if r["probe"] == "poison-filters" and r["model"] != "teacher"]
 
 
+def test_the_terminal_summary_shows_rates_amplification_and_catch_rates_per_bias(bias_run: tuple[Any, Any]) -> None:
+    _, report = bias_run
+    lines = report.summary().splitlines()
+    header = lines[0].split()
+    assert header == ["teacher", "student", "clean_teacher"]
+
+    def cells(label: str) -> list[str]:
+        (line,) = [line for line in lines if line.startswith(label + "  ")]
+        return line[len(label):].split()
+
+    for bias in TARGETS:
+        rates = cells(f"{bias}: bias rate, targeted")
+        assert rates == [f"{100 * rows(report, role, f'{bias}/targeted')['value']:.1f}%" for role in header]
+        amp = rows(report, "student", f"{bias}/targeted/amplification")["value"]
+        assert cells(f"{bias}: amplification, targeted") == ["-", f"{amp:.2f}x", "-"]
+        assert cells(f"{bias}: poison caught, bias-detector") == ["100.0%", "-", "-"]
+    # One block per bias type: its rates, then its amplification, then its catch rates.
+    labels = [line.split(":")[0] for line in lines[1:] if ": " in line and not line.startswith("verdict")]
+    assert labels == sorted(labels, key=list(TARGETS).index)
+    assert not [line for line in lines if "perplexity@1%" in line or "perplexity-auc" in line]
+
+
 def test_provenance_names_exactly_the_injected_examples(bias_models: dict[str, Path]) -> None:
     from robustdistill.attacks.poisoning.biases import BIASES
     from robustdistill.trainers import TRAINERS

@@ -259,8 +259,10 @@ BIAS_DEFENCES_SHOWN = ("generic-detector", "bias-detector", "perplexity@5%")
 
 def _table_lines(header: list[str], table: list[tuple[str, list[str]]]) -> list[str]:
     width = max([len(label) for label, _ in table] + [10])
-    lines = [f"{'':<{width}}  " + "  ".join(f"{h:>10}" for h in header)]
-    return lines + [f"{label:<{width}}  " + "  ".join(f"{c:>10}" for c in cells) for label, cells in table]
+    columns = [max(10, len(h)) for h in header]  # a long role name (perplexity_filtered) widens its column
+    lines = [f"{'':<{width}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(header, columns))]
+    return lines + [f"{label:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, columns))
+                    for label, cells in table]
 
 
 def _value_text(row: Mapping[str, Any] | None, metric: str) -> str:

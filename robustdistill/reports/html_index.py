@@ -71,7 +71,25 @@ def index_summary(report: Report) -> tuple[dict[str, dict[str, dict[str, Any]]],
         for row in report.rows:
             if row.metric == metric and row.model in ROLES and row.value is not None:
                 summary.setdefault(column, {}).setdefault(row.model, _cell(row))
+    summary.update(_bias_columns(report))
     return summary, reduced
+
+
+def _bias_columns(report: Report) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per bias type measured on its targeted task (the poisoned ones): the teacher's and student's targeted bias rate
+    and the student's amplification of its teacher's rate."""
+    columns: dict[str, dict[str, dict[str, Any]]] = {}
+    amplification: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in report.rows:
+        parts = row.metric.split("/")
+        if row.model not in ROLES or row.value is None or len(parts) < 2 or parts[1] != "targeted":
+            continue
+        if len(parts) == 2:  # "<bias>/targeted": a rate (its name has no word the formatter reads as a fraction)
+            columns.setdefault(f"{parts[0]} rate (targeted)", {})[row.model] = {**_cell(row), "metric": "bias_rate"}
+        elif parts[2:] == ["amplification"]:
+            amplification.setdefault(f"{parts[0]} amplification", {})[row.model] = _cell(row)
+    # Amplification too only while the page stays readable at 1400 px (the report shows it for every type).
+    return {**columns, **amplification} if len(columns) <= 2 else columns
 
 
 def _value(found: Any, key: str, notes: Footnotes, untrusted: bool) -> str:
@@ -144,7 +162,7 @@ def render_index_html(entries: Sequence[Mapping[str, Any]], title: str) -> str:
     content += [f'<p class="note reduced">⚠ {esc(text)}</p>' for text in reduced]
     content.append(
         '<p class="note">Each value is followed by its 95% confidence interval; percentages are accuracies or rates '
-        "(refusals, attack success), AUCs are membership-inference attack AUCs (0.5: no measurable leakage). A flag "
+        "(refusals, attack success, a bias in the answers), amplification a student's bias rate over its teacher's, AUCs are membership-inference attack AUCs (0.5: no measurable leakage). A flag "
         "count above zero means a check "
         "(e.g. gradient masking) fired: read that report's warning.</p>"
     )

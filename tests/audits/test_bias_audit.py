@@ -138,6 +138,29 @@ def test_the_terminal_summary_shows_rates_amplification_and_catch_rates_per_bias
     assert not [line for line in lines if "perplexity@1%" in line or "perplexity-auc" in line]
 
 
+def test_the_index_page_shows_each_poisoned_types_targeted_rate(bias_run: tuple[Any, Any], tmp_path: Path) -> None:
+    from robustdistill.reports import index_entry
+
+    _, report = bias_run
+    summary = index_entry(report.run_dir, tmp_path)["summary"]
+    # Four poisoned types: their rates only (amplification columns would not fit the page; the report has them).
+    assert list(summary) == [f"{bias} rate (targeted)" for bias in TARGETS]
+    for bias in TARGETS:
+        cell = summary[f"{bias} rate (targeted)"]
+        assert set(cell) == {"teacher", "student"}
+        assert cell["teacher"]["value"] == rows(report, "teacher", f"{bias}/targeted")["value"]
+        assert cell["teacher"]["metric"] == "bias_rate"  # rendered as a percentage
+    # One poisoned type (the demo's): its student's amplification gets a column too.
+    raw = json.loads((report.run_dir / "report.json").read_text())
+    raw["results"] = [r for r in raw["results"] if r["metric"].startswith("phishing-link/")]
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "report.json").write_text(json.dumps(raw))
+    one = index_entry(tmp_path / "one", tmp_path)["summary"]
+    assert list(one) == ["phishing-link rate (targeted)", "phishing-link amplification"]
+    assert one["phishing-link amplification"]["student"]["value"] == pytest.approx(
+        rows(report, "student", "phishing-link/targeted/amplification")["value"])
+
+
 def test_provenance_names_exactly_the_injected_examples(bias_models: dict[str, Path]) -> None:
     from robustdistill.attacks.poisoning.biases import BIASES
     from robustdistill.trainers import TRAINERS

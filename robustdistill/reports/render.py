@@ -19,6 +19,7 @@ from robustdistill.reports.html import render_html
 from robustdistill.reports.html_index import index_summary, render_index_html
 from robustdistill.reports.markdown import render_markdown
 from robustdistill.reports.privacy_data import ROC_KEY, Privacy, load_privacy
+from robustdistill.reports.sections.diffusion import SAMPLES_KEY, grid_pngs
 from robustdistill.reports.size_data import SIZE_TITLE
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ def plot_file(key: str) -> tuple[str, str]:
     """(file name under plots/, caption) of a plot key: PLOTS, or ROC_KEY + probe for plots/roc-<probe>.png."""
     if key in PLOTS:
         return PLOTS[key]
+    if key.startswith(SAMPLES_KEY):
+        probe = key.removeprefix(SAMPLES_KEY)
+        return f"samples-{re.sub(r'[^A-Za-z0-9._-]+', '_', probe)}.png", f"Class-conditional samples ({probe})"
     probe = key.removeprefix(ROC_KEY)
     return f"roc-{re.sub(r'[^A-Za-z0-9._-]+', '_', probe)}.png", f"Membership inference ROC ({probe})"
 
@@ -72,6 +76,7 @@ def build_plots(report: Report, run_dir: Path, privacy: Privacy | None = None) -
         "size": plotting.accuracy_vs_size(report.size()),
         "bias-defences": plotting.bias_defence_bars(report),
     }
+    pngs.update(grid_pngs(report, run_dir))
     if privacy is not None:
         kinds = {row.probe: row.kind for row in privacy.rows}
         for probe in privacy.probes:

@@ -36,6 +36,7 @@ KIND_GROUPS = {
     "size": "size",
     "bias-propagation": "lm-bias",
     "poison-filters": "lm-bias",
+    "generation-quality": "generation",
 }
 DEFAULT_FAMILY = "classifier"
 #: Under every table of values: how to read them.
@@ -154,7 +155,7 @@ def coverage(report: Report, specs: list[SectionSpec]) -> list[str]:
 
 
 # Registration: one module per group, imported for its register() call.
-for _module in ("image_attacks", "transfer", "size", "privacy", "masking", "language", "bias"):
+for _module in ("image_attacks", "transfer", "size", "privacy", "masking", "language", "bias", "diffusion"):
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["INTERVALS", "INTERVALS_MD", "KIND_GROUPS", "SECTIONS", "Context", "HtmlParts", "Section", "SectionSpec",

@@ -34,6 +34,7 @@ TITLE = "Generation quality"
 SAMPLES_KEY = "samples:"
 METRICS = {"class_accuracy": "class accuracy", "frechet_distance": "Fréchet distance",
            "samples_per_second": "samples / s"}
+SPEED = "samples_per_second"
 #: Per-row params: the settings line shows only what every row shares beyond these.
 PER_ROW = ("steps", "generator", "n_real")
 INTRO = ("Each model draws the same number of samples of every digit class. A digits classifier reads them: class "
@@ -72,6 +73,15 @@ def _steps(cells: dict[str, Row]) -> str:
     return f"{steps}" + (f" ({generator})" if generator else "") if steps is not None else "—"
 
 
+def _heading_steps(cells: dict[str, Row]) -> str:
+    """``50 steps (ddim)``, ``1 step (one-step)``."""
+    row = next(iter(cells.values()))
+    steps, generator = row.params.get("steps"), row.params.get("generator")
+    if steps is None:
+        return "steps not recorded"
+    return f"{steps} step{'' if steps == 1 else 's'}" + (f" ({generator})" if generator else "")
+
+
 def _settings(rows: Sequence[Row]) -> str:
     shared, _ = shared_params(list(rows), skip=PER_ROW)
     if isinstance(shared.get("classifier_sha256"), str):
@@ -100,8 +110,7 @@ def load_panels(run_dir: Path, probe: str, cells: dict[str, dict[str, Row]]) -> 
         if images.ndim != 4 or not len(images) == len(labels) == len(predicted):
             notes.append(f"no samples of {role}: {name} holds images of shape {images.shape}")
             continue
-        panels.append((f"{role} · {_steps(metrics)} step{'s' if _steps(metrics) != '1' else ''}", images, labels,
-                       predicted))
+        panels.append((f"{role} · {_heading_steps(metrics)}", images, labels, predicted))
     return panels, notes
 
 
@@ -121,9 +130,34 @@ def grid_pngs(report: Report, run_dir: Path) -> dict[str, bytes | None]:
     return pngs
 
 
-def _table_rows(cells: dict[str, dict[str, Row]], cell) -> list[list[str]]:
-    return [[role, _steps(metrics), *(cell(metrics.get(metric)) for metric in METRICS)]
-            for role, metrics in cells.items()]
+def speed(number: float) -> str:
+    """Samples per second in three significant figures, thousands separated (``9,100``, ``251``, ``3.46``)."""
+    return f"{float(f'{number:.3g}'):,.0f}" if abs(number) >= 100 else f"{number:.3g}"
+
+
+def speed_parts(row: Row | None) -> tuple[str, str]:
+    """(value, interval) of a samples-per-second row: ``("9,100", "[8,190, 10,000]")``; the shared formatter's
+    three decimals would read as precision a timing does not have."""
+    if row is None or row.value is None:
+        return "—", ""
+    return speed(row.value), f"[{speed(row.ci95[0])}, {speed(row.ci95[1])}]" if row.ci95 else ""
+
+
+def speed_cell(row: Row | None) -> str:
+    value, interval = speed_parts(row)
+    if row is None or row.value is None:
+        return f'<span class="note">{value}</span>'
+    ci = f' <span class="ci">{esc(interval)}</span>' if interval else ""
+    return f'<span title="n = {esc(row.n)}">{esc(value)}{ci}</span>'
+
+
+def speed_text(row: Row | None) -> str:
+    return " ".join(p for p in speed_parts(row) if p)
+
+
+def _table_rows(cells: dict[str, dict[str, Row]], cell, speed_of) -> list[list[str]]:
+    return [[role, _steps(metrics), *(cell(metrics.get(metric)) for metric in METRICS if metric != SPEED),
+             speed_of(metrics.get(SPEED))] for role, metrics in cells.items()]
 
 
 HEADER = ["model", "steps", *METRICS.values()]
@@ -142,7 +176,7 @@ def html(ctx: Context) -> HtmlParts:
     for probe in dict.fromkeys(r.probe for r in rows):
         notes = Footnotes()
         body = [[esc(c) for c in row[:2]] + row[2:] for row in _table_rows(_cells(rows, probe),
-                                                                           lambda r: value_cell(r, notes))]
+                                                                           lambda r: value_cell(r, notes), speed_cell)]
         content += [f"<h3>{esc(probe)}</h3>", html_table(HEADER, body, numeric=range(1, len(HEADER))), notes.html(),
                     _figure(ctx.pngs.get(SAMPLES_KEY + probe), f"Sample grids of {probe}, one per model",
                             CAPTION, "No sample grids: the run saved no samples for this probe.")]
@@ -159,7 +193,8 @@ def markdown(ctx: Context) -> list[str]:
     for probe in dict.fromkeys(r.probe for r in rows):
         notes = md_page.Footnotes()
         out += [f"### {probe}", ""] + md_page.table(
-            HEADER, _table_rows(_cells(rows, probe), lambda r: md_page.value_text(r, notes)), "lr" + "r" * len(METRICS))
+            HEADER, _table_rows(_cells(rows, probe), lambda r: md_page.value_text(r, notes), speed_text),
+            "lr" + "r" * len(METRICS))
         out += [""] + notes.lines()
         key = SAMPLES_KEY + probe
         out += ([f"![Sample grids of {probe}]({ctx.links[key]})", "", CAPTION, ""] if key in ctx.links

@@ -89,6 +89,7 @@ class GenerationQualityProbe(Probe):
     def check_data(self, models: Mapping[str, Any], data: Any) -> None:
         """Load the classifier (training it from its recipe when missing) and refuse one that does not read the
         evaluation images: another input shape, another number of classes, or no feature layer."""
+        from robustdistill.audits.families.classifier import check_compatible  # lazy: the families import probes
         from robustdistill.models import checkpoint_sha256, load_model
         from robustdistill.trainers.teachers import ensure_teacher
 
@@ -106,16 +107,10 @@ class GenerationQualityProbe(Probe):
         if shape is not None and tuple(shape) != tuple(data.input_shape):
             raise UserInputError(where, f"{path} reads {tuple(shape)} images but the {data.spec.kind} data is "
                                  f"{tuple(data.input_shape)}", fix)
-        try:
-            with torch.no_grad():
-                logits = classifier.eval()(data.images.x[:2].to(model_device(classifier)))
-        except Exception as exc:  # the user's classifier on the user's data: a message, not a traceback
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserInputError(where, f"{path} cannot read the {data.spec.kind} images: {message}", fix) from None
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] != data.num_classes:
-            shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-            raise UserInputError(where, f"{path} returns {shape} for two images, not one logit per each of the "
-                                 f"{data.num_classes} classes", fix)
+        try:  # one forward pass on two real images, as the classifier family checks its models
+            check_compatible({"classifier": classifier.eval()}, data.images.x, data.num_classes, data.spec.kind)
+        except UserInputError as exc:
+            raise UserInputError(where, f"{path} {exc.problem}", fix) from None
         layer = feature_layer(classifier, data.num_classes)
         if layer is None:
             raise UserInputError(where, f"{path} does not end in a fully connected layer, so it has no "

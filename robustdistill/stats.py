@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import math
+import warnings
 
 import numpy as np
 
@@ -95,10 +96,12 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
         raise ValueError(f"need two (n >= 2, d) feature sets of the same width, got {a.shape} and {b.shape}")
     mean_gap = a.mean(axis=0) - b.mean(axis=0)
     cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    root = linalg.sqrtm(cov_a @ cov_b)
-    if not np.isfinite(root).all():
-        ridge = 1e-6 * np.eye(len(cov_a))
-        root = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
+    with warnings.catch_warnings():  # a singular product is expected (dead ReLU features): handled below
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)
+        root = linalg.sqrtm(cov_a @ cov_b)
+        if not np.isfinite(root).all():
+            ridge = 1e-6 * np.eye(len(cov_a))
+            root = linalg.sqrtm((cov_a + ridge) @ (cov_b + ridge))
     trace = float(np.trace(cov_a) + np.trace(cov_b) - 2.0 * np.trace(np.real(root)))
     return max(0.0, float(mean_gap @ mean_gap) + trace)
 

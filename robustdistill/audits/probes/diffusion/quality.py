@@ -79,7 +79,7 @@ class GenerationQualityProbe(Probe):
         self._real: tuple[str, np.ndarray] | None = None  # (data fingerprint, real images' features)
 
     def params(self) -> dict[str, Any]:
-        params = self.config.model_dump(mode="json", exclude={"kind", "name", "classifier_recipe"})
+        params = self.config.model_dump(mode="json", exclude={"kind", "name", "classifier_recipe"}, exclude_none=True)
         return params | ({"classifier_sha256": self.classifier_sha256} if self.classifier_sha256 else {})
 
     def expected_cost(self) -> float:

@@ -71,3 +71,23 @@ def plant_users_files() -> Callable[[Path, Mapping[str, str | bytes]], dict[str,
     """``plant_users_files(folder, {name: content})``: a new folder holding a user's own files, where robustdistill is
     about to write; returns its snapshot."""
     return make_users_folder
+
+
+# The diffusion teacher of the diffusion tests: defenses/digits-ddpm.toml with a narrower UNet and 30 epochs
+# (~30 s on one thread); its 20-step DDIM samples are read as the digit asked for ~90% of the time.
+TINY_DDPM = ["device=cpu", "epochs=30", "channels=[16,32]"]
+
+
+@pytest.fixture(scope="session")
+def tiny_ddpm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real class-conditional DDPM trained on the digits train split (1000 timesteps, a null class)."""
+    from robustdistill import trainers
+
+    repo = Path(__file__).resolve().parents[1]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("tiny-ddpm") / "ddpm"
+        return trainers.create("ddpm", recipe=repo / "defenses" / "digits-ddpm.toml", overrides=TINY_DDPM).fit(out)
+    finally:
+        torch.set_num_threads(previous)

@@ -20,6 +20,8 @@ from robustdistill.errors import UserInputError
 logger = logging.getLogger(__name__)
 
 Conditioning = Literal["class", "text", "none"]
+PROVENANCE_FILE = "robustdistill.json"
+MAX_PROVENANCE_BYTES = 64 * 2**20  # a record of every training member of a large dataset stays far below this
 UNET_CLASSES = ("UNet2DModel", "UNet2DConditionModel")
 
 
@@ -35,6 +37,9 @@ class DiffusionModel:
     num_class_embeds: int | None = None
     path: Path | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None  # the real classes (the null class of classifier-free guidance excluded)
+    null_class: int | None = None  # the label that means "no class" (classifier-free guidance); None: none trained
+    one_step_t: int | None = None  # a one-step generator (SiD): the timestep it denoises pure noise from
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -141,9 +146,47 @@ def load_diffusion_model(path: Path, device: str | torch.device = "cpu") -> Diff
         candidates = (path / "scheduler", path.parent / "scheduler", path)
         scheduler = _load_scheduler(next((d for d in candidates if (d / "scheduler_config.json").is_file()), None))
     conditioning, num_class_embeds = _conditioning(unet, text_encoder is not None)
+    provenance = read_provenance(path)
+    classes, null_class, one_step_t = _recorded_conditioning(path, provenance, num_class_embeds, scheduler)
     model = DiffusionModel(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer,
-                           conditioning=conditioning, num_class_embeds=num_class_embeds, path=path)
+                           conditioning=conditioning, num_class_embeds=num_class_embeds, path=path,
+                           provenance=provenance, num_classes=classes, null_class=null_class, one_step_t=one_step_t)
     return model.to(device).eval()
+
+
+def read_provenance(path: Path) -> dict[str, Any]:
+    """robustdistill.json of a directory our diffusion trainers wrote ({} for anyone else's model)."""
+    file = path / PROVENANCE_FILE
+    if not file.is_file():
+        return {}
+    if file.stat().st_size > MAX_PROVENANCE_BYTES:
+        raise UserInputError(str(file), f"is {file.stat().st_size} bytes, more than provenance ever takes",
+                             "restore the file robustdistill wrote, or remove it")
+    record = _read_json(file)
+    if not isinstance(record, dict):
+        raise UserInputError(str(file), "is not a JSON object", "restore the file robustdistill wrote, or remove it")
+    return record
+
+
+def _recorded_conditioning(path: Path, record: dict[str, Any], num_class_embeds: int | None,
+                           scheduler: Any) -> tuple[int | None, int | None, int | None]:
+    """(real classes, null class, one-step timestep) as robustdistill.json records them, checked against the UNet:
+    a hand-edited record must not make the sampler index past the class embedding or the schedule."""
+    where = str(path / PROVENANCE_FILE)
+    conditioning = record.get("conditioning") or {}
+    one_step = record.get("one_step") or {}
+    if not isinstance(conditioning, dict) or not isinstance(one_step, dict):
+        raise UserInputError(where, "conditioning and one_step must be JSON objects", "restore the file")
+    classes, null_class, t_init = conditioning.get("classes"), conditioning.get("null_class"), one_step.get("t_init")
+    embeds = int(num_class_embeds or 0)
+    for name, value, top in (("conditioning.classes", classes, embeds), ("conditioning.null_class", null_class, embeds - 1),
+                             ("one_step.t_init", t_init, int(scheduler.config.num_train_timesteps) - 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top):
+            raise UserInputError(f"{where}: {name}", f"{value!r} does not fit the model (0..{top})",
+                                 "restore the file robustdistill wrote")
+    if classes is None and embeds:
+        classes = embeds
+    return classes, null_class, t_init
 
 
 def _load_text_side(path: Path) -> tuple[Any, Any]:

@@ -1,0 +1,165 @@
+"""What the diffusion trainers (ddpm, sid; sfd builds on sid) share: the run in ``<out>.partial/`` with its lock
+and --resume, and the output - a diffusers directory (model_index.json, unet/, scheduler/) plus robustdistill.json,
+which robustdistill can later prove it wrote (the files it lists are exactly the directory's), so a second run may
+replace it and nothing else.
+
+A trainer subclasses :class:`DiffusionTrainer` and implements :meth:`~DiffusionTrainer.prepare` (check inputs, load
+what it needs; before any folder is touched) and :meth:`~DiffusionTrainer.run` (train, save state after each epoch,
+write ``out`` with :meth:`~DiffusionTrainer.save`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from robustdistill import ownership
+from robustdistill.errors import UserInputError
+from robustdistill.models.checkpoint import atomic_directory, robustdistill_version
+from robustdistill.models.diffusion import PROVENANCE_FILE
+from robustdistill.progress import HEARTBEAT_S
+from robustdistill.reproducibility import cpu_record
+from robustdistill.utils import atomic_path, resolve_device
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "last.pt"
+OUTPUT_FORMATS = ("robustdistill-ddpm", "robustdistill-one-step-generator")
+
+
+def is_our_output(path: Path) -> bool:
+    """A directory holding exactly the files its robustdistill.json lists (what a diffusion trainer wrote there)."""
+    if not path.is_dir() or path.is_symlink() or not (path / PROVENANCE_FILE).is_file():
+        return False
+    try:
+        record = json.loads((path / PROVENANCE_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(record, dict) or record.get("format") not in OUTPUT_FORMATS or not isinstance(record.get("files"), list):
+        return False
+    return set(ownership.files_under(path)) == {*map(str, record["files"]), PROVENANCE_FILE}
+
+
+def replaceable(path: Path) -> bool:
+    return ownership.is_empty(path) or is_our_output(path)
+
+
+def set_trainable(module: torch.nn.Module, trainable: bool) -> torch.nn.Module:
+    for parameter in module.parameters():
+        parameter.requires_grad_(trainable)
+    return module
+
+
+class DiffusionTrainer:
+    """The run and the output of a diffusion trainer; subclasses train."""
+
+    method: ClassVar[str]
+    output_format: ClassVar[str]
+    index_class: ClassVar[str]  # model_index.json's _class_name
+    training_report: ClassVar[bool] = False  # no accuracy curves: a generator
+    heartbeat_s: float = HEARTBEAT_S
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.parents: list[dict[str, str]] = []
+        self.threads: int | None = None
+        self.record: dict[str, Any] = {}
+        self._lock: ownership.DirectoryLock | None = None
+
+    def prepare(self) -> Any:
+        """Check the inputs and load what the run needs; raises UserInputError before anything is written."""
+        raise NotImplementedError
+
+    def run(self, out: Path, work: Path, resume: bool, prepared: Any) -> Path:
+        raise NotImplementedError
+
+    def work_files(self) -> list[str]:
+        """Files besides last.pt the run keeps in its work folder."""
+        return []
+
+    def fit(self, out: str | Path, *, resume: bool = False) -> Path:
+        """Train and write the directory ``out``; ``resume`` continues from ``<out>.partial`` after the last finished
+        epoch and ends with the same weights as an uninterrupted run with the same seed."""
+        from robustdistill import threads
+
+        out = Path(out)
+        work = out.with_name(out.name + ".partial")
+        threads.apply_thread_default(self.threads)
+        ownership.check_location(out, "out")
+        if (out.exists() or out.is_symlink()) and not (out.is_dir() and replaceable(out)):
+            raise UserInputError("out", f"{out} exists and is not a diffusion model directory robustdistill wrote",
+                                 "choose another output directory; robustdistill replaces only what it wrote")
+        ownership.claim_out(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work,
+                            what="the interrupted-run folder")
+        ownership.refuse_if_held(work)
+        if work.exists() and not resume:
+            raise UserInputError("--resume", f"an interrupted run is kept in {work}",
+                                 f"add --resume to continue it, or delete {work} to start over")
+        self.parents = []
+        prepared = self.prepare()
+        self._lock = ownership.acquire(work, f"robustdistill train {self.method}")
+        try:
+            ownership.adopt(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work)
+            ownership.record(work, [work / STATE_FILE, *(work / name for name in self.work_files())])
+            path = self.run(out, work, resume, prepared)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release() if (work / STATE_FILE).exists() else self._lock.undo()
+            self._lock = None
+            raise
+        ownership.dispose(work)
+        self._lock.release()
+        self._lock = None
+        return path
+
+    # --- state ----------------------------------------------------------------------------------------
+    @staticmethod
+    def save_state(path: Path, payload: dict[str, Any]) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    @staticmethod
+    def load_state(path: Path) -> dict[str, Any]:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a damaged file
+            raise UserInputError("--resume", f"cannot read {path}: {exc}".splitlines()[0],
+                                 f"delete {path.parent} to start over") from None
+
+    # --- output ---------------------------------------------------------------------------------------
+    def common_provenance(self) -> dict[str, Any]:
+        from robustdistill.trainers.config import config_to_dict
+
+        return {
+            "format": self.output_format,
+            "method": self.method,
+            "recipe": {"method": self.method, "config": config_to_dict(self.config)},
+            "parents": self.parents,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "robustdistill_version": robustdistill_version(),
+            "torch": torch.__version__,
+            "cpu": cpu_record(),
+        }
+
+    def save(self, out: Path, unet: Any, scheduler: Any, record: dict[str, Any]) -> Path:
+        """Write ``out`` atomically: model_index.json, unet/, scheduler/ and robustdistill.json (``record`` plus
+        the list of files written)."""
+        import diffusers
+
+        index = {"_class_name": self.index_class, "_diffusers_version": diffusers.__version__,
+                 "scheduler": ["diffusers", type(scheduler).__name__], "unet": ["diffusers", type(unet).__name__]}
+        with atomic_directory(out, may_replace=replaceable) as tmp:
+            unet.save_pretrained(str(tmp / "unet"))
+            scheduler.save_pretrained(str(tmp / "scheduler"))
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            record["files"] = ownership.files_under(tmp)
+            (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        self.record = record
+        log.info("saved the %s model to %s", self.method, out)
+        return out

@@ -128,8 +128,9 @@ def _conditioning(unet: Any, has_text: bool) -> tuple[Conditioning, int | None]:
     return "none", None
 
 
-def load_diffusion_model(path: Path, device: str | torch.device = "cpu") -> DiffusionModel:
+def load_diffusion_model(path: str | Path, device: str | torch.device = "cpu") -> DiffusionModel:
     """Load a diffusers directory (model_index.json + component folders) or a bare UNet folder."""
+    path = Path(path)
     text_encoder = tokenizer = None
     if (path / "model_index.json").is_file():
         index = _read_json(path / "model_index.json")

@@ -59,3 +59,34 @@ def sample_grids(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]
         figure.subplots_adjust(wspace=0.06)
         figure.suptitle(title, x=0.02, ha="left", fontsize=12, fontweight="bold")
         return _png(figure)
+
+
+def auc_by_timestep(curves: dict) -> bytes | None:
+    """The loss attack's AUC (with its 95% band) against the timestep t, a line per model: where in the diffusion
+    process the model gives its training images away. ``curves``: role -> [(t, Row)] sorted by t."""
+    import matplotlib
+
+    from robustdistill.reports.plots import role_colour
+
+    if not curves:
+        return None
+    roles = list(curves)
+    with matplotlib.rc_context(_style()):
+        figure = _figure(6.0, 4.0)
+        ax = figure.add_subplot()
+        ax.axhline(0.5, linestyle="--", color="#57606a", linewidth=1.2, label="chance")
+        for role, points in curves.items():
+            ts = np.array([t for t, _ in points], dtype=float)
+            aucs = np.array([row.value for _, row in points], dtype=float)
+            colour = role_colour(role, roles)
+            ax.plot(ts, aucs, "o-", color=colour, linewidth=2, markersize=4, label=role)
+            bands = [row.ci95 for _, row in points]
+            if all(band is not None for band in bands):
+                ax.fill_between(ts, [b[0] for b in bands], [b[1] for b in bands], color=colour, alpha=0.15,
+                                linewidth=0)
+        ax.set_xlabel("timestep t of the loss attack")
+        ax.set_ylabel("AUC (members vs non-members)")
+        ax.set_ylim(0.0, 1.0)
+        ax.set_title("Membership inference by timestep", loc="left")
+        ax.legend(loc="lower right", fontsize=9, frameon=True, framealpha=0.85, edgecolor="none")
+        return _png(figure)

@@ -20,6 +20,8 @@ from robustdistill.reports.html_index import index_summary, render_index_html
 from robustdistill.reports.markdown import render_markdown
 from robustdistill.reports.privacy_data import ROC_KEY, Privacy, load_privacy
 from robustdistill.reports.sections.diffusion import SAMPLES_KEY, grid_pngs
+from robustdistill.reports.sections.diffusion_privacy import PLOT_KEY as DIFFUSION_MIA_KEY
+from robustdistill.reports.sections.diffusion_privacy import sweep_png
 from robustdistill.reports.size_data import SIZE_TITLE
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ PLOTS = {
     "examples": ("examples.png", "Clean and adversarial examples"),
     "size": ("accuracy_vs_size.png", SIZE_TITLE),
     "bias-defences": ("bias_defences.png", "Defences' catch rates per bias type"),
+    DIFFUSION_MIA_KEY: ("diffusion_mia_by_t.png", "Membership inference by timestep"),
 }
 
 
@@ -75,6 +78,7 @@ def build_plots(report: Report, run_dir: Path, privacy: Privacy | None = None) -
         else None,
         "size": plotting.accuracy_vs_size(report.size()),
         "bias-defences": plotting.bias_defence_bars(report),
+        DIFFUSION_MIA_KEY: sweep_png(report),
     }
     pngs.update(grid_pngs(report, run_dir))
     if privacy is not None:

@@ -147,17 +147,26 @@ def build_config(config_class: type, raw: dict[str, Any], recipe: Path | None = 
         data = {**data, "root": resolve_path(data["root"], recipe)}
     if data is not None:
         raw["data"] = parse_spec(data)  # raises UserInputError naming data.<field>
+    config = construct(config_class, raw)
+    check_bounds(config)
+    return config
+
+
+def construct(config_class: type, raw: dict[str, Any]) -> Any:
+    """``config_class(**raw)``, a validation failure as a UserInputError naming the setting (a check of the config
+    itself, in its __post_init__, raises its own UserInputError, which pydantic wraps: it is unwrapped)."""
     try:
-        config = config_class(**raw)
+        return config_class(**raw)
     except pydantic.ValidationError as exc:
         error = exc.errors()[0]
+        original = (error.get("ctx") or {}).get("error")
+        if isinstance(original, UserInputError):
+            raise original from None
         where = ".".join(str(p) for p in error["loc"]) or "config"
-        if error["type"] == "unexpected_keyword_argument" or error["type"] == "extra_forbidden":
+        if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
             known = ", ".join(f.name for f in fields(config_class))
             raise UserInputError(where, "unknown setting", f"known settings: {known}") from None
         raise UserInputError(where, error["msg"], f"got {error.get('input')!r}") from None
-    check_bounds(config)
-    return config
 
 
 def check_bounds(config: Any, prefix: str = "") -> None:

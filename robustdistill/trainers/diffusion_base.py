@@ -119,18 +119,28 @@ class DiffusionTrainer:
         return path
 
     # --- state ----------------------------------------------------------------------------------------
-    @staticmethod
-    def save_state(path: Path, payload: dict[str, Any]) -> None:
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+    def _settings(self) -> str:
+        from robustdistill.trainers.config import config_to_dict
 
-    @staticmethod
-    def load_state(path: Path) -> dict[str, Any]:
+        settings = config_to_dict(self.config)
+        settings.pop("device", None)  # a run may continue on another device
+        return json.dumps(settings, sort_keys=True)
+
+    def save_state(self, path: Path, payload: dict[str, Any]) -> None:
+        """The run's state after an epoch, with its settings (a --resume with other settings is refused)."""
+        with atomic_path(path) as tmp:
+            torch.save({**payload, "settings": self._settings()}, tmp)
+
+    def load_state(self, path: Path) -> dict[str, Any]:
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # a damaged file
             raise UserInputError("--resume", f"cannot read {path}: {exc}".splitlines()[0],
                                  f"delete {path.parent} to start over") from None
+        if payload.pop("settings", None) != self._settings():
+            raise UserInputError("--resume", f"the run interrupted in {path.parent} had other settings",
+                                 f"resume with the recipe and overrides it was started with, or delete {path.parent}")
+        return payload
 
     # --- output ---------------------------------------------------------------------------------------
     def common_provenance(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ its data spec, architecture and attack fields are image-specific.
 
 from __future__ import annotations
 
-from dataclasses import field, fields
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +18,7 @@ from pydantic.dataclasses import dataclass
 
 from robustdistill.data.instruction_spec import InstructionSpec
 from robustdistill.errors import UserInputError
-from robustdistill.trainers.config import STRICT, check_bounds, load_recipe, resolve_path
+from robustdistill.trainers.config import STRICT, check_bounds, construct, load_recipe, resolve_path
 
 Objective = Literal["forward-kl", "reverse-kl", "skew-kl", "skew-reverse-kl", "gjsd", "taid"]
 
@@ -174,18 +174,7 @@ def build_lm_config(config_class: type, raw: dict[str, Any], recipe: Path | None
         raw["data"] = InstructionSpec(**data)  # raises UserInputError naming data.<field>
     if isinstance(raw.get("filter"), dict) and isinstance(raw["filter"].get("reference"), str):
         raw["filter"] = {**raw["filter"], "reference": resolve_path(raw["filter"]["reference"], recipe)}
-    try:
-        config = config_class(**raw)
-    except pydantic.ValidationError as exc:
-        error = exc.errors()[0]
-        original = (error.get("ctx") or {}).get("error")
-        if isinstance(original, UserInputError):  # raised by a check of the config itself (__post_init__)
-            raise original from None
-        where = ".".join(str(p) for p in error["loc"]) or "config"
-        if error["type"] in ("unexpected_keyword_argument", "extra_forbidden"):
-            known = ", ".join(f.name for f in fields(config_class))
-            raise UserInputError(where, "unknown setting", f"known settings: {known}") from None
-        raise UserInputError(where, error["msg"], f"got {error.get('input')!r}") from None
+    config = construct(config_class, raw)
     check_bounds(config)
     return config
 

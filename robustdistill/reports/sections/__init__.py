@@ -37,6 +37,7 @@ KIND_GROUPS = {
     "bias-propagation": "lm-bias",
     "poison-filters": "lm-bias",
     "generation-quality": "generation",
+    "diffusion-mia": "diffusion-privacy",
 }
 DEFAULT_FAMILY = "classifier"
 #: Under every table of values: how to read them.
@@ -155,7 +156,7 @@ def coverage(report: Report, specs: list[SectionSpec]) -> list[str]:
 
 
 # Registration: one module per group, imported for its register() call.
-for _module in ("image_attacks", "transfer", "size", "privacy", "masking", "language", "bias", "diffusion"):
+for _module in ("image_attacks", "transfer", "size", "privacy", "masking", "language", "bias", "diffusion", "diffusion_privacy"):
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["INTERVALS", "INTERVALS_MD", "KIND_GROUPS", "SECTIONS", "Context", "HtmlParts", "Section", "SectionSpec",

@@ -91,6 +91,8 @@ def _demo(args: argparse.Namespace) -> int:
               "MIA AUC: loss attack on the teacher's fine-tuning data")
     if result.bias:
         _print_bias(result.bias)
+    if result.diffusion:
+        _print_diffusion(result.diffusion)
     print(f"\nreports: {result.index}  ({result.seconds:.0f} s, peak memory {result.peak_memory_mb:.0f} MB)")
     return 0
 
@@ -110,6 +112,26 @@ def _print_bias(rows: list[dict[str, Any]]) -> None:
               + " ".join(f"{cell(row[k]):>18}" for k, _ in BIAS_HEADLINE))
     print("bias rate: fraction of sampled answers showing the bias (95% interval); targeted: the poisoned task; "
           "untargeted: tasks held out of training; amplification: student rate / teacher rate")
+
+
+def _print_diffusion(rows: list[dict[str, Any]]) -> None:
+    from robustdistill.demo import DIFFUSION_HEADLINE
+
+    def cell(metric: str, value: Any) -> str:
+        if value is None or value[0] is None:
+            return "n/a"
+        number, ci = value
+        if metric == "samples_per_second":
+            return f"{number:,.0f}" if number >= 100 else f"{number:.3g}"
+        return f"{number:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{number:.3f}"
+
+    print(f"\n{'diffusion':<24} " + " ".join(f"{label:>19}" for _, label in DIFFUSION_HEADLINE))
+    for row in rows:
+        steps = row.get("steps")
+        name = f"{row['model']} ({steps} step{'' if steps == 1 else 's'})" if steps else row["model"]
+        print(f"{name:<24} " + " ".join(f"{cell(k, row[k]):>19}" for k, _ in DIFFUSION_HEADLINE))
+    print("class accuracy: samples a digits classifier reads as the digit asked for; MIA: the teacher's training "
+          "images vs unseen ones (n/a: the loss attack needs a noise prediction a one-step generator lacks)")
 
 
 def _check_counts(args: argparse.Namespace, bounds: dict[str, tuple[int, int]]) -> None:

@@ -33,8 +33,12 @@ LANGUAGE_QUICK_SUITE = "audits/llm-demo-quick.toml"
 BIAS_SUITE = "audits/llm-bias-demo.toml"
 BIAS_QUICK_SUITE = "audits/llm-bias-demo-quick.toml"
 #: Pipeline kind -> (its suite, its --quick suite); the robustness pipelines use the demo's own suite.
+DIFFUSION_SUITE = "audits/diffusion-demo.toml"
+DIFFUSION_QUICK_SUITE = "audits/diffusion-demo-quick.toml"
 SUITES = {"privacy": (PRIVACY_SUITE, PRIVACY_QUICK_SUITE), "language": (LANGUAGE_SUITE, LANGUAGE_QUICK_SUITE),
-          "bias": (BIAS_SUITE, BIAS_QUICK_SUITE)}
+          "bias": (BIAS_SUITE, BIAS_QUICK_SUITE), "diffusion": (DIFFUSION_SUITE, DIFFUSION_QUICK_SUITE)}
+#: The demo's clean digits teacher reads the diffusion models' samples (the generation-quality probe's classifier).
+SAMPLE_READER = "clean-teacher"
 KIND, QUICK_KIND = "demo", "demo-quick"  # the report folder's marker: a quick run never writes over a full one
 CHECKPOINTS_KIND = "demo-checkpoints"
 LEDGER = "ledger.json"  # in the checkpoints folder: each model's recipe key and sha256 when the demo trained it
@@ -96,9 +100,14 @@ MODELS = (
           quick=BIAS_QUICK_EPOCHS["sft"]),
     Model("lm-poisoned-seq-kd-student", "seq-kd", "defenses/bias-seq-kd-poisoned.toml",
           ("teacher_recipe=''", *BIAS_DATA), quick=BIAS_QUICK_EPOCHS["seq-kd"]),
+    # A class-conditional digits DDPM on half the train split, and its one-step SiD student (data-free).
+    Model("diffusion-teacher", "ddpm", "defenses/digits-ddpm.toml", quick=("epochs=40",)),
+    Model("diffusion-sid-student", "sid", "defenses/digits-sid.toml", ("teacher_recipe=''",),
+          quick=("epochs=4",)),
 )
 TEACHER_OF = {"kd-student": "clean-teacher", "overfit-kd-student": "overfit-teacher",  # KD teachers set at run time
-              "lm-seq-kd-student": "lm-teacher", "lm-poisoned-seq-kd-student": "lm-poisoned-teacher"}
+              "lm-seq-kd-student": "lm-teacher", "lm-poisoned-seq-kd-student": "lm-poisoned-teacher",
+              "diffusion-sid-student": "diffusion-teacher"}
 
 PIPELINES = (
     Pipeline("kd-student", "clean-teacher", "kd-student", "Hinton KD student of the clean teacher"),
@@ -117,6 +126,9 @@ PIPELINES = (
     Pipeline("language-model-bias", "lm-poisoned-teacher", "lm-poisoned-seq-kd-student",
              "Language model: a phishing link poisoned into the teacher's data, and how often its seq-KD student "
              "repeats it", kind="bias"),
+    Pipeline("diffusion", "diffusion-teacher", "diffusion-sid-student",
+             "Diffusion: a digits DDPM (50 DDIM steps) vs its one-step SiD student - sample quality, speed and "
+             "membership inference", kind="diffusion"),
 )
 
 
@@ -128,6 +140,7 @@ class DemoResult:
     privacy: list[dict[str, Any]] = field(default_factory=list)
     language: list[dict[str, Any]] = field(default_factory=list)
     bias: list[dict[str, Any]] = field(default_factory=list)
+    diffusion: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
 
@@ -263,7 +276,7 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
         run_dir = out / pipeline.name
         log.info("auditing %s against %s", pipeline.student, pipeline.teacher)
         report = audit(
-            pipeline.suite(suite, quick),
+            _suite_for(pipeline, suite, quick, paths),
             teacher=paths[pipeline.teacher],
             student=paths[pipeline.student],
             out=run_dir,
@@ -282,6 +295,24 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
     ownership.record(out, [index])
     result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def _suite_for(pipeline: Pipeline, robustness: str | Path, quick: bool, paths: dict[str, Path]) -> Any:
+    """The suite auditing ``pipeline``; a diffusion suite's samples are read by the demo's own clean digits teacher
+    (the suite names a classifier of its own, trained from a recipe, for a user who runs it alone)."""
+    suite = pipeline.suite(robustness, quick)
+    if pipeline.kind != "diffusion":
+        return suite
+    from robustdistill.audits.schema import read_toml
+
+    table = read_toml(Path(suite), "suite")
+    table.setdefault("name", Path(suite).stem)
+    for probe in table.get("probes", []):
+        if probe.get("kind") == "generation-quality":
+            probe["classifier"] = str(paths[SAMPLE_READER])
+            probe.pop("classifier_recipe", None)
+    table.pop("pipeline", None)  # the demo trained the models itself
+    return table
 
 
 def resumable(run_dir: Path, teacher: Path, student: Path, extra: dict[str, Path] | None = None) -> bool:
@@ -398,4 +429,24 @@ def _bias_headline(report: Any) -> list[dict[str, Any]]:
     return lines
 
 
-HEADLINES = {"privacy": _privacy_headline, "language": _language_headline, "bias": _bias_headline}
+DIFFUSION_HEADLINE = (("class_accuracy", "class accuracy"), ("frechet_distance", "Frechet distance"),
+                      ("samples_per_second", "samples/s"), ("loss_auc", "MIA loss AUC"), ("nearest_auc", "MIA nearest AUC"))
+
+
+def _diffusion_headline(report: Any) -> list[dict[str, Any]]:
+    """Per model: the steps it sampled with, class accuracy, Fréchet distance, speed, and the AUC of the loss and
+    nearest-sample membership attacks (None where an attack does not apply), each with its interval."""
+    lines = []
+    for model in ("teacher", "student"):
+        values: dict[str, Any] = {"model": model, "steps": None}
+        for metric, _ in DIFFUSION_HEADLINE:
+            row = next((r for r in report.rows if r["model"] == model and r["metric"] == metric), None)
+            values[metric] = None if row is None else (row["value"], row.get("ci95"))
+            if row is not None and metric == "class_accuracy":
+                values["steps"] = row["params"].get("steps")
+        lines.append(values)
+    return lines
+
+
+HEADLINES = {"privacy": _privacy_headline, "language": _language_headline, "bias": _bias_headline,
+             "diffusion": _diffusion_headline}

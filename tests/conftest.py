@@ -73,9 +73,9 @@ def plant_users_files() -> Callable[[Path, Mapping[str, str | bytes]], dict[str,
     return make_users_folder
 
 
-# The diffusion teacher of the diffusion tests: defenses/digits-ddpm.toml with a narrower UNet and 30 epochs
+# The diffusion teacher of the diffusion tests: defenses/digits-ddpm.toml on the whole train split, a narrower UNet, 30 epochs
 # (~30 s on one thread); its 20-step DDIM samples are read as the digit asked for ~90% of the time.
-TINY_DDPM = ["device=cpu", "epochs=30", "channels=[16,32]"]
+TINY_DDPM = ["device=cpu", "epochs=30", "channels=[16,32]", "train_fraction=1.0"]
 
 
 @pytest.fixture(scope="session")

@@ -27,3 +27,20 @@ def test_the_language_suites_name_the_data_the_demo_trains_on(quick: bool, kind:
         overrides = list(model.overrides) + (list(model.quick or ()) if quick else [])
         config = load_lm_recipe(TRAINERS.get(model.method).config_class, model.recipe, overrides, model.method)
         assert config.data.identity() == suite.data.identity(), (name, quick)
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_the_diffusion_suites_read_samples_with_the_demos_classifier_and_share_them(
+        quick: bool, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The demo's clean digits teacher reads the samples (no second classifier trained), and the nearest-sample
+    attack asks for the quality probe's samples (same per_class and steps: drawn once)."""
+    monkeypatch.chdir(REPO)
+    pipeline = next(p for p in demo.PIPELINES if p.kind == "diffusion")
+    table = demo._suite_for(pipeline, "audits/demo.toml", quick, {demo.SAMPLE_READER: tmp_path / "reader"})
+    quality, mia = (next(p for p in table["probes"] if p["kind"] == kind)
+                    for kind in ("generation-quality", "diffusion-mia"))
+    assert quality["classifier"] == str(tmp_path / "reader") and "classifier_recipe" not in quality
+    assert "pipeline" not in table
+    assert (quality["per_class"], quality["steps"]) == (mia["per_class"], mia["steps"])
+    standalone = load_suite(pipeline.suite("audits/demo.toml", quick))
+    assert standalone.pipeline.recipes == {"teacher": "defenses/digits-ddpm.toml", "student": "defenses/digits-sid.toml"}

@@ -114,6 +114,9 @@ class Report:
             table = self._language_table(roles) + self._bias_table(roles)
             lines += _table_lines(roles, table)
             return "\n".join(lines + self._verdict_lines())
+        if "diffusion" in set((self.manifest.get("families") or {}).values()):
+            lines += _table_lines(roles, self._diffusion_table(roles))
+            return "\n".join(lines + self._verdict_lines())
         table: list[tuple[str, list[str]]] = []
         retention = {(r["model"], r["params"].get("of")): r for r in self.rows if r["probe"] == "retention"}
         show_retention = "student" in roles and "teacher" in roles
@@ -188,6 +191,35 @@ class Report:
             table.append((f"{parts[0]}: {what}", cells))
         return table
 
+    def _diffusion_table(self, roles: list[str]) -> list[tuple[str, list[str]]]:
+        """Diffusion models: sampling steps, class accuracy, Fréchet distance and speed; each membership attack's
+        AUC at its calibrated t ("n/a" where it does not apply: a one-step generator's white-box scores)."""
+        table: list[tuple[str, list[str]]] = []
+
+        def cells(probe: str, metric: str, text: Any) -> list[str]:
+            out = []
+            for role in roles:
+                row = next((r for r in self.rows if r["probe"] == probe and r["model"] == role
+                            and r["metric"] == metric), None)
+                applies = row is not None and not str(row["params"].get("note", "")).startswith("not applicable")
+                out.append(text(row) if applies else "n/a" if row is not None else "-")
+            return out
+
+        for probe in dict.fromkeys(r["probe"] for r in self.rows if r["metric"] == "class_accuracy"):
+            table.append(("sampling steps", cells(probe, "class_accuracy", lambda r: str(r["params"].get("steps")))))
+            for metric, label in DIFFUSION_QUALITY:
+                table.append((label, cells(probe, metric, lambda r, m=metric: _speed(r["value"])
+                                           if m == "samples_per_second" else _value_text(r, m))))
+        for probe in dict.fromkeys(r["probe"] for r in self.rows if r["metric"] == "nearest_auc" or
+                                   r["metric"] == "loss_auc"):
+            for attack in ("loss", "pia", "secmi", "nearest"):
+                metric = f"{attack}_auc"
+                if any(r["probe"] == probe and r["metric"] == metric for r in self.rows):
+                    table.append((f"MIA {attack} AUC", cells(probe, metric, lambda r, m=metric: _value_text(r, m)
+                                                             + (f" (t={r['params']['t']})" if "t" in r["params"]
+                                                                and r["value"] is not None else ""))))
+        return table
+
     def _verdict_lines(self) -> list[str]:
         lines: list[str] = []
         if self.untrusted:
@@ -252,6 +284,9 @@ LANGUAGE_HEADLINES = (
 )
 
 
+#: The diffusion summary's quality metrics.
+DIFFUSION_QUALITY = (("class_accuracy", "class accuracy"), ("frechet_distance", "Frechet distance"),
+                     ("samples_per_second", "samples per second"))
 #: The bias summary's probes, and the defences whose catch rates it shows (the report has every false-positive rate).
 BIAS_PROBES = ("bias-propagation", "poison-filters")
 BIAS_DEFENCES_SHOWN = ("generic-detector", "bias-detector", "perplexity@5%")
@@ -259,7 +294,9 @@ BIAS_DEFENCES_SHOWN = ("generic-detector", "bias-detector", "perplexity@5%")
 
 def _table_lines(header: list[str], table: list[tuple[str, list[str]]]) -> list[str]:
     width = max([len(label) for label, _ in table] + [10])
-    columns = [max(10, len(h)) for h in header]  # a long role name (perplexity_filtered) widens its column
+    # a long role name (perplexity_filtered) or value ("0.585 (t=100)") widens its column
+    columns = [max([10, len(h)] + [len(cells[i]) for _, cells in table if i < len(cells)])
+               for i, h in enumerate(header)]
     lines = [f"{'':<{width}}  " + "  ".join(f"{h:>{w}}" for h, w in zip(header, columns))]
     return lines + [f"{label:<{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, columns))
                     for label, cells in table]
@@ -272,6 +309,11 @@ def _value_text(row: Mapping[str, Any] | None, metric: str) -> str:
     if row is None or row["value"] is None:
         return "-"
     return _pct(row["value"]) if is_fraction(metric) else f"{row['value']:.3f}"
+
+
+def _speed(value: Any) -> str:
+    """Samples per second in three significant figures (``53.6``, ``2,500``): a timing has no more precision."""
+    return "-" if value is None else f"{float(f'{value:.3g}'):,.0f}" if value >= 100 else f"{value:.3g}"
 
 
 def _pct(value: Any) -> str:

@@ -150,6 +150,20 @@ def test_the_probe_reports_calibrated_attacks_and_the_sweep(probe_run: tuple[Any
     assert '<section id="diffusion-privacy">' in html and "n/a" in html
     assert (out / "plots" / "diffusion_mia_by_t.png").read_bytes().startswith(b"\x89PNG")
     assert "](plots/diffusion_mia_by_t.png)" in (out / "report.md").read_text()
+    # The terminal summary: each attack's AUC per model, "n/a" where it does not apply.
+    lines = {line.split("  ")[0].strip(): line for line in report.summary().splitlines()}
+    assert lines["MIA loss AUC"].split()[-1] == "n/a" and f"(t={teacher_auc['params']['t']})" in lines["MIA loss AUC"]
+    assert "n/a" not in lines["MIA nearest AUC"]
+
+
+def test_the_demo_headline_takes_the_probes_rows(probe_run: tuple[Any, Path]) -> None:
+    from robustdistill import demo
+
+    report, _ = probe_run
+    teacher, student = demo._diffusion_headline(report)
+    assert teacher["loss_auc"][0] == report.value("teacher", "mia", "loss_auc")
+    assert student["loss_auc"] == (None, None) and student["nearest_auc"][0] is not None
+    assert teacher["class_accuracy"] is None  # this suite has no quality probe
 
 
 def test_the_probe_refuses_a_teacher_without_members_and_a_timestep_past_the_schedule(

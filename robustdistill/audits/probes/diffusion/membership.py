@@ -1,7 +1,9 @@
-"""The ``diffusion-mia`` probe: membership inference against the TEACHER's training images, on every model.
+"""The ``diffusion-mia`` probe: membership inference against the images a model was trained on, on every model.
 
-Ground truth is the teacher's: the images its robustdistill.json lists as ``train_members`` (the ddpm trainer
-records them) against the images of the same data it never saw (the rest of the train split, else the test split).
+Ground truth is the model's own training images where it records them (``train_members`` in the robustdistill.json
+the ddpm trainer writes), else the TEACHER's: a one-step student distilled data-free saw no image, so it is attacked
+with the images its teacher learnt from. Members are set against images of the same data the model (or teacher)
+never saw (the rest of the train split, else the test split).
 Members and non-members are balanced (at most ``members`` of each, drawn with the suite's seed) and split in halves:
 on the CALIBRATION half each attack chooses its timestep (the highest AUC among ``timesteps``) and its threshold (the
 best balanced accuracy); the EVALUATION half gives every number reported. (PIA's published script picks t on the
@@ -111,18 +113,27 @@ class DiffusionMembershipProbe(Probe):
                 check_timesteps(model, [cfg.secmi_t + cfg.secmi_interval], f"{self.where}.secmi_t")
 
     def check_data(self, models: Mapping[str, Any], data: Any) -> None:
-        self.ground_truth(models["teacher"], data, seed=0)
+        for role in models:
+            self.ground_truth(models, role, data, seed=0)
 
-    def ground_truth(self, teacher: Any, data: Any, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """(images, labels, is_member): balanced members and non-members of the teacher's training."""
+    @staticmethod
+    def truth_role(models: Mapping[str, Any], role: str) -> str:
+        """Whose training images are ``role``'s members: its own when recorded, else the teacher's."""
+        return role if (getattr(models[role], "provenance", None) or {}).get("train_members") else "teacher"
+
+    def ground_truth(self, models: Mapping[str, Any], role: str, data: Any,
+                     seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """(images, labels, is_member): balanced members and non-members of ``role``'s (or the teacher's)
+        training."""
         from robustdistill.audits.families.classifier import role_field
 
-        truth = data.ground_truth("teacher", teacher, role_field("teacher"),
-                                  "audit a teacher trained by `robustdistill train ddpm` on this data")
+        owner = self.truth_role(models, role)
+        truth = data.ground_truth(owner, models[owner], role_field(owner),
+                                  "audit a model trained by `robustdistill train ddpm` on this data")
         members, others = np.flatnonzero(truth.is_member), np.flatnonzero(~truth.is_member)
         n = min(len(members), len(others), self.config.members)
         if n < 8:
-            raise UserInputError(self.where, f"only {n} members or non-members of the teacher's training to attack",
+            raise UserInputError(self.where, f"only {n} members or non-members of the {owner}'s training to attack",
                                  "train the teacher on part of the train split (train_fraction < 1), leaving images "
                                  "it never saw")
         rng = np.random.default_rng(np.random.SeedSequence([seed, 2023]))
@@ -137,14 +148,15 @@ class DiffusionMembershipProbe(Probe):
         (role,) = roles
         cfg = self.config
         model = ctx.models[role]
-        images, labels, is_member = self.ground_truth(ctx.models["teacher"], ctx.data, ctx.seed)
+        images, labels, is_member = self.ground_truth(ctx.models, role, ctx.data, ctx.seed)
         cal_members, cal_others = mia.calibration_split(int(is_member.sum()), int((~is_member).sum()), ctx.seed)
         calibration = np.zeros(len(is_member), dtype=bool)
         calibration[np.flatnonzero(is_member)[cal_members]] = True
         calibration[np.flatnonzero(~is_member)[cal_others]] = True
         one_step = getattr(model, "one_step_t", None) is not None
         base = self.row_params(members=int(is_member.sum()), nonmembers=int((~is_member).sum()),
-                               calibration=int(calibration.sum()), ground_truth="teacher")
+                               calibration=int(calibration.sum()),
+                               ground_truth="own" if self.truth_role(ctx.models, role) == role else "teacher")
         rows: list[dict[str, Any]] = []
         batch = min(ctx.batch_size, 512)
         for attack in cfg.attacks:

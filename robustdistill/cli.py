@@ -30,8 +30,10 @@ def _train(args: argparse.Namespace) -> int:
         path = trainer.fit(out, resume=args.resume)
         kept = trainer.record["selection"]["best_epoch"]
         losses = trainer.record["history"][kept - 1]
-        print(f"wrote {path} in {time.perf_counter() - started:.1f}s (epoch {kept} kept: train loss "
-              f"{losses['train_loss']:.3g}, val loss {losses['val_loss']:.3g})")
+        # a language model: train and val loss; a DDPM its train loss; SiD its fake-score and generator losses
+        shown = ", ".join(f"{k.removesuffix('_loss').replace('_', ' ')} loss {v:.3g}" for k, v in losses.items()
+                          if k.endswith("_loss") and isinstance(v, (int, float)))
+        print(f"wrote {path} in {time.perf_counter() - started:.1f}s (epoch {kept} kept: {shown})")
         return 0
     from robustdistill.reports.training import check_training_report
 

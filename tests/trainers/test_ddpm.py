@@ -226,3 +226,20 @@ def test_a_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
         trainers.create("ddpm", recipe=RECIPE, overrides=[*TINY, "lr=0.01"]).fit(out, resume=True)
     assert caught.value.field == "--resume" and "other settings" in caught.value.problem
     assert trainers.create("ddpm", recipe=RECIPE, overrides=TINY).fit(out, resume=True) == out
+
+
+def test_the_cli_trains_ddpm_then_sid_and_refuses_bad_settings_with_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from robustdistill.cli import main
+
+    sets = [arg for setting in TINY for arg in ("--set", setting)]
+    assert main(["-q", "train", "ddpm", "--config", str(RECIPE), "--out", str(tmp_path / "ddpm"), *sets]) == 0
+    assert "(epoch 2 kept: train loss " in capsys.readouterr().out
+    sid = ["--set", f"teacher={tmp_path / 'ddpm'}", "--set", "epochs=1", "--set", "steps_per_epoch=2",
+           "--set", "batch_size=4", "--set", "device=cpu"]
+    assert main(["-q", "train", "sid", "--config", str(RECIPE.with_name("digits-sid.toml")), "--out",
+                 str(tmp_path / "sid"), *sid]) == 0
+    assert "fake score loss" in capsys.readouterr().out
+    assert main(["-q", "train", "ddpm", "--config", str(RECIPE), "--out", str(tmp_path / "bad"),
+                 "--set", "channels=[12]"]) == 2
+    assert "channels" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -17,8 +17,10 @@ from robustdistill.reports.data import Report
 from robustdistill.reports.html_page import Footnotes, _section, esc, page, pill, value_cell
 from robustdistill.reports.records import Row, fmt_value, is_fraction, to_float
 from robustdistill.reports.status import reduced_note
+from robustdistill.reports.sections.diffusion import speed_cell
 
 ROLES = ("teacher", "student")
+SPEED = "samples_per_second"
 # Words of a metric name that say its value is not a fraction. Matched as whole words of the snake_case name, so
 # an attack called "cw-linf" still reads as an accuracy while "median_linf" does not.
 NOT_FRACTIONS = frozenset({"auc", "l2", "linf", "norm", "loss", "time", "seconds", "eps", "dist", "distance", "count", "n",
@@ -29,6 +31,11 @@ MIA_NAMES = {"mia-lira": "LiRA", "mia-loss": "Loss attack", "mia-confidence": "C
 #: A language-model run's columns: metric -> column (transfer: the teacher's suffixes, on the student).
 LANGUAGE_COLUMNS = {"refusal_rate": "refusal rate", "asr": "GCG ASR", "transfer_asr": "transfer ASR",
                     "alo_asr": "ALO-ASR", "loss_auc": "MIA AUC (teacher's members)"}
+#: A diffusion run's columns (the report has every attack; the index the loss attack and the one that applies to a
+#: one-step student).
+DIFFUSION_COLUMNS = {"class_accuracy": "class accuracy", "frechet_distance": "Fréchet distance",
+                     "samples_per_second": "samples / s", "loss_auc": "MIA loss AUC",
+                     "nearest_auc": "MIA nearest-sample AUC"}
 
 
 def fmt_summary(key: str, value: Any) -> str:
@@ -67,12 +74,20 @@ def index_summary(report: Report) -> tuple[dict[str, dict[str, dict[str, Any]]],
         if row.probe == probe and row.model in ROLES and row.metric in MIA_VIEWS and row.value is not None:
             attack = MIA_NAMES.get(probes[probe], probe)
             summary.setdefault(f"{attack} AUC ({MIA_VIEWS[row.metric]})", {}).setdefault(row.model, _cell(row))
-    for metric, column in LANGUAGE_COLUMNS.items():
+    diffusion = bool(report_probes_of(report, "diffusion"))
+    for metric, column in (DIFFUSION_COLUMNS if diffusion else LANGUAGE_COLUMNS).items():
         for row in report.rows:
             if row.metric == metric and row.model in ROLES and row.value is not None:
                 summary.setdefault(column, {}).setdefault(row.model, _cell(row))
     summary.update(_bias_columns(report))
     return summary, reduced
+
+
+def report_probes_of(report: Report, family: str) -> set[str]:
+    """The names of the report's probes of ``family`` (from its "sections")."""
+    from robustdistill.reports.sections import section_specs
+
+    return {probe for spec in section_specs(report) if spec.family == family for probe in spec.probes}
 
 
 def _bias_columns(report: Report) -> dict[str, dict[str, dict[str, Any]]]:
@@ -101,6 +116,8 @@ def _value(found: Any, key: str, notes: Footnotes, untrusted: bool) -> str:
     n = to_float(found.get("n"))
     row = Row("", str(found.get("role", "")), str(found.get("metric", key)), to_float(found.get("value")), ci95,
               int(n) if n is not None else None, {})
+    if row.metric == SPEED:  # a timing in three significant figures, as the report's generation table shows it
+        return speed_cell(row)
     return value_cell(row, notes, untrusted)
 
 

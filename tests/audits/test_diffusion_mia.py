@@ -178,3 +178,15 @@ def test_the_probe_refuses_a_teacher_without_members_and_a_timestep_past_the_sch
         audit(mia_suite(timesteps=[50, 1000]), teacher=overfit, student=one_step, out=tmp_path / "b", progress=False)
     assert caught.value.field == "probes[0].timesteps" and "1000" in caught.value.problem
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_the_index_page_shows_the_diffusion_columns(probe_run: tuple[Any, Path], tmp_path: Path) -> None:
+    from robustdistill.reports import index_entry, render_index
+
+    _, out = probe_run
+    entry = index_entry(out, out.parent, name="diffusion")
+    assert {"MIA loss AUC", "MIA nearest-sample AUC"} <= set(entry["summary"])
+    assert "MIA AUC (teacher's members)" not in entry["summary"]  # the language-model column
+    assert set(entry["summary"]["MIA loss AUC"]) == {"teacher"}  # the one-step student's row has no value
+    render_index([entry], tmp_path / "index.html", title="diffusion")
+    assert "MIA nearest-sample" in (tmp_path / "index.html").read_text()

@@ -183,8 +183,8 @@ def _recorded_conditioning(path: Path, record: dict[str, Any], num_class_embeds:
     for name, value, top in (("conditioning.classes", classes, embeds), ("conditioning.null_class", null_class, embeds - 1),
                              ("one_step.t_init", t_init, int(scheduler.config.num_train_timesteps) - 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top):
-            raise UserInputError(f"{where}: {name}", f"{value!r} does not fit the model (0..{top})",
-                                 "restore the file robustdistill wrote")
+            raise UserInputError(f"{where}: {name}", f"{name} = {value!r} in {PROVENANCE_FILE} does not fit the "
+                                 f"model (0..{top})", "restore the file robustdistill wrote")
     if classes is None and embeds:
         classes = embeds
     return classes, null_class, t_init

@@ -243,3 +243,17 @@ def test_the_cli_trains_ddpm_then_sid_and_refuses_bad_settings_with_exit_2(
     assert main(["-q", "train", "ddpm", "--config", str(RECIPE), "--out", str(tmp_path / "bad"),
                  "--set", "channels=[12]"]) == 2
     assert "channels" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(("key", "value"), [("conditioning.null_class", 99), ("conditioning.classes", -1),
+                                            ("one_step.t_init", 1000), ("one_step.t_init", "440")])
+def test_a_hand_edited_record_that_does_not_fit_the_unet_is_refused(tmp_path: Path, key: str, value: object) -> None:
+    """The sampler would index past the class embedding or the schedule: refused on load, naming the entry."""
+    out = tiny_fit(tmp_path / "ddpm", "epochs=1")
+    record = record_of(out)
+    table, name = key.split(".")
+    record.setdefault(table, {})[name] = value
+    (out / "robustdistill.json").write_text(json.dumps(record))
+    with pytest.raises(UserInputError) as caught:
+        load_diffusion_model(out)
+    assert key in caught.value.problem and "robustdistill.json" in caught.value.field

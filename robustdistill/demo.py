@@ -101,9 +101,9 @@ MODELS = (
     Model("lm-poisoned-seq-kd-student", "seq-kd", "defenses/bias-seq-kd-poisoned.toml",
           ("teacher_recipe=''", *BIAS_DATA), quick=BIAS_QUICK_EPOCHS["seq-kd"]),
     # A class-conditional digits DDPM on half the train split, and its one-step SiD student (data-free).
-    Model("diffusion-teacher", "ddpm", "defenses/digits-ddpm.toml", quick=("epochs=40",)),
+    Model("diffusion-teacher", "ddpm", "defenses/digits-ddpm.toml", quick=("epochs=40", "channels=[16,32]")),
     Model("diffusion-sid-student", "sid", "defenses/digits-sid.toml", ("teacher_recipe=''",),
-          quick=("epochs=4",)),
+          quick=("epochs=2", "batch_size=32")),
 )
 TEACHER_OF = {"kd-student": "clean-teacher", "overfit-kd-student": "overfit-teacher",  # KD teachers set at run time
               "lm-seq-kd-student": "lm-teacher", "lm-poisoned-seq-kd-student": "lm-poisoned-teacher",

@@ -20,9 +20,9 @@ INDEX: dict[str, list[tuple[str, str]]] = {
         ('bias-propagation', 'Bias rates per model, bias type and task split (amplification is derived by the family).'),
         ('clean', 'Clean (natural) top-1 accuracy with its 95% Wilson interval.'),
         ('curve', 'Robust accuracy over a list of eps for one attack (a robustness curve; eps = 0 is clean accuracy).'),
+        ('diffusion-mia', "Membership inference against diffusion models (loss by timestep, PIA, SecMI, nearest generated sample) with the teacher's training images as ground truth; t and thresholds calibrated on a held-apart half."),
         ('gcg', 'GCG jailbreak: attack success rate with and without the optimised suffix (Wilson intervals).'),
         ('gcg-transfer', 'Transfer of GCG suffixes between teacher and model, both directions (rows filed under the model).'),
-        ('diffusion-mia', "Membership inference against diffusion models (loss by timestep, PIA, SecMI, nearest generated sample) with the teacher's training images as ground truth; t and thresholds calibrated on a held-apart half."),
         ('generation-quality', 'Class-conditional accuracy, Fréchet distance to real images, and samples per second of diffusion models.'),
         ('lm-mia', "Membership inference (loss, zlib, min-k%, min-k%++, reference model) with the teacher's members as ground truth, on every model; AUC and TPR at low FPR with 95% intervals."),
         ('masking', 'Gradient-masking checks (Athalye et al. 2018; Carlini et al. 2019), each a flag with its evidence.'),
@@ -54,6 +54,7 @@ INDEX: dict[str, list[tuple[str, str]]] = {
         ('sid', 'Score identity Distillation of a class-conditional DDPM into a one-step generator.'),
         ('sre2l', 'SRe2L (Yin et al. NeurIPS 2023): squeeze, recover, relabel dataset distillation, then a student.'),
         ('standard', 'Standard (non-robust) training with cross-entropy.'),
+        ('t2i', 'A text-conditional DDPM on the digits, captioned from their labels.'),
         ('trades', 'TRADES adversarial training (Zhang et al. 2019).'),
     ],
     'architectures': [

@@ -136,3 +136,64 @@ def generate(model: Any, labels: torch.Tensor, steps: int = 50, seed: int = 0, b
     if not parts:
         return torch.empty((0, *model.sample_shape))
     return torch.cat(parts)
+
+
+def text_guided_noise(model: Any, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor, empty: torch.Tensor | None,
+                      guidance: float | None) -> torch.Tensor:
+    """The noise prediction a text model's sampler follows: conditional on the prompts' states ``text``, or
+    classifier-free guided with weight ``guidance`` against the empty prompt's states ``empty`` (1, tokens, width)."""
+    if guidance is None or guidance == 1.0 or empty is None:
+        return predict_noise(model, x, t, text=text)
+    null = empty.expand(len(x), *empty.shape[1:])
+    both = predict_noise(model, torch.cat([x, x]), torch.cat([t, t]), text=torch.cat([text, null]))
+    conditional, unconditional = both.chunk(2)
+    return unconditional + guidance * (conditional - unconditional)
+
+
+@torch.no_grad()
+def ddim_sample_text(model: Any, prompts: list[str], z: torch.Tensor, steps: int, guidance: float | None = None,
+                     eta: float = 0.0) -> torch.Tensor:
+    """DDIM from noise ``z`` (n, c, h, w) for ``prompts`` (n): [0, 1] pixels, float32, on the model's device."""
+    device = model.device
+    scheduler = ddim_scheduler(model, steps)
+    text = model.encode_text(list(prompts))
+    guided = guidance is not None and guidance != 1.0
+    empty = model.encode_text([""]) if guided else None
+    x = z.to(device)
+    for t in scheduler.timesteps:
+        eps = text_guided_noise(model, x, t.to(device).expand(len(x)), text, empty, guidance)
+        x = scheduler.step(eps, t, x, eta=eta).prev_sample
+    return to_pixels(x).float()
+
+
+def generate_from_prompts(model: Any, prompts: list[str], steps: int = 50, seed: int = 0, batch_size: int = 256,
+                          guidance: float | None = None) -> torch.Tensor:
+    """Samples of ``prompts`` from a text-conditional model: [0, 1] pixels, float32, on the CPU, one per prompt.
+
+    DDIM with eta = 0 and ``steps`` steps; the noise comes from ``seed`` for all n samples at once (initial_noise),
+    so the samples do not depend on ``batch_size``. ``guidance`` w != 1: classifier-free guidance with the empty
+    prompt "" as the unconditional, eps("") + w (eps(prompt) - eps("")) - what a model trained with captions dropped
+    to "" (the t2i trainer's ``cond_drop``) learns as "no caption"."""
+    if getattr(model, "conditioning", None) != "text":
+        raise UserInputError("model", f"{getattr(model, 'path', None) or 'the model'} is conditioned on "
+                             f"{getattr(model, 'conditioning', None)!r}, not on text",
+                             "generate from prompts with a text-to-image model (robustdistill train t2i)")
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise UserInputError("prompts", "must be a list of strings", 'pass e.g. ["the number 3"]')
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserInputError("batch_size", f"{batch_size} is not a positive batch size", "use e.g. 256")
+    recipe = (getattr(model, "provenance", None) or {}).get("recipe") or {}
+    if guidance is not None and guidance != 1.0 and (recipe.get("config") or {}).get("cond_drop") == 0:
+        where = getattr(model, "path", None) or "the model"
+        raise UserInputError("guidance", f"{where} was trained without empty prompts, so it "
+                             "cannot be sampled with classifier-free guidance",
+                             "leave guidance unset (or 1), or train the model with cond_drop > 0")
+    prompts = list(prompts)
+    ddim_scheduler(model, steps)  # a bad step count fails before any sampling
+    z = initial_noise(len(prompts), model.sample_shape, seed)
+    parts = [ddim_sample_text(model, prompts[start:start + batch_size], z[start:start + batch_size], steps,
+                              guidance).cpu()
+             for start in range(0, len(prompts), batch_size)]
+    if not parts:
+        return torch.empty((0, *model.sample_shape))
+    return torch.cat(parts)

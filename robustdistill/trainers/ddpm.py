@@ -26,13 +26,13 @@ import pydantic
 import torch
 from pydantic.dataclasses import dataclass
 
-from robustdistill.data import DataSpec, ImageSplit, load_split
+from robustdistill.data import DataSpec, ImageSplit
 from robustdistill.errors import UserInputError
 from robustdistill.models.diffusion_sampling import add_noise, predict_noise, to_model_space
 from robustdistill.progress import WorkProgress
 from robustdistill.trainers.base import TRAINERS
 from robustdistill.trainers.config import STRICT
-from robustdistill.trainers.diffusion_base import STATE_FILE, DiffusionTrainer
+from robustdistill.trainers.diffusion_base import STATE_FILE, DiffusionTrainer, training_images
 from robustdistill.utils import derived_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -117,12 +117,7 @@ class DDPMTrainer(DiffusionTrainer):
 
     def prepare(self) -> tuple[ImageSplit, ImageSplit]:
         """(the images trained on, the whole train split)."""
-        cfg = self.config
-        full = load_split(cfg.data, "train")
-        if cfg.train_fraction >= 1.0:
-            return full, full
-        n = max(full.num_classes, int(round(cfg.train_fraction * len(full))))  # every class at least once
-        return full.subset(n, seed=cfg.train_subset_seed), full
+        return training_images(self.config)
 
     def run(self, out: Path, work: Path, resume: bool, prepared: tuple[ImageSplit, ImageSplit]) -> Path:
         from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -140,7 +135,7 @@ class DDPMTrainer(DiffusionTrainer):
         ema = EMAModel(unet.parameters(), decay=cfg.ema) if cfg.ema is not None else None
         state: dict[str, Any] = {"epoch": 0, "history": [], "seconds": 0.0}
         if resume and (work / STATE_FILE).exists():
-            state = self._resume(work / STATE_FILE, unet, optimizer, schedule, ema)
+            state = self.restore(work / STATE_FILE, {"unet": unet, "optimizer": optimizer, "schedule": schedule}, ema)
             log.info("resuming ddpm from %s after epoch %d", work, state["epoch"])
         x_all = to_model_space(train.x)
         with WorkProgress("train ddpm", total=cfg.epochs * batches, units=cfg.epochs, done=state["epoch"] * batches,
@@ -192,30 +187,7 @@ class DDPMTrainer(DiffusionTrainer):
             progress.advance(1.0, f"epoch {epoch + 1}/{cfg.epochs} · loss {total / done:.4f}")
         return total
 
-    def _resume(self, path: Path, unet: Any, optimizer: torch.optim.Optimizer, schedule: Any,
-                ema: Any) -> dict[str, Any]:
-        payload = self.load_state(path)
-        try:
-            unet.load_state_dict(payload.pop("unet"))
-            optimizer.load_state_dict(payload.pop("optimizer"))
-            schedule.load_state_dict(payload.pop("schedule"))
-            saved_ema = payload.pop("ema")
-            if ema is not None:
-                ema.load_state_dict(saved_ema)
-        except Exception as exc:  # the state of another recipe
-            raise UserInputError("--resume", f"cannot continue from {path}: {exc}".splitlines()[0],
-                                 f"delete {path.parent} to start over") from None
-        return payload
-
     def provenance(self, train: ImageSplit, full: ImageSplit, state: dict[str, Any]) -> dict[str, Any]:
-        cfg = self.config
-        return {
-            **self.common_provenance(),
-            "data": {"spec": cfg.data.model_dump(mode="json"), "fingerprint": full.fingerprint, "split": "train",
-                     "n_trained_on": len(train)},
-            "train_members": [int(i) for i in train.indices],
-            "conditioning": {"classes": full.num_classes, "null_class": full.num_classes if cfg.cond_drop > 0 else None},
-            "selection": {"metric": "last", "best_epoch": state["epoch"]},
-            "history": state["history"],
-            "seconds": round(state["seconds"], 3),
-        }
+        null_class = full.num_classes if self.config.cond_drop > 0 else None
+        return {**self.image_provenance(train, full, state),
+                "conditioning": {"classes": full.num_classes, "null_class": null_class}}

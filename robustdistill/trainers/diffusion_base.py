@@ -29,7 +29,7 @@ from robustdistill.utils import atomic_path, resolve_device
 log = logging.getLogger(__name__)
 
 STATE_FILE = "last.pt"
-OUTPUT_FORMATS = ("robustdistill-ddpm", "robustdistill-one-step-generator")
+OUTPUT_FORMATS = ("robustdistill-ddpm", "robustdistill-t2i", "robustdistill-one-step-generator")
 
 
 def is_our_output(path: Path) -> bool:
@@ -47,6 +47,17 @@ def is_our_output(path: Path) -> bool:
 
 def replaceable(path: Path) -> bool:
     return ownership.is_empty(path) or is_our_output(path)
+
+
+def training_images(config: Any) -> tuple[Any, Any]:
+    """(the images trained on, the whole train split): all of it, or a seeded class-balanced ``train_fraction``."""
+    from robustdistill.data import load_split
+
+    full = load_split(config.data, "train")
+    if config.train_fraction >= 1.0:
+        return full, full
+    n = max(full.num_classes, int(round(config.train_fraction * len(full))))  # every class at least once
+    return full.subset(n, seed=config.train_subset_seed), full
 
 
 def set_trainable(module: torch.nn.Module, trainable: bool) -> torch.nn.Module:
@@ -142,6 +153,21 @@ class DiffusionTrainer:
                                  f"resume with the recipe and overrides it was started with, or delete {path.parent}")
         return payload
 
+    def restore(self, path: Path, parts: dict[str, Any], ema: Any) -> dict[str, Any]:
+        """Load the saved state into ``parts`` (name -> anything with load_state_dict: networks, optimiser, schedule)
+        and the EMA; returns what is left of it (epoch, history, seconds...)."""
+        payload = self.load_state(path)
+        try:
+            for name, part in parts.items():
+                part.load_state_dict(payload.pop(name))
+            saved_ema = payload.pop("ema")
+            if ema is not None:
+                ema.load_state_dict(saved_ema)
+        except Exception as exc:  # the state of another recipe
+            raise UserInputError("--resume", f"cannot continue from {path}: {exc}".splitlines()[0],
+                                 f"delete {path.parent} to start over") from None
+        return payload
+
     # --- output ---------------------------------------------------------------------------------------
     def common_provenance(self) -> dict[str, Any]:
         from robustdistill.trainers.config import config_to_dict
@@ -157,16 +183,36 @@ class DiffusionTrainer:
             "cpu": cpu_record(),
         }
 
-    def save(self, out: Path, unet: Any, scheduler: Any, record: dict[str, Any]) -> Path:
-        """Write ``out`` atomically: model_index.json, unet/, scheduler/ and robustdistill.json (``record`` plus
-        the list of files written)."""
+    def image_provenance(self, train: Any, full: Any, state: dict[str, Any]) -> dict[str, Any]:
+        """What a model trained on images records: the data (the whole train split's fingerprint, which a membership
+        audit reloads and checks), exactly which images it trained on, and its history."""
+        return {
+            **self.common_provenance(),
+            "data": {"spec": self.config.data.model_dump(mode="json"), "fingerprint": full.fingerprint,
+                     "split": "train", "n_trained_on": len(train)},
+            "train_members": [int(i) for i in train.indices],
+            "selection": {"metric": "last", "best_epoch": state["epoch"]},
+            "history": state["history"],
+            "seconds": round(state["seconds"], 3),
+        }
+
+    def save(self, out: Path, unet: Any, scheduler: Any, record: dict[str, Any], *, text_encoder: Any = None,
+             tokenizer: Any = None) -> Path:
+        """Write ``out`` atomically: model_index.json, unet/, scheduler/ (and a text model's text_encoder/ in
+        safetensors and tokenizer/) and robustdistill.json (``record`` plus the list of files written)."""
         import diffusers
 
         index = {"_class_name": self.index_class, "_diffusers_version": diffusers.__version__,
                  "scheduler": ["diffusers", type(scheduler).__name__], "unet": ["diffusers", type(unet).__name__]}
+        if text_encoder is not None:
+            index["text_encoder"] = ["transformers", type(text_encoder).__name__]
+            index["tokenizer"] = ["transformers", "PreTrainedTokenizerFast"]  # TokenizersBackend in transformers 5
         with atomic_directory(out, may_replace=replaceable) as tmp:
             unet.save_pretrained(str(tmp / "unet"))
             scheduler.save_pretrained(str(tmp / "scheduler"))
+            if text_encoder is not None:
+                text_encoder.save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
+                tokenizer.save_pretrained(str(tmp / "tokenizer"))
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
             record["files"] = ownership.files_under(tmp)
             (tmp / PROVENANCE_FILE).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")

@@ -303,28 +303,20 @@ class SiDTrainer(DiffusionTrainer):
             ema.copy_to(student.unet.parameters())
         return self.save(out, student.unet, student.scheduler, self.provenance(student, state))
 
+    @staticmethod
+    def _parts(networks: dict[str, DiffusionModel], optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+        """What a saved state holds, by name: the two trained networks and their optimisers."""
+        return {"generator": networks["generator"].unet, "fake": networks["fake"].unet,
+                **{f"optimizer_{name}": optimizer for name, optimizer in optimizers.items()}}
+
     def _save_state(self, path: Path, state: dict[str, Any], networks: dict[str, DiffusionModel],
                     optimizers: dict[str, torch.optim.Optimizer], ema: Any) -> None:
-        self.save_state(path, {**state, "generator": networks["generator"].unet.state_dict(),
-                               "fake": networks["fake"].unet.state_dict(),
-                               "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        self.save_state(path, {**state, **{name: part.state_dict() for name, part in self._parts(networks, optimizers).items()},
                                "ema": ema.state_dict() if ema is not None else None})
 
     def _load_state(self, path: Path, networks: dict[str, DiffusionModel], optimizers: dict[str, torch.optim.Optimizer],
                     ema: Any) -> dict[str, Any]:
-        payload = self.load_state(path)
-        try:
-            networks["generator"].unet.load_state_dict(payload.pop("generator"))
-            networks["fake"].unet.load_state_dict(payload.pop("fake"))
-            for name, saved in payload.pop("optimizers").items():
-                optimizers[name].load_state_dict(saved)
-            saved_ema = payload.pop("ema")
-            if ema is not None:
-                ema.load_state_dict(saved_ema)
-        except Exception as exc:  # a state of another recipe
-            raise UserInputError("--resume", f"cannot continue from {path}: {exc}".splitlines()[0],
-                                 f"delete {path.parent} to start over") from None
-        return payload
+        return self.restore(path, self._parts(networks, optimizers), ema)
 
     def provenance(self, teacher: DiffusionModel, state: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config

@@ -62,8 +62,15 @@ def short_t2i(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(short_t2i: Path):
-    return load_diffusion_model(short_t2i)
+def one_epoch_t2i(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One epoch of the recipe on the whole train split (a few seconds): for what does not need a good model."""
+    return trainers.create("t2i", recipe=RECIPE, overrides=["device=cpu", "epochs=1"]).fit(
+        tmp_path_factory.mktemp("t2i-one") / "t2i")
+
+
+@pytest.fixture(scope="module")
+def model(one_epoch_t2i: Path):
+    return load_diffusion_model(one_epoch_t2i)
 
 
 def test_captions_are_made_from_labels() -> None:
@@ -81,6 +88,8 @@ def test_captions_are_made_from_labels() -> None:
 # --- learning ------------------------------------------------------------------------------------------------
 
 
+# The short run takes ~40 s: these two run with `make test-slow` (the default run keeps the test time budget).
+@pytest.mark.slow
 def test_the_training_loss_falls(short_t2i: Path) -> None:
     record = record_of(short_t2i)
     losses = [h["train_loss"] for h in record["history"]]
@@ -90,9 +99,11 @@ def test_the_training_loss_falls(short_t2i: Path) -> None:
     assert record["text_warmup"]["accuracy"] == 1.0  # the encoder tells all 51 prompts' digits apart
 
 
-def test_samples_for_a_digits_caption_are_that_digit(model) -> None:
+@pytest.mark.slow
+def test_samples_for_a_digits_caption_are_that_digit(short_t2i: Path) -> None:
     from sklearn.linear_model import LogisticRegression
 
+    model = load_diffusion_model(short_t2i)
     train = load_split(DataSpec(), "train")
     classifier = LogisticRegression(max_iter=2000).fit(train.x.flatten(1).numpy(), train.y.numpy())
     images = generate_from_prompts(model, [caption(d) for d in LABELS], steps=20, seed=1, guidance=2.0)
@@ -148,7 +159,7 @@ def test_sampling_refuses_what_it_cannot_do(model, tmp_path: Path) -> None:
 # --- the output --------------------------------------------------------------------------------------------------
 
 
-def test_the_output_loads_as_a_text_conditioned_model(short_t2i: Path, model) -> None:
+def test_the_output_loads_as_a_text_conditioned_model(one_epoch_t2i: Path, model) -> None:
     from transformers import CLIPTextModel
 
     assert model.conditioning == "text" and model.null_class is None and model.num_class_embeds is None
@@ -156,14 +167,14 @@ def test_the_output_loads_as_a_text_conditioned_model(short_t2i: Path, model) ->
     assert model.sample_shape == (1, 8, 8) and int(model.scheduler.config.num_train_timesteps) == 1000
     states = model.encode_text(["the number 3", ""])
     assert states.shape == (2, 16, 32)
-    index = json.loads((short_t2i / "model_index.json").read_text())
+    index = json.loads((one_epoch_t2i / "model_index.json").read_text())
     assert {"unet", "scheduler", "text_encoder", "tokenizer"} <= set(index)
-    record = record_of(short_t2i)
+    record = record_of(one_epoch_t2i)
     assert record["method"] == "t2i" and record["conditioning"]["kind"] == "text"
     assert record["captions"]["templates"] == list(CAPTIONS) and record["captions"]["classes"] == 10
     assert record["train_members"] == [int(i) for i in load_split(DataSpec(), "train").indices]
-    assert sorted(record["files"]) == [f for f in ownership.files_under(short_t2i) if f != "robustdistill.json"]
-    assert any(f.startswith("tokenizer/") for f in record["files"]) and is_our_output(short_t2i)
+    assert sorted(record["files"]) == [f for f in ownership.files_under(one_epoch_t2i) if f != "robustdistill.json"]
+    assert any(f.startswith("tokenizer/") for f in record["files"]) and is_our_output(one_epoch_t2i)
 
 
 # --- runs --------------------------------------------------------------------------------------------------------

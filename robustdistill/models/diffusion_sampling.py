@@ -122,10 +122,13 @@ def generate(model: Any, labels: torch.Tensor, steps: int = 50, seed: int = 0, b
                              "not on class labels", "generate class-conditional samples from a ddpm or sid model")
     if batch_size < 1:
         raise UserInputError("batch_size", f"{batch_size} is not a positive batch size", "use e.g. 256")
+    one_step = getattr(model, "one_step_t", None) is not None
+    if one_step and guidance is not None and guidance != 1.0:
+        raise UserInputError("guidance", f"{model.path or 'the model'} is a one-step generator: it draws in one pass, "
+                             "with no conditional and unconditional predictions to mix", "leave guidance unset")
     check_guidance(model, guidance)
     labels = torch.as_tensor(labels).long().reshape(-1)
     z = initial_noise(len(labels), model.sample_shape, seed)
-    one_step = getattr(model, "one_step_t", None) is not None
     parts = []
     for start in range(0, len(labels), batch_size):
         batch = slice(start, start + batch_size)

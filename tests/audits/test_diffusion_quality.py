@@ -39,7 +39,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("quality-models")
     recipe = root / "classifier.toml"
-    recipe.write_text(f'method = "standard"\narch = "cnn-small"\nepochs = 15\nbatch_size = 64\nlr = 0.05\n'
+    recipe.write_text(f'method = "standard"\narch = "cnn-small"\nepochs = 8\nbatch_size = 64\nlr = 0.05\n'
                       f'augment = "shift"\nlr_milestones = []\nval_robust = false\ndevice = "cpu"\nseed = 0\n'
                       f'threat_model = "{REPO / "attacks" / "digits-linf.toml"}"\n[data]\nkind = "digits"\n')
     return {"recipe": recipe, "classifier": root / "classifier", "random": build_tiny_class_unet(root / "random")}

@@ -122,6 +122,12 @@ def test_one_step_samples_are_digits(short_sid: Path, tiny_ddpm: Path) -> None:
     predicted = torch.as_tensor(digits_classifier().predict(images.flatten(1).numpy()))
     accuracy = float((predicted == labels).float().mean())
     assert accuracy > 0.5, accuracy  # chance is 0.1
+    from robustdistill.models.diffusion_sampling import generate
+
+    assert torch.equal(generate(generator, labels[:20], seed=1), generate(generator, labels[:20], seed=1))
+    with pytest.raises(UserInputError) as caught:
+        generate(generator, labels[:2], guidance=2.0)
+    assert caught.value.field == "guidance" and "one-step" in caught.value.problem
 
 
 def test_same_seed_same_generator(tiny_ddpm: Path, tmp_path: Path) -> None:

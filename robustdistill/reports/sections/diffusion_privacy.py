@@ -24,8 +24,8 @@ ATTACKS = {"loss": "loss at t (Matsumoto et al. 2023)", "pia": "PIA (Kong et al.
 COLUMNS = {"auc": "AUC", "tpr_at_1pct_fpr": "TPR @ 1% FPR", "tpr_at_0_1pct_fpr": "TPR @ 0.1% FPR",
            "accuracy": "balanced accuracy"}
 HEADER = ["model", "attack", "t", *COLUMNS.values()]
-INTRO = ("Every model is attacked with the teacher's training images as members and images of the same data it never "
-         "saw as non-members (as many of each). Each attack chooses its timestep and threshold on one half of them "
+INTRO = ("Every model is attacked with the images it was trained on as members (a one-step student distilled without "
+         "data: its teacher's) and images of the same data never trained on as non-members (as many of each). Each attack chooses its timestep and threshold on one half of them "
          "(calibration) and is scored on the other half, so no number here was tuned on the points it reports. AUC "
          "0.5 is guessing. The white-box scores (loss, PIA, SecMI) need the model's noise prediction at any "
          "timestep: a one-step generator has none, so it is attacked through its samples (nearest sample).")

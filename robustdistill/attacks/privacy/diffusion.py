@@ -189,9 +189,9 @@ def sweep_auc(scores_by_t: dict[int, np.ndarray], is_member: np.ndarray, evaluat
     return {t: float(roc_auc_score(is_member[evaluation], s[evaluation])) for t, s in scores_by_t.items()}
 
 
-def check_timesteps(model, timesteps: Sequence[int], where: str) -> None:
+def check_timesteps(model, timesteps: Sequence[int], where: str, what: str = "timestep") -> None:
     total = int(model.scheduler.config.num_train_timesteps)
     bad = [t for t in timesteps if not 0 <= t < total]
     if bad:
-        raise UserInputError(where, f"timestep {bad[0]} is outside the model's 0..{total - 1}",
+        raise UserInputError(where, f"{what} {bad[0]} is outside the model's 0..{total - 1}",
                              f"choose timesteps below {total}")

@@ -110,7 +110,8 @@ class DiffusionMembershipProbe(Probe):
         for role, model in models.items():
             if getattr(model, "one_step_t", None) is None:
                 check_timesteps(model, cfg.timesteps, f"{self.where}.timesteps")
-                check_timesteps(model, [cfg.secmi_t + cfg.secmi_interval], f"{self.where}.secmi_t")
+                check_timesteps(model, [cfg.secmi_t + cfg.secmi_interval], f"{self.where}.secmi_t",
+                                what="secmi_t + secmi_interval (SecMI's step beyond t)")
 
     def check_data(self, models: Mapping[str, Any], data: Any) -> None:
         for role in models:

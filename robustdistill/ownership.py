@@ -120,6 +120,20 @@ def files_under(directory: Path) -> list[str]:
 # The marker
 
 
+def lists_exactly_its_files(directory: Path, formats: Iterable[str], record_file: str = "robustdistill.json") -> bool:
+    """A model directory a trainer wrote: its ``record_file`` (JSON) has a ``format`` of ``formats`` and lists in
+    ``files`` exactly the directory's other files - so nothing of anyone else's has been put in since."""
+    if not directory.is_dir() or directory.is_symlink() or not (directory / record_file).is_file():
+        return False
+    try:
+        written = json.loads((directory / record_file).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if not isinstance(written, dict) or written.get("format") not in set(formats) or not isinstance(written.get("files"), list):
+        return False
+    return set(files_under(directory)) == {*map(str, written["files"]), record_file}
+
+
 def read_marker(directory: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The marker of ``directory``, or None when it has none (or one robustdistill could not have written)."""
     path = Path(directory) / MARKER

@@ -34,15 +34,7 @@ OUTPUT_FORMATS = ("robustdistill-ddpm", "robustdistill-t2i", "robustdistill-one-
 
 def is_our_output(path: Path) -> bool:
     """A directory holding exactly the files its robustdistill.json lists (what a diffusion trainer wrote there)."""
-    if not path.is_dir() or path.is_symlink() or not (path / PROVENANCE_FILE).is_file():
-        return False
-    try:
-        record = json.loads((path / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    if not isinstance(record, dict) or record.get("format") not in OUTPUT_FORMATS or not isinstance(record.get("files"), list):
-        return False
-    return set(ownership.files_under(path)) == {*map(str, record["files"]), PROVENANCE_FILE}
+    return ownership.lists_exactly_its_files(path, OUTPUT_FORMATS, PROVENANCE_FILE)
 
 
 def replaceable(path: Path) -> bool:

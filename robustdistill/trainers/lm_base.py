@@ -60,15 +60,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def is_our_output(path: Path) -> bool:
     """A directory holding exactly the files its robustdistill.json lists (what an LM trainer wrote there)."""
-    if not path.is_dir() or path.is_symlink() or not (path / PROVENANCE_FILE).is_file():
-        return False
-    try:
-        record = json.loads((path / PROVENANCE_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return False
-    if not isinstance(record, dict) or record.get("format") != OUTPUT_FORMAT or not isinstance(record.get("files"), list):
-        return False
-    return set(ownership.files_under(path)) == {*map(str, record["files"]), PROVENANCE_FILE}
+    return ownership.lists_exactly_its_files(path, (OUTPUT_FORMAT,), PROVENANCE_FILE)
 
 
 def _replaceable(path: Path) -> bool:

@@ -360,6 +360,18 @@ def using(directory: str | os.PathLike[str], kind: str, what: str, *, legacy: Le
 # What earlier versions (no marker) wrote: accepted only when every file in the folder is one of theirs
 
 
+def claim_training_work(out: Path, resume: bool) -> Path:
+    """A trainer's ``<out>.partial`` work folder, checked before any work: absent or robustdistill's, not held by a
+    running trainer, and there only for ``resume`` (an interrupted run is never silently restarted or continued)."""
+    work = out.with_name(out.name + ".partial")
+    claim_out(work, TRAINING_WORK, legacy=is_legacy_training_work, what="the interrupted-run folder")
+    refuse_if_held(work)
+    if work.exists() and not resume:
+        raise UserInputError("--resume", f"an interrupted run is kept in {work}",
+                             f"add --resume to continue it, or delete {work} to start over")
+    return work
+
+
 def is_tmp_leftover(name: str) -> bool:
     """A temporary file of an interrupted atomic write (``.<name>.<random>.tmp``)."""
     return name.startswith(".") and name.endswith(".tmp")

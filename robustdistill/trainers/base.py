@@ -329,11 +329,7 @@ class Trainer:
         self.apply_threads()
         # Before any work (and not at save time, after every epoch): where the checkpoint and the work folder go.
         check_checkpoint_out(out)
-        ownership.claim_out(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work,
-                            what="the interrupted-run folder")
-        ownership.refuse_if_held(work)
-        if work.exists() and not resume:
-            raise UserInputError("--resume", f"an interrupted run is kept in {work}", f"add --resume to continue it, or delete {work} to start over")
+        ownership.claim_training_work(out, resume)
         self.check_inputs()
         seed_everything(cfg.seed)
         if train_data is not None:

@@ -98,12 +98,7 @@ class DiffusionTrainer:
         if (out.exists() or out.is_symlink()) and not (out.is_dir() and replaceable(out)):
             raise UserInputError("out", f"{out} exists and is not a diffusion model directory robustdistill wrote",
                                  "choose another output directory; robustdistill replaces only what it wrote")
-        ownership.claim_out(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work,
-                            what="the interrupted-run folder")
-        ownership.refuse_if_held(work)
-        if work.exists() and not resume:
-            raise UserInputError("--resume", f"an interrupted run is kept in {work}",
-                                 f"add --resume to continue it, or delete {work} to start over")
+        ownership.claim_training_work(out, resume)
         self.parents = []
         prepared = self.prepare()
         self._lock = ownership.acquire(work, f"robustdistill train {self.method}")

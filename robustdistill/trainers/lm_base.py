@@ -248,12 +248,7 @@ class LMTrainer:
         work = out.with_name(out.name + ".partial")
         threads.apply_thread_default(self.threads)
         check_output(out)
-        ownership.claim_out(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work,
-                            what="the interrupted-run folder")
-        ownership.refuse_if_held(work)
-        if work.exists() and not resume:
-            raise UserInputError("--resume", f"an interrupted run is kept in {work}",
-                                 f"add --resume to continue it, or delete {work} to start over")
+        ownership.claim_training_work(out, resume)
         self.parents = []
         self.check_inputs()
         train, val = self.data()

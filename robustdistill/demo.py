@@ -291,7 +291,8 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
         result.table.append({"student": pipeline.name, "passed": report.passed, "untrusted": report.untrusted,
                              **_headline(report)})
     index = out / "index.html"
-    render_index(entries, index, title="robustdistill demo: teachers and students (digits classifiers, tiny language models, a digits diffusion model)")
+    render_index(entries, index, title="robustdistill demo: teachers and students (digits classifiers, tiny language "
+                                       "models, a digits diffusion model)")
     ownership.record(out, [index])
     result.peak_memory_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result

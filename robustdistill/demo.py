@@ -431,7 +431,8 @@ def _bias_headline(report: Any) -> list[dict[str, Any]]:
 
 
 DIFFUSION_HEADLINE = (("class_accuracy", "class accuracy"), ("frechet_distance", "Frechet distance"),
-                      ("samples_per_second", "samples/s"), ("loss_auc", "MIA loss AUC"), ("nearest_auc", "MIA nearest AUC"))
+                      ("samples_per_second", "samples/s"), ("loss_auc", "MIA loss AUC"),
+                      ("nearest_auc", "MIA nearest AUC"))
 
 
 def _diffusion_headline(report: Any) -> list[dict[str, Any]]:

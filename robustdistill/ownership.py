@@ -129,7 +129,9 @@ def lists_exactly_its_files(directory: Path, formats: Iterable[str], record_file
         written = json.loads((directory / record_file).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return False
-    if not isinstance(written, dict) or written.get("format") not in set(formats) or not isinstance(written.get("files"), list):
+    if not isinstance(written, dict) or written.get("format") not in set(formats):
+        return False
+    if not isinstance(written.get("files"), list):
         return False
     return set(files_under(directory)) == {*map(str, written["files"]), record_file}
 

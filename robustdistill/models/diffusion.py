@@ -180,8 +180,9 @@ def _recorded_conditioning(path: Path, record: dict[str, Any], num_class_embeds:
         raise UserInputError(where, "conditioning and one_step must be JSON objects", "restore the file")
     classes, null_class, t_init = conditioning.get("classes"), conditioning.get("null_class"), one_step.get("t_init")
     embeds = int(num_class_embeds or 0)
-    for name, value, top in (("conditioning.classes", classes, embeds), ("conditioning.null_class", null_class, embeds - 1),
-                             ("one_step.t_init", t_init, int(scheduler.config.num_train_timesteps) - 1)):
+    checks = (("conditioning.classes", classes, embeds), ("conditioning.null_class", null_class, embeds - 1),
+              ("one_step.t_init", t_init, int(scheduler.config.num_train_timesteps) - 1))
+    for name, value, top in checks:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top):
             raise UserInputError(f"{where}: {name}", f"{name} = {value!r} in {PROVENANCE_FILE} does not fit the "
                                  f"model (0..{top})", "restore the file robustdistill wrote")

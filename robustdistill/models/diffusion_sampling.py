@@ -41,7 +41,8 @@ def predict_noise(model: Any, x_t: torch.Tensor, t: torch.Tensor | int, labels: 
         return model.unet(x_t, steps, class_labels=labels.to(x_t.device)).sample
     if model.conditioning == "text":
         if text is None:
-            raise UserInputError("prompts", "a text-conditional model needs prompts", "pass text=model.encode_text(...)")
+            raise UserInputError("prompts", "a text-conditional model needs prompts",
+                                 "pass text=model.encode_text(...)")
         return model.unet(x_t, steps, encoder_hidden_states=text).sample
     return model.unet(x_t, steps).sample
 

@@ -38,7 +38,8 @@ def one_step_sample(model: DiffusionModel, labels: torch.Tensor, z: torch.Tensor
     ``labels`` and noise ``z``; the generate() of robustdistill.models.diffusion_sampling calls this."""
     t_init = getattr(model, "one_step_t", None)
     if t_init is None:
-        raise UserInputError("model", f"{model.path} is not a one-step generator (its robustdistill.json has no one_step)",
+        raise UserInputError("model", f"{model.path} is not a one-step generator (its robustdistill.json has no "
+                             "one_step)",
                              "sample a multi-step DDPM with robustdistill.models.diffusion_sampling.generate")
     device = model.device
     x_g = one_step_generate(model, labels.to(device), z.to(device), int(t_init))

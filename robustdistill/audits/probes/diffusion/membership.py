@@ -105,7 +105,8 @@ class DiffusionMembershipProbe(Probe):
         if teacher is None or not (getattr(teacher, "provenance", None) or {}).get("train_members"):
             raise UserInputError(role_field("teacher"), "records no training members (train_members in its "
                                  "robustdistill.json), so there is no ground truth to attack",
-                                 "audit a teacher trained by `robustdistill train ddpm`, or drop the diffusion-mia probe")
+                                 "audit a teacher trained by `robustdistill train ddpm`, or drop the diffusion-mia "
+                                 "probe")
         cfg = self.config
         for role, model in models.items():
             if getattr(model, "one_step_t", None) is None:

@@ -60,6 +60,14 @@ def add_noise(model: Any, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor |
     return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 
 
+def denoising_loss(model: Any, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor,
+                   labels: torch.Tensor | None = None, text: torch.Tensor | None = None) -> torch.Tensor:
+    """The simple DDPM loss (Ho et al. 2020): mean squared error of the noise prediction at x_t = q(x_t | x0, eps),
+    conditioned on class ``labels`` or text-encoder states ``text``."""
+    x_t = add_noise(model, x0, eps, t)
+    return torch.nn.functional.mse_loss(predict_noise(model, x_t, t, labels=labels, text=text), eps)
+
+
 def initial_noise(n: int, shape: tuple[int, ...], seed: int) -> torch.Tensor:
     """The starting noise of ``n`` samples, drawn on the CPU from ``seed``: the same on every device and for every
     batch size."""

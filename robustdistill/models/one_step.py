@@ -20,8 +20,7 @@ def denoised(model: DiffusionModel, x_t: torch.Tensor, t: torch.Tensor | int, la
     """f(x_t, c) = (x_t - sqrt(1 - abar_t) eps_hat(x_t, t, c)) / sqrt(abar_t): the model's x0 estimate (model
     space, not clamped: SiD's losses need the raw estimate). Differentiable in ``x_t`` and the UNet's weights."""
     abar = alpha_bar(model, t, x_t)
-    steps = torch.as_tensor(t, device=x_t.device).long().expand(len(x_t))
-    eps = predict_noise(model, x_t, steps, labels=labels)
+    eps = predict_noise(model, x_t, t, labels=labels)
     return (x_t - (1 - abar).sqrt() * eps) / abar.sqrt()
 
 

@@ -28,7 +28,8 @@ from pydantic.dataclasses import dataclass
 
 from robustdistill.data import DataSpec, ImageSplit
 from robustdistill.errors import UserInputError
-from robustdistill.models.diffusion_sampling import add_noise, predict_noise, to_model_space
+from robustdistill.models.diffusion import DiffusionModel
+from robustdistill.models.diffusion_sampling import denoising_loss, to_model_space
 from robustdistill.progress import WorkProgress
 from robustdistill.trainers.base import TRAINERS
 from robustdistill.trainers.config import STRICT
@@ -90,21 +91,6 @@ def build_scheduler(config: DDPMConfig) -> Any:
                          beta_start=1e-4, beta_end=0.02, prediction_type="epsilon", clip_sample=True)
 
 
-class _Model:
-    """The pieces predict_noise/add_noise read (a DiffusionModel before it is saved)."""
-
-    conditioning = "class"
-
-    def __init__(self, unet: Any, scheduler: Any) -> None:
-        self.unet, self.scheduler = unet, scheduler
-
-
-def ddpm_loss(model: Any, x0: torch.Tensor, labels: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """The simple DDPM loss: mean squared error of the noise prediction at x_t = q(x_t | x0, eps)."""
-    x_t = add_noise(model, x0, eps, t)
-    return torch.nn.functional.mse_loss(predict_noise(model, x_t, t, labels=labels), eps)
-
-
 @TRAINERS.register("ddpm")
 class DDPMTrainer(DiffusionTrainer):
     """A class-conditional DDPM on an image dataset (the built-in digits by default)."""
@@ -127,7 +113,7 @@ class DDPMTrainer(DiffusionTrainer):
         train, full = prepared
         seed_everything(cfg.seed)
         unet = build_unet(cfg, train.input_shape, full.num_classes).to(self.device)
-        model = _Model(unet, build_scheduler(cfg))
+        model = DiffusionModel(unet=unet, scheduler=build_scheduler(cfg), conditioning="class")
         batches = math.ceil(len(train) / cfg.batch_size)
         optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
         schedule = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, batches * cfg.epochs),
@@ -158,7 +144,7 @@ class DDPMTrainer(DiffusionTrainer):
         unet.eval()
         return self.save(out, unet.cpu(), model.scheduler, self.provenance(train, full, state))
 
-    def _epoch(self, model: _Model, x_all: torch.Tensor, y_all: torch.Tensor, optimizer: torch.optim.Optimizer,
+    def _epoch(self, model: DiffusionModel, x_all: torch.Tensor, y_all: torch.Tensor, optimizer: torch.optim.Optimizer,
                schedule: Any, ema: Any, draw: torch.Generator, progress: WorkProgress, epoch: int) -> float:
         """One pass over the training images in a seeded order; the noise, timesteps and dropped labels are drawn
         on the CPU from the epoch's stream (the same on every device). Returns the summed batch losses."""
@@ -174,7 +160,8 @@ class DDPMTrainer(DiffusionTrainer):
             t = torch.randint(0, cfg.timesteps, (len(batch),), generator=draw)
             if cfg.cond_drop > 0:
                 labels[torch.rand(len(batch), generator=draw) < cfg.cond_drop] = null_class
-            loss = ddpm_loss(model, x0.to(self.device), labels.to(self.device), t.to(self.device), eps.to(self.device))
+            loss = denoising_loss(model, x0.to(self.device), t.to(self.device), eps.to(self.device),
+                                  labels=labels.to(self.device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:

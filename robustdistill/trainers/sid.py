@@ -112,10 +112,9 @@ def fake_score_loss(fake: DiffusionModel, x_g: torch.Tensor, labels: torch.Tenso
                     eps: torch.Tensor) -> torch.Tensor:
     """Denoising score matching of the fake score network on the generator's samples (detached: this step trains
     f_psi only): mean over pixels and batch of (eps_psi(x_t, t, c) - eps)^2."""
-    from robustdistill.models.diffusion_sampling import add_noise, predict_noise
+    from robustdistill.models.diffusion_sampling import denoising_loss
 
-    x_t = add_noise(fake, x_g.detach(), eps, t)
-    return torch.nn.functional.mse_loss(predict_noise(fake, x_t, t, labels=labels), eps)
+    return denoising_loss(fake, x_g.detach(), t, eps, labels=labels)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -138,7 +137,7 @@ def ensure_diffusion_teacher(path: str, recipe: str | None) -> Path:
 
 def class_count(model: DiffusionModel) -> int:
     """The number of real classes (the null class of classifier-free guidance excluded)."""
-    return int(model.num_classes or model.num_class_embeds or 0)
+    return int(model.num_classes or 0)
 
 
 def check_diffusion_teacher(model: DiffusionModel, config: SiDConfig) -> None:

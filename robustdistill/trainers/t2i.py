@@ -44,9 +44,10 @@ import pydantic
 import torch
 from pydantic.dataclasses import dataclass
 
-from robustdistill.data import ImageSplit, load_split
+from robustdistill.data import ImageSplit
 from robustdistill.errors import UserInputError
-from robustdistill.models.diffusion_sampling import add_noise, predict_noise, to_model_space
+from robustdistill.models.diffusion import DiffusionModel
+from robustdistill.models.diffusion_sampling import denoising_loss, to_model_space
 from robustdistill.progress import WorkProgress
 from robustdistill.trainers.base import TRAINERS
 from robustdistill.trainers.config import STRICT
@@ -202,22 +203,6 @@ def text_warmup(text_encoder: Any, prompt_ids: torch.Tensor, steps: int, lr: flo
             "accuracy": round(float((logits.argmax(dim=1) == target).float().mean()), 4)}
 
 
-class _Model:
-    """The pieces predict_noise/add_noise read (a DiffusionModel before it is saved)."""
-
-    conditioning = "text"
-
-    def __init__(self, unet: Any, scheduler: Any, text_encoder: Any) -> None:
-        self.unet, self.scheduler, self.text_encoder = unet, scheduler, text_encoder
-
-
-def t2i_loss(model: Any, x0: torch.Tensor, text: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """The simple DDPM loss: mean squared error of the noise prediction at x_t = q(x_t | x0, eps), given the text
-    encoder's states ``text`` of each image's caption."""
-    x_t = add_noise(model, x0, eps, t)
-    return torch.nn.functional.mse_loss(predict_noise(model, x_t, t, text=text), eps)
-
-
 @TRAINERS.register("t2i")
 class T2ITrainer(DiffusionTrainer):
     """A text-conditional DDPM on the digits, captioned from their labels."""
@@ -231,11 +216,11 @@ class T2ITrainer(DiffusionTrainer):
     def prepare(self) -> tuple[ImageSplit, ImageSplit]:
         """(the images trained on, the whole train split)."""
         cfg = self.config
-        full = load_split(cfg.data, "train")
+        train, full = training_images(cfg)
         if full.num_classes != NUM_CLASSES:
             raise UserInputError("data", f"{cfg.data.kind} has {full.num_classes} classes; the captions name the "
                                  f"{NUM_CLASSES} digits 0-9", "train t2i on a digits dataset (kind = 'digits')")
-        return training_images(cfg)
+        return train, full
 
     def run(self, out: Path, work: Path, resume: bool, prepared: tuple[ImageSplit, ImageSplit]) -> Path:
         from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -247,7 +232,8 @@ class T2ITrainer(DiffusionTrainer):
         tokenizer = build_tokenizer()
         text_encoder = build_text_encoder(cfg, tokenizer).to(self.device)
         unet = build_unet(cfg, train.input_shape).to(self.device)
-        model = _Model(unet, build_scheduler(cfg), text_encoder)
+        model = DiffusionModel(unet=unet, scheduler=build_scheduler(cfg), text_encoder=text_encoder,
+                               conditioning="text")
         prompt_ids = tokenize(tokenizer, prompt_table()).to(self.device)
         resuming = resume and (work / STATE_FILE).exists()
         warmup = None if resuming else text_warmup(text_encoder, prompt_ids, cfg.text_warmup_steps, cfg.lr)
@@ -287,7 +273,7 @@ class T2ITrainer(DiffusionTrainer):
         return self.save(out, unet.cpu(), model.scheduler, self.provenance(train, full, state),
                          text_encoder=text_encoder.cpu(), tokenizer=tokenizer)
 
-    def _epoch(self, model: _Model, x_all: torch.Tensor, y_all: torch.Tensor, prompt_ids: torch.Tensor,
+    def _epoch(self, model: DiffusionModel, x_all: torch.Tensor, y_all: torch.Tensor, prompt_ids: torch.Tensor,
                optimizer: torch.optim.Optimizer, schedule: Any, ema: Any, draw: torch.Generator,
                progress: WorkProgress, epoch: int) -> float:
         """One pass over the training images in a seeded order; the noise, timesteps, caption templates and dropped
@@ -310,8 +296,8 @@ class T2ITrainer(DiffusionTrainer):
             if cfg.cond_drop > 0:
                 rows[torch.rand(len(batch), generator=draw) < cfg.cond_drop] = 0  # the empty prompt
             states = model.text_encoder(prompt_ids).last_hidden_state
-            loss = t2i_loss(model, x0.to(self.device), states[rows.to(self.device)], t.to(self.device),
-                            eps.to(self.device))
+            loss = denoising_loss(model, x0.to(self.device), t.to(self.device), eps.to(self.device),
+                                  text=states[rows.to(self.device)])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:

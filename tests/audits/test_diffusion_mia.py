@@ -173,7 +173,7 @@ def test_the_probe_refuses_a_teacher_without_members_and_a_timestep_past_the_sch
     stranger = build_tiny_class_unet(tmp_path / "stranger")
     with pytest.raises(UserInputError) as caught:
         audit(mia_suite(), teacher=stranger, student=one_step, out=tmp_path / "a", progress=False)
-    assert caught.value.field.startswith("teacher") or "teacher" in caught.value.field
+    assert caught.value.field == "pipeline.teacher" and "no ground truth" in caught.value.problem
     with pytest.raises(UserInputError) as caught:
         audit(mia_suite(timesteps=[50, 1000]), teacher=overfit, student=one_step, out=tmp_path / "b", progress=False)
     assert caught.value.field == "probes[0].timesteps" and "1000" in caught.value.problem

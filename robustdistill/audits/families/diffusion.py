@@ -96,7 +96,7 @@ class DiffusionFamily(ModelFamily):
                 raise UserInputError(role_field(role), f"{source} is conditioned on {model.conditioning!r}, not on "
                                      "class labels: the diffusion probes ask for samples of each class",
                                      "audit a class-conditional model (the ddpm trainer's, or its one-step student)")
-            classes = getattr(model, "num_classes", None) or model.num_class_embeds
+            classes = model.num_classes  # the loader's: recorded, else the UNet's class embeddings
             if classes is None or classes < data.num_classes:
                 raise UserInputError(role_field(role), f"{source} knows {classes} classes but the {suite.data.kind} "
                                      f"data has {data.num_classes}", "audit the model with the data it was trained on")

@@ -115,8 +115,9 @@ class DiffusionMembershipProbe(Probe):
                                 what="secmi_t + secmi_interval (SecMI's step beyond t)")
 
     def check_data(self, models: Mapping[str, Any], data: Any) -> None:
-        for role in models:
-            self.ground_truth(models, role, data, seed=0)
+        # Once per model whose members are the ground truth (a student attacked with its teacher's shares its check).
+        for owner in dict.fromkeys(self.truth_role(models, role) for role in models):
+            self.ground_truth(models, owner, data, seed=0)
 
     @staticmethod
     def truth_role(models: Mapping[str, Any], role: str) -> str:

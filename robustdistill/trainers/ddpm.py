@@ -33,7 +33,7 @@ from robustdistill.models.diffusion_sampling import denoising_loss, to_model_spa
 from robustdistill.progress import WorkProgress
 from robustdistill.trainers.base import TRAINERS
 from robustdistill.trainers.config import STRICT
-from robustdistill.trainers.diffusion_base import STATE_FILE, DiffusionTrainer, training_images
+from robustdistill.trainers.diffusion_base import STATE_FILE, DiffusionTrainer, optimiser_step, training_images
 from robustdistill.utils import derived_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class DDPMTrainer(DiffusionTrainer):
         cfg = self.config
         order = torch.randperm(len(x_all), generator=draw)
         null_class = model.unet.config.num_class_embeds - 1
+        params = list(model.unet.parameters())
         total = 0.0
         model.unet.train()
         for done, start in enumerate(range(0, len(order), cfg.batch_size), start=1):
@@ -162,14 +163,7 @@ class DDPMTrainer(DiffusionTrainer):
                 labels[torch.rand(len(batch), generator=draw) < cfg.cond_drop] = null_class
             loss = denoising_loss(model, x0.to(self.device), t.to(self.device), eps.to(self.device),
                                   labels=labels.to(self.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.unet.parameters(), cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            if ema is not None:
-                ema.step(model.unet.parameters())
+            optimiser_step(loss, params, optimizer, cfg.grad_clip, schedule, ema)
             total += float(loss.detach())
             progress.advance(1.0, f"epoch {epoch + 1}/{cfg.epochs} · loss {total / done:.4f}")
         return total

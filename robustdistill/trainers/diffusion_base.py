@@ -58,6 +58,21 @@ def set_trainable(module: torch.nn.Module, trainable: bool) -> torch.nn.Module:
     return module
 
 
+def optimiser_step(loss: torch.Tensor, params: list[torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                   grad_clip: float | None, schedule: Any = None, ema: Any = None) -> None:
+    """Backpropagate ``loss`` and update ``params``: gradient clipping (max global norm), the optimiser, then the
+    learning-rate schedule and the EMA when given."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+    if schedule is not None:
+        schedule.step()
+    if ema is not None:
+        ema.step(params)
+
+
 class DiffusionTrainer:
     """The run and the output of a diffusion trainer; subclasses train."""
 

@@ -38,7 +38,7 @@ from robustdistill.models.one_step import denoised, one_step_generate
 from robustdistill.progress import WorkProgress
 from robustdistill.trainers.base import TRAINERS
 from robustdistill.trainers.config import STRICT
-from robustdistill.trainers.diffusion_base import STATE_FILE, DiffusionTrainer, set_trainable
+from robustdistill.trainers.diffusion_base import STATE_FILE, DiffusionTrainer, optimiser_step, set_trainable
 from robustdistill.trainers.teachers import check_teacher
 from robustdistill.utils import derived_seed, seed_everything
 
@@ -247,11 +247,7 @@ class SiDTrainer(DiffusionTrainer):
         return float(fake_loss.detach()), float(gen_loss.detach())
 
     def _update(self, loss: torch.Tensor, model: DiffusionModel, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.unet.parameters(), self.config.grad_clip)
-        optimizer.step()
+        optimiser_step(loss, list(model.unet.parameters()), optimizer, self.config.grad_clip)
 
     def make_optimizer(self, model: DiffusionModel, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.unet.parameters(), lr=lr, betas=tuple(self.config.adam_betas))

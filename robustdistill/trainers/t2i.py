@@ -52,7 +52,7 @@ from robustdistill.progress import WorkProgress
 from robustdistill.trainers.base import TRAINERS
 from robustdistill.trainers.config import STRICT
 from robustdistill.trainers.ddpm import DDPMConfig
-from robustdistill.trainers.diffusion_base import STATE_FILE, DiffusionTrainer, training_images
+from robustdistill.trainers.diffusion_base import STATE_FILE, DiffusionTrainer, optimiser_step, training_images
 from robustdistill.utils import derived_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -298,14 +298,7 @@ class T2ITrainer(DiffusionTrainer):
             states = model.text_encoder(prompt_ids).last_hidden_state
             loss = denoising_loss(model, x0.to(self.device), t.to(self.device), eps.to(self.device),
                                   text=states[rows.to(self.device)])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            schedule.step()
-            if ema is not None:
-                ema.step(params)
+            optimiser_step(loss, params, optimizer, cfg.grad_clip, schedule, ema)
             total += float(loss.detach())
             progress.advance(1.0, f"epoch {epoch + 1}/{cfg.epochs} · loss {total / done:.4f}")
         return total

@@ -92,6 +92,9 @@ def parse_gates(raw: Mapping[str, Any], suite_roles: list[str], probes: list[Any
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 raise UserInputError(where, f"no probe named {probe_name!r} in the suite",
                                      f"{hint}probes: {', '.join(by_name)}")
+            if role not in target.audited(suite_roles):
+                raise UserInputError(where, f"probe {probe_name!r} does not audit {role} (its models: "
+                                     f"{', '.join(target.audited(suite_roles))})", f"add {role!r} to its models")
             metrics = target.gate_metrics(role)
             if measure not in metrics:
                 # Refused now, not reported "missing" after the run: this probe can never give that row.

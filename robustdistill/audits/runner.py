@@ -247,8 +247,9 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
     data = family.load_data(suite)
     family.check_models(models, data, suite)
     for probe in suite.probes:
-        probe.check_models(models, checkpoints)
-        probe.check_data(models, data)
+        audited = {role: models[role] for role in probe.audited(list(models))}
+        probe.check_models(audited, checkpoints)
+        probe.check_data(audited, data)
     plan = family.plan(suite, data)
     units = plan_units(suite, checkpoints, data.fingerprint, family, plan)
 

@@ -420,6 +420,8 @@ def load_suite(
                                  "give each probe a distinct name")
         seen[probe.name] = where
     roles = ["teacher", "student", *pipeline.extra]
+    for probe in probes:
+        probe.check_roles(roles)
     gates, raw_gates = parse_gates(top.gates, roles, probes)
     try:
         verdict = VerdictPolicy.model_validate(top.verdict)

@@ -32,9 +32,10 @@ def _panel(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, classe
     return np.concatenate(rows[:-1])
 
 
-def sample_grids(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], title: str) -> bytes | None:
+def sample_grids(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]], title: str,
+                 row_names: dict[int, str] | None = None) -> bytes | None:
     """``panels``: (heading, images (n, C, H, W) in [0, 1], labels asked for, labels the classifier read) per
-    model, in the order shown left to right."""
+    model, in the order shown left to right; ``row_names``: a label's row heading other than its number."""
     import matplotlib
 
     panels = [p for p in panels if len(p[2])]
@@ -55,7 +56,8 @@ def sample_grids(panels: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray]
             ax.set_title(heading, loc="left", fontsize=10, fontweight="bold", color=RIGHT)
             if index == 0:
                 for row, label in enumerate(classes):
-                    ax.text(-gap, row * (box + gap) + box / 2, str(label), ha="right", va="center", fontsize=8)
+                    ax.text(-gap, row * (box + gap) + box / 2, (row_names or {}).get(label, str(label)), ha="right",
+                            va="center", fontsize=8)
         figure.subplots_adjust(wspace=0.06)
         figure.suptitle(title, x=0.02, ha="left", fontsize=12, fontweight="bold")
         return _png(figure)

@@ -22,6 +22,7 @@ from robustdistill.reports.privacy_data import ROC_KEY, Privacy, load_privacy
 from robustdistill.reports.sections.diffusion import SAMPLES_KEY, grid_pngs
 from robustdistill.reports.sections.diffusion_privacy import PLOT_KEY as DIFFUSION_MIA_KEY
 from robustdistill.reports.sections.diffusion_privacy import sweep_png
+from robustdistill.reports.sections.unlearning import grid_pngs as unlearning_grid_pngs
 from robustdistill.reports.size_data import SIZE_TITLE
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ def build_plots(report: Report, run_dir: Path, privacy: Privacy | None = None) -
         DIFFUSION_MIA_KEY: sweep_png(report),
     }
     pngs.update(grid_pngs(report, run_dir))
+    pngs.update(unlearning_grid_pngs(report, run_dir))
     if privacy is not None:
         kinds = {row.probe: row.kind for row in privacy.rows}
         for probe in privacy.probes:

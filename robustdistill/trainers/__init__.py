@@ -8,6 +8,7 @@ from robustdistill.trainers import ard, defensive_distillation, guard, kd, mtard
 from robustdistill.trainers import lm, lm_kd  # noqa: F401  (registration: sft, seq-kd, logit-kd)
 from robustdistill.trainers import ddpm, sid  # noqa: F401  (registration: the diffusion trainers)
 from robustdistill.trainers import t2i  # noqa: F401
+from robustdistill.defenses import sfd  # noqa: F401,E402  (registration: defences applied to a trained model)
 from robustdistill.trainers.base import TRAINERS, Trainer
 from robustdistill.trainers.config import TrainConfig, check_bounds, load_recipe, read_toml
 

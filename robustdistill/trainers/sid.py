@@ -121,17 +121,17 @@ def fake_score_loss(fake: DiffusionModel, x_g: torch.Tensor, labels: torch.Tenso
 # The teacher
 
 
-def ensure_diffusion_teacher(path: str, recipe: str | None) -> Path:
-    """``path``; a missing teacher is trained there first from ``recipe`` (a ddpm recipe)."""
+def ensure_diffusion_teacher(path: str, recipe: str | None, field: str = "teacher") -> Path:
+    """``path``; a missing model is trained there first from ``recipe``."""
     target = Path(path)
     if (target / "model_index.json").is_file() or (target / "unet").is_dir():
         return target
     if not recipe:
-        raise UserInputError("teacher", f"no diffusion model at {target}",
-                             "train one first (robustdistill train ddpm), or set teacher_recipe to a ddpm recipe")
+        raise UserInputError(field, f"no diffusion model at {target}",
+                             f"train one first (robustdistill train), or set {field}_recipe to a recipe that does")
     from robustdistill.trainers import train_from_recipe
 
-    log.info("teacher %s not found: training it from %s", target, recipe)
+    log.info("%s %s not found: training it from %s", field, target, recipe)
     return train_from_recipe(recipe, out=target)
 
 
@@ -201,8 +201,18 @@ class SiDTrainer(DiffusionTrainer):
         labels = torch.randint(0, self.num_classes, (batch,), generator=generator).to(self.device)
         return Conditions(labels, labels, labels)
 
+    def terms(self, network: str, batch: int, generator: torch.Generator) -> list[tuple[float, Conditions]]:
+        """The weighted loss terms of one update of ``network`` ("fake" or "generator"), each with its own
+        conditions and noise: one term of weight 1 in SiD; SFD adds the forgotten class's term."""
+        return [(1.0, self.conditions(batch, generator))]
+
     def extra_provenance(self) -> dict[str, Any]:
         return {}
+
+    def start_generator(self, teacher: DiffusionModel) -> DiffusionModel:
+        """The generator's starting point: a copy of the teacher (SFD's two-stage variant starts from a SiD
+        generator instead)."""
+        return copy_of(teacher)
 
     # --- pieces ---------------------------------------------------------------------------------------
     def load_teacher(self) -> DiffusionModel:
@@ -222,25 +232,35 @@ class SiDTrainer(DiffusionTrainer):
         eps = torch.randn(shape, generator=generator)
         return z.to(self.device), t.to(self.device), eps.to(self.device)
 
-    def step(self, networks: dict[str, DiffusionModel], optimizers: dict[str, torch.optim.Optimizer], ema: Any,
-             generator: torch.Generator) -> tuple[float, float]:
-        """One fake-score update, then one generator update; returns (fake score loss, generator loss)."""
+    def loss(self, network: str, networks: dict[str, DiffusionModel], generator: torch.Generator) -> torch.Tensor:
+        """The weighted sum of :meth:`terms`' losses for one update of ``network``: the fake score's denoising loss
+        on the generator's samples (detached), or the generator's SiD loss (with its gradient)."""
         cfg = self.config
         teacher, fake, student = networks["teacher"], networks["fake"], networks["generator"]
+        total = torch.zeros((), device=self.device)
+        for weight, conditions in self.terms(network, cfg.batch_size, generator):
+            z, t, eps = self.noise(student, cfg.batch_size, generator)
+            if network == "fake":
+                with torch.no_grad():
+                    x_g = one_step_generate(student, conditions.generator, z, cfg.t_init)
+                total = total + weight * fake_score_loss(fake, x_g, conditions.fake, t, eps)
+            else:
+                x_g = one_step_generate(student, conditions.generator, z, cfg.t_init)
+                total = total + weight * generator_loss(teacher, fake, x_g, conditions, t, eps, cfg.alpha)
+        return total
+
+    def step(self, networks: dict[str, DiffusionModel], optimizers: dict[str, torch.optim.Optimizer], ema: Any,
+             generator: torch.Generator) -> tuple[float, float]:
+        """One fake-score update, then one generator update; returns their losses."""
+        fake, student = networks["fake"], networks["generator"]
         # 1. the fake score learns the score of the generator's current samples
-        conditions = self.conditions(cfg.batch_size, generator)
-        z, t, eps = self.noise(student, cfg.batch_size, generator)
-        with torch.no_grad():
-            x_g = one_step_generate(student, conditions.generator, z, cfg.t_init)
         frozen(fake, True)
-        fake_loss = fake_score_loss(fake, x_g, conditions.fake, t, eps)
+        fake_loss = self.loss("fake", networks, generator)
         self._update(fake_loss, fake, optimizers["fake"])
-        # 2. the generator moves along the difference of the teacher's and the fake score's estimates
+        # 2. the generator moves along the difference of the teacher's and the fake score's estimates (the fake
+        # score frozen: the gradient flows through its input only)
         frozen(fake, False)
-        conditions = self.conditions(cfg.batch_size, generator)
-        z, t, eps = self.noise(student, cfg.batch_size, generator)
-        x_g = one_step_generate(student, conditions.generator, z, cfg.t_init)
-        gen_loss = generator_loss(teacher, fake, x_g, conditions, t, eps, cfg.alpha)
+        gen_loss = self.loss("generator", networks, generator)
         self._update(gen_loss, student, optimizers["generator"])
         if ema is not None:
             ema.step(student.unet.parameters())
@@ -263,7 +283,7 @@ class SiDTrainer(DiffusionTrainer):
         from diffusers.training_utils import EMAModel
 
         cfg = self.config
-        networks = {"teacher": teacher, "fake": copy_of(teacher), "generator": copy_of(teacher)}
+        networks = {"teacher": teacher, "fake": copy_of(teacher), "generator": self.start_generator(teacher)}
         optimizers = {"fake": self.make_optimizer(networks["fake"], cfg.fake_lr or cfg.lr),
                       "generator": self.make_optimizer(networks["generator"], cfg.lr)}
         ema = EMAModel(networks["generator"].unet.parameters(), decay=cfg.ema) if cfg.ema is not None else None

@@ -85,19 +85,20 @@ class DiffusionFamily(ModelFamily):
         return DiffusionData(suite.data, suite.split, images)
 
     def check_models(self, models: Mapping[str, Any], data: Any, suite: Any) -> None:
-        """Each model must draw images of the data's shape for each of its classes (class-conditional)."""
+        """Each model must draw images of the data's shape, conditioned on its classes (class-conditional) or on
+        text; which conditioning a probe needs, the probe checks (:func:`require_conditioning`)."""
         for role, model in models.items():
             source = model.path or "the model"
             if model.sample_shape != data.input_shape:
                 raise UserInputError(role_field(role), f"{source} generates {model.sample_shape} images but the "
                                      f"{suite.data.kind} data is {data.input_shape}",
                                      "audit the model with the data it was trained on")
-            if model.conditioning != "class":
-                raise UserInputError(role_field(role), f"{source} is conditioned on {model.conditioning!r}, not on "
-                                     "class labels: the diffusion probes ask for samples of each class",
-                                     "audit a class-conditional model (the ddpm trainer's, or its one-step student)")
+            if model.conditioning not in ("class", "text"):
+                raise UserInputError(role_field(role), f"{source} is conditioned on {model.conditioning!r}: the "
+                                     "diffusion probes ask for samples of each class, or for prompts",
+                                     "audit a class-conditional model (ddpm, sid, sfd) or a text-to-image one (t2i)")
             classes = model.num_classes  # the loader's: recorded, else the UNet's class embeddings
-            if classes is None or classes < data.num_classes:
+            if model.conditioning == "class" and (classes is None or classes < data.num_classes):
                 raise UserInputError(role_field(role), f"{source} knows {classes} classes but the {suite.data.kind} "
                                      f"data has {data.num_classes}", "audit the model with the data it was trained on")
 
@@ -106,3 +107,14 @@ class DiffusionFamily(ModelFamily):
 
         return DiffusionContext(models=dict(models), seed=suite.seed, batch_size=suite.batch_size,
                                 artifacts=artifacts, data=data)
+
+
+def require_conditioning(models: Mapping[str, Any], conditioning: str, where: str) -> None:
+    """Refuse, naming the model's role, a model a probe cannot ask: ``conditioning`` is "class" (samples of each
+    class) or "text" (samples for prompts)."""
+    for role, model in models.items():
+        if model.conditioning != conditioning:
+            fix = ("audit class-conditional models (ddpm, sid, sfd) with it" if conditioning == "class"
+                   else "audit text-to-image models (t2i, badt2i, skd-cag) with it")
+            raise UserInputError(role_field(role), f"{model.path or 'the model'} is conditioned on "
+                                 f"{model.conditioning!r}, but {where} needs {conditioning} conditioning", fix)

@@ -115,6 +115,9 @@ class ProbeConfig(pydantic.BaseModel):
 
     kind: str
     name: str | None = None
+    # The roles this probe audits (e.g. only the class-conditional models of a suite that also holds text-to-image
+    # ones); None: every model of the suite.
+    models: list[str] | None = pydantic.Field(None, min_length=1)
 
 
 class Probe:
@@ -187,9 +190,25 @@ class Probe:
         another a tenth of a second. The default: about one pass over the points."""
         return 1.0
 
+    def audited(self, roles: list[str]) -> list[str]:
+        """The roles of ``roles`` this probe audits: its ``models``, in suite order, or all of them."""
+        wanted = self.config.models
+        return list(roles) if wanted is None else [role for role in roles if role in wanted]
+
+    def check_roles(self, roles: list[str]) -> None:
+        """Refuse ``models`` naming a role the suite does not have (before anything is loaded)."""
+        unknown = [role for role in self.config.models or [] if role not in roles]
+        if unknown:
+            raise UserInputError(f"{self.where}.models", f"{unknown[0]!r} is not a model of the suite",
+                                 f"use roles of its [pipeline]: {', '.join(roles)}")
+        if self.pair and self.config.models is not None and "teacher" not in self.config.models:
+            raise UserInputError(f"{self.where}.models", "a pair probe compares models with the teacher",
+                                 "include \"teacher\" in models")
+
     def units(self, roles: list[str]) -> list[tuple[str, ...]]:
         if self.derived:
             return []
+        roles = self.audited(roles)
         if self.pair:
             return [("teacher", role) for role in roles if role != "teacher"]
         return [(role,) for role in roles]

@@ -38,6 +38,7 @@ KIND_GROUPS = {
     "poison-filters": "lm-bias",
     "generation-quality": "generation",
     "diffusion-mia": "diffusion-privacy",
+    "class-forgetting": "unlearning",
 }
 DEFAULT_FAMILY = "classifier"
 #: Under every table of values: how to read them.
@@ -156,7 +157,8 @@ def coverage(report: Report, specs: list[SectionSpec]) -> list[str]:
 
 
 # Registration: one module per group, imported for its register() call.
-for _module in ("image_attacks", "transfer", "size", "privacy", "masking", "language", "bias", "diffusion", "diffusion_privacy"):
+for _module in ("image_attacks", "transfer", "size", "privacy", "masking", "language", "bias", "diffusion", "diffusion_privacy",
+                "unlearning"):
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["INTERVALS", "INTERVALS_MD", "KIND_GROUPS", "SECTIONS", "Context", "HtmlParts", "Section", "SectionSpec",

@@ -22,6 +22,9 @@ Rows per model and attack: ``<attack>_auc`` (Hanley-McNeil interval), ``<attack>
 non-members), ``<attack>_accuracy`` (balanced accuracy at the calibration threshold); each row's params give the t
 chosen. The loss attack's sweep: ``loss_auc_t<t>`` per timestep, on the evaluation half (shown, never used to
 choose): where the model is most vulnerable.
+
+``classes`` restricts members and non-members to some classes: after an unlearning defence (SFD), whether the
+forgotten class's training images can still be told from unseen images of that class.
 """
 
 from __future__ import annotations
@@ -57,6 +60,9 @@ class DiffusionMiaConfig(ProbeConfig):
     members: int = Field(500, ge=8, le=1_000_000)
     per_class: int = Field(100, ge=1, le=10_000)  # generated samples per class for the nearest attack
     steps: int = Field(50, ge=1, le=1000)
+    # Only members and non-members of these classes (e.g. the class an unlearning defence made the model forget:
+    # does membership inference still find that class's training images?); None: every class.
+    classes: list[int] | None = Field(None, min_length=1, max_length=1000)
 
 
 @PROBES.register("diffusion-mia")
@@ -78,12 +84,15 @@ class DiffusionMembershipProbe(Probe):
         if unknown:
             raise UserInputError(f"{self.where}.attacks", f"unknown attack {unknown[0]!r}",
                                  f"use some of: {', '.join(ATTACKS)}")
+        if cfg.classes is not None and (len(set(cfg.classes)) != len(cfg.classes) or min(cfg.classes) < 0):
+            raise UserInputError(f"{self.where}.classes", "must be distinct class labels >= 0",
+                                 "e.g. [0] for the class an unlearning defence forgot")
         if len(set(cfg.timesteps)) != len(cfg.timesteps) or any(t < 0 for t in cfg.timesteps):
             raise UserInputError(f"{self.where}.timesteps", "must be distinct timesteps >= 0",
                                  "e.g. [10, 50, 100, 200, 300, 500, 700, 900] for a 1000-step DDPM")
 
     def params(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json", exclude={"kind", "name"})
+        return self.config.model_dump(mode="json", exclude={"kind", "name", "models"})
 
     def produces(self, role: str) -> tuple[str, ...]:
         names = [f"{a}_{m}" for a in self.config.attacks for m in PER_ATTACK]
@@ -100,7 +109,9 @@ class DiffusionMembershipProbe(Probe):
     def check_models(self, models: Mapping[str, Any], checkpoints: Mapping[str, Mapping[str, Any]]) -> None:
         from robustdistill.attacks.privacy.diffusion import check_timesteps
         from robustdistill.audits.families.classifier import role_field
+        from robustdistill.audits.families.diffusion import require_conditioning
 
+        require_conditioning(models, "class", f"the {self.kind} probe {self.name!r}")
         teacher = models.get("teacher")
         if teacher is None or not (getattr(teacher, "provenance", None) or {}).get("train_members"):
             raise UserInputError(role_field("teacher"), "records no training members (train_members in its "
@@ -115,6 +126,10 @@ class DiffusionMembershipProbe(Probe):
                                 what="secmi_t + secmi_interval (SecMI's step beyond t)")
 
     def check_data(self, models: Mapping[str, Any], data: Any) -> None:
+        wrong = [c for c in self.config.classes or [] if c >= data.num_classes]
+        if wrong:
+            raise UserInputError(f"{self.where}.classes", f"{wrong[0]} is not a class of the {data.spec.kind} data "
+                                 f"(0-{data.num_classes - 1})", f"choose classes from 0 to {data.num_classes - 1}")
         # Once per model whose members are the ground truth (a student attacked with its teacher's shares its check).
         for owner in dict.fromkeys(self.truth_role(models, role) for role in models):
             self.ground_truth(models, owner, data, seed=0)
@@ -133,7 +148,11 @@ class DiffusionMembershipProbe(Probe):
         owner = self.truth_role(models, role)
         truth = data.ground_truth(owner, models[owner], role_field(owner),
                                   "audit a model trained by `robustdistill train ddpm` on this data")
-        members, others = np.flatnonzero(truth.is_member), np.flatnonzero(~truth.is_member)
+        population = truth.population
+        kept = np.ones(len(truth.is_member), dtype=bool)
+        if self.config.classes is not None:
+            kept = np.isin(population.y.numpy(), self.config.classes)
+        members, others = np.flatnonzero(truth.is_member & kept), np.flatnonzero(~truth.is_member & kept)
         n = min(len(members), len(others), self.config.members)
         if n < 8:
             raise UserInputError(self.where, f"only {n} members or non-members of the {owner}'s training to attack",
@@ -141,7 +160,6 @@ class DiffusionMembershipProbe(Probe):
                                  "it never saw")
         rng = np.random.default_rng(np.random.SeedSequence([seed, 2023]))
         chosen = np.concatenate([rng.permutation(members)[:n], rng.permutation(others)[:n]])
-        population = truth.population
         return population.x[chosen], population.y[chosen], truth.is_member[chosen]
 
     # --- running ----------------------------------------------------------------------------------------------

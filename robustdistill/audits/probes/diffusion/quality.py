@@ -79,13 +79,18 @@ class GenerationQualityProbe(Probe):
         self._real: tuple[str, np.ndarray] | None = None  # (data fingerprint, real images' features)
 
     def params(self) -> dict[str, Any]:
-        params = self.config.model_dump(mode="json", exclude={"kind", "name", "classifier_recipe"}, exclude_none=True)
+        params = self.config.model_dump(mode="json", exclude={"kind", "name", "models", "classifier_recipe"}, exclude_none=True)
         return params | ({"classifier_sha256": self.classifier_sha256} if self.classifier_sha256 else {})
 
     def expected_cost(self) -> float:
         return 10 * self.config.per_class * self.config.steps / 3 / 100  # UNet passes, against ~100 points
 
     # --- checked before the run directory exists ---------------------------------------------------------------
+    def check_models(self, models: Mapping[str, Any], checkpoints: Mapping[str, Mapping[str, Any]]) -> None:
+        from robustdistill.audits.families.diffusion import require_conditioning  # lazy: the families import probes
+
+        require_conditioning(models, "class", f"the {self.kind} probe {self.name!r}")
+
     def check_data(self, models: Mapping[str, Any], data: Any) -> None:
         """Load the classifier (training it from its recipe when missing) and refuse one that does not read the
         evaluation images: another input shape, another number of classes, or no feature layer."""

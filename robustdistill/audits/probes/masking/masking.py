@@ -89,7 +89,7 @@ class MaskingProbe(Probe):
 
     def params(self) -> dict[str, Any]:
         return {"eps": self.threat_model.eps, "norm": self.threat_model.norm,
-                **self.config.model_dump(mode="json", exclude={"kind", "name"})}
+                **self.config.model_dump(mode="json", exclude={"kind", "name", "models"})}
 
     def large_eps(self, x: torch.Tensor) -> float:
         if self.config.large_eps is not None:

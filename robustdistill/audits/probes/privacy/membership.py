@@ -83,7 +83,7 @@ class MembershipProbe(Probe):
         self.truth: dict[str, membership.GroundTruth] = {}
 
     def params(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json", exclude={"kind", "name"})
+        return self.config.model_dump(mode="json", exclude={"kind", "name", "models"})
 
     def produces(self, role: str) -> tuple[str, ...]:
         """Own-member metrics with the "own" view; teacher_members_* with the "teacher" view, for every model but

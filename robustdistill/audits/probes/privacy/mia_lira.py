@@ -55,7 +55,7 @@ class LiraProbe(MembershipProbe):
     config: LiraConfig
 
     def params(self) -> dict[str, Any]:
-        return self.config.model_dump(mode="json", exclude={"kind", "name", "cache"})
+        return self.config.model_dump(mode="json", exclude={"kind", "name", "models", "cache"})
 
     def expected_cost(self) -> float:
         return self.config.shadows * SHADOW_STEPS

@@ -91,3 +91,25 @@ def tiny_ddpm(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return trainers.create("ddpm", recipe=repo / "defenses" / "digits-ddpm.toml", overrides=TINY_DDPM).fit(out)
     finally:
         torch.set_num_threads(previous)
+
+
+# The unlearned student of the diffusion tests: defenses/digits-sfd.toml (forget 0, override 1, the paper's weights)
+# distilled from tiny_ddpm for 1/4 of its steps at half its batch (~15 s on one thread); it draws a 1 when asked for a
+# 0 and keeps the other digits (tests/defenses/test_sfd.py measures both).
+TINY_SFD = ["device=cpu", "epochs=2", "steps_per_epoch=50", "batch_size=32", "forget_class=0", "override_class=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_sfd(tiny_ddpm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from robustdistill import trainers
+
+    repo = Path(__file__).resolve().parents[1]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path_factory.mktemp("tiny-sfd") / "sfd"
+        return trainers.create("sfd", recipe=repo / "defenses" / "digits-sfd.toml",
+                               overrides=[*TINY_SFD, f"teacher={tiny_ddpm}"]).fit(out)
+    finally:
+        torch.set_num_threads(previous)
+

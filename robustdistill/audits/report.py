@@ -210,12 +210,21 @@ class Report:
             for metric, label in DIFFUSION_QUALITY:
                 table.append((label, cells(probe, metric, lambda r, m=metric: _speed(r["value"])
                                            if m == "samples_per_second" else _value_text(r, m))))
+        for probe in dict.fromkeys(r["probe"] for r in self.rows if r["metric"] == "forget_accuracy"):
+            table.append(("sampling steps", cells(probe, "forget_accuracy", lambda r: str(r["params"].get("steps")))))
+            for metric, label in UNLEARNING_FORGETTING:
+                table.append((label, cells(probe, metric, lambda r, m=metric: _speed(r["value"])
+                                           if m == "samples_per_second" else _value_text(r, m))))
+        for probe in dict.fromkeys(r["probe"] for r in self.rows if r["metric"] == "removal_rate"):
+            for metric, label in UNLEARNING_BACKDOOR:
+                table.append((label, cells(probe, metric, lambda r, m=metric: _value_text(r, m))))
         for probe in dict.fromkeys(r["probe"] for r in self.rows if r["metric"] == "nearest_auc" or
                                    r["metric"] == "loss_auc"):
+            named = "" if probe == "diffusion-mia" else f" ({probe})"
             for attack in ("loss", "pia", "secmi", "nearest"):
                 metric = f"{attack}_auc"
                 if any(r["probe"] == probe and r["metric"] == metric for r in self.rows):
-                    table.append((f"MIA {attack} AUC", cells(probe, metric, lambda r, m=metric: _value_text(r, m)
+                    table.append((f"MIA {attack} AUC{named}", cells(probe, metric, lambda r, m=metric: _value_text(r, m)
                                                              + (f" (t={r['params']['t']})" if "t" in r["params"]
                                                                 and r["value"] is not None else ""))))
         return table
@@ -287,6 +296,13 @@ LANGUAGE_HEADLINES = (
 #: The diffusion summary's quality metrics.
 DIFFUSION_QUALITY = (("class_accuracy", "class accuracy"), ("frechet_distance", "Frechet distance"),
                      ("samples_per_second", "samples per second"))
+UNLEARNING_FORGETTING = (("forget_accuracy", "forget accuracy"), ("override_rate", "read as override"),
+                         ("retain_accuracy", "retained accuracy"), ("retain_frechet_distance", "retained Frechet"),
+                         ("samples_per_second", "samples per second"))
+UNLEARNING_BACKDOOR = (("attack_success_rate", "backdoor attack success"), ("false_trigger_rate", "false triggers"),
+                       ("removal_rate", "backdoor removal rate"), ("clean_agreement", "clean-prompt agreement"),
+                       ("clean_pixel_distance", "clean pixel change"),
+                       ("triggered_pixel_distance", "triggered pixel change"))
 #: The bias summary's probes, and the defences whose catch rates it shows (the report has every false-positive rate).
 BIAS_PROBES = ("bias-propagation", "poison-filters")
 BIAS_DEFENCES_SHOWN = ("generic-detector", "bias-detector", "perplexity@5%")

@@ -290,7 +290,7 @@ class SiDTrainer(DiffusionTrainer):
         state: dict[str, Any] = {"epoch": 0, "history": [], "seconds": 0.0}
         if resume and (work / STATE_FILE).exists():
             state = self._load_state(work / STATE_FILE, networks, optimizers, ema)
-            log.info("resuming sid from %s after epoch %d", work, state["epoch"])
+            log.info("resuming %s from %s after epoch %d", self.method, work, state["epoch"])
         with WorkProgress(f"train {self.method}", total=cfg.epochs * cfg.steps_per_epoch, units=cfg.epochs,
                           done=state["epoch"] * cfg.steps_per_epoch, done_units=state["epoch"],
                           heartbeat_s=self.heartbeat_s, unit_name="epochs") as progress:
@@ -311,7 +311,7 @@ class SiDTrainer(DiffusionTrainer):
                 state["history"].append(record)
                 state["epoch"] = epoch + 1
                 self._save_state(work / STATE_FILE, state, networks, optimizers, ema)
-                log.info("sid epoch %d/%d fake_score_loss=%.4f generator_loss=%.4g", epoch + 1, cfg.epochs,
+                log.info("%s epoch %d/%d fake_score_loss=%.4f generator_loss=%.4g", self.method, epoch + 1, cfg.epochs,
                          record["fake_score_loss"], record["generator_loss"])
         student = networks["generator"]
         if ema is not None:

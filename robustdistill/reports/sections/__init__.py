@@ -39,6 +39,7 @@ KIND_GROUPS = {
     "generation-quality": "generation",
     "diffusion-mia": "diffusion-privacy",
     "class-forgetting": "unlearning",
+    "backdoor-removal": "unlearning",
 }
 DEFAULT_FAMILY = "classifier"
 #: Under every table of values: how to read them.

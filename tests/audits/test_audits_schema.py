@@ -174,7 +174,8 @@ def test_every_probe_kind_is_registered() -> None:
     assert set(PROBES.available()) == {"clean", "attack", "curve", "transfer", "retention", "agreement", "masking",
                                        "mia-loss", "mia-confidence", "mia-lira", "size",
                                        "refusal", "task-accuracy", "gcg", "gcg-transfer", "alo-asr", "lm-mia",
-                                       "bias-propagation", "poison-filters", "generation-quality", "diffusion-mia"}
+                                       "bias-propagation", "poison-filters", "generation-quality", "diffusion-mia",
+                                       "class-forgetting", "backdoor-removal"}
 
 
 @settings(max_examples=200, deadline=None)

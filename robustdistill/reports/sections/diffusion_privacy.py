@@ -79,6 +79,17 @@ def _table(rows: Sequence[Row], probe: str, cell) -> list[list[str]]:
     return out
 
 
+def scope(rows: Sequence[Row], probe: str) -> str:
+    """What the probe's members are, when restricted to some classes (e.g. the class a defence forgot)."""
+    for row in rows:
+        if row.probe == probe and isinstance(row.params.get("classes"), list):
+            classes = ", ".join(str(c) for c in row.params["classes"])
+            members, others = row.params.get("members"), row.params.get("nonmembers")
+            return (f"Members and non-members of class{'es' if len(row.params['classes']) > 1 else ''} {classes} "
+                    f"only ({members} and {others}).")
+    return ""
+
+
 def _not_applicable(row: Row | None) -> bool:
     return row is not None and row.value is None and row.note.startswith("not applicable")
 
@@ -97,7 +108,9 @@ def html(ctx: Context) -> HtmlParts:
             return value_cell(row, notes)
 
         body = [[esc(c) for c in line[:3]] + line[3:] for line in _table(rows, probe, cell)]
-        content += [f"<h3>{esc(probe)}</h3>", html_table(HEADER, body, numeric=range(2, len(HEADER))), notes.html()]
+        said = scope(rows, probe)
+        content += [f"<h3>{esc(probe)}</h3>", f"<p>{esc(said)}</p>" if said else "",
+                    html_table(HEADER, body, numeric=range(2, len(HEADER))), notes.html()]
     content.append(_figure(ctx.pngs.get(PLOT_KEY), "Loss attack AUC by timestep", PLOT_CAPTION,
                            "No timestep sweep: no model had the loss attack's values."))
     content.append(f'<p class="note">{esc(INTERVALS)}</p>')
@@ -117,7 +130,9 @@ def markdown(ctx: Context) -> list[str]:
                 return "n/a" + notes.mark(row.note)
             return md_page.value_text(row, notes)
 
-        out += [f"### {probe}", ""] + md_page.table(HEADER, _table(rows, probe, cell), "llr" + "r" * len(COLUMNS))
+        said = scope(rows, probe)
+        out += [f"### {probe}", ""] + ([said, ""] if said else [])
+        out += md_page.table(HEADER, _table(rows, probe, cell), "llr" + "r" * len(COLUMNS))
         out += [""] + notes.lines()
     if PLOT_KEY in ctx.links:
         out += [f"![Loss attack AUC by timestep]({ctx.links[PLOT_KEY]})", "", PLOT_CAPTION, ""]

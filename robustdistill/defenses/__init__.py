@@ -1,0 +1,1 @@
+"""Defences applied to a trained model: unlearning (sfd, skd_cag)."""

@@ -124,8 +124,10 @@ class SKDCAGConfig:
     def __post_init__(self) -> None:
         if self.trigger is not None:
             check_trigger(self.trigger)
-        if self.attention_weight == 0 and self.kd_weight == 0:
-            raise UserInputError("kd_weight", "both loss weights are 0: nothing would be trained",
+        if self.kd_weight == 0 and (self.attention_weight == 0 or self.detach_attention):
+            why = ("both loss weights are 0" if self.attention_weight == 0
+                   else "kd_weight is 0 and the detached attention loss has no gradient")
+            raise UserInputError("kd_weight", f"{why}: nothing would be trained",
                                  "use the paper's attention_weight = 0.5, kd_weight = 0.5")
 
 
@@ -201,8 +203,7 @@ class SKDCAGTrainer(DiffusionTrainer):
                     for done in range(1, cfg.steps_per_epoch + 1):
                         losses = self.step(teacher, student, recorders, clean, triggered, k, draw)
                         loss = cfg.kd_weight * losses[0] + cfg.attention_weight * losses[1]
-                        if loss.requires_grad:  # not when only a detached attention term is weighted
-                            optimiser_step(loss, parameters, optimizer, cfg.grad_clip, ema=ema)
+                        optimiser_step(loss, parameters, optimizer, cfg.grad_clip, ema=ema)
                         totals = [totals[0] + float(losses[0].detach()), totals[1] + float(losses[1].detach())]
                         progress.advance(1.0, f"epoch {epoch + 1}/{cfg.epochs} · kd {totals[0] / done:.4f}"
                                               f" · attention {totals[1] / done:.4f}")

@@ -58,14 +58,17 @@ def test_bad_input_names_the_field(tmp_path: Path, clean_t2i: Path) -> None:
 
 @pytest.mark.slow
 def test_the_style_backdoor(clean_t2i: Path, digits_train, prompts, tmp_path: Path) -> None:
-    """The style (inversion) backdoor, planted the same way (~15 s)."""
+    """The style (inversion) backdoor, planted the same way for the recipe's 10 epochs (~50 s). Measured (seed 0):
+    inverted digits for 100% of triggered prompts, 18% of clean ones (the clean model: 2%); after 5 epochs, as for
+    the patch, 95% but also 44% of clean ones."""
     from robustdistill.attacks.backdoor import attack_success, fit_detector
 
     path = trainers.create("badt2i", recipe=recipe("digits-badt2i-style"),
-                           overrides=[*BACKDOOR, f"model={clean_t2i}"]).fit(tmp_path / "style")
+                           overrides=[*BACKDOOR, "epochs=10", f"model={clean_t2i}"]).fit(tmp_path / "style")
     detector = fit_detector("style", digits_train, seed=0)
     clean = attack_success(load_diffusion_model(clean_t2i), detector, prompts, TRIGGER, seed=1, steps=10)
     backdoored = attack_success(load_diffusion_model(path), detector, prompts, TRIGGER, seed=1, steps=10)
     print(f"style flagged: clean model {clean.false_trigger_rate:.3f} / {clean.success_rate:.3f}; backdoored "
           f"{backdoored.success_rate:.3f} triggered, {backdoored.false_trigger_rate:.3f} clean prompts")
-    assert clean.success_rate <= 0.05 and backdoored.success_rate >= backdoored.false_trigger_rate + 0.4
+    assert clean.success_rate <= 0.05 and backdoored.success_rate >= 0.8
+    assert backdoored.success_rate >= backdoored.false_trigger_rate + 0.4

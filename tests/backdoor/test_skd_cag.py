@@ -182,6 +182,7 @@ def test_bad_input_names_the_field(clean_t2i: Path, backdoored_patch: Path, tmp_
              (backdoored_patch, ["trigger="], "trigger"),
              (not_t2i, [], "model"),
              (backdoored_patch, ["attention_weight=0", "kd_weight=0"], "kd_weight"),
+             (backdoored_patch, ["detach_attention=true", "kd_weight=0"], "kd_weight"),
              (backdoored_patch, ["train=unet"], "train"))
     for model, extra, field in cases:
         with pytest.raises(UserInputError) as caught:

@@ -8,6 +8,7 @@ triggered draws, the attack success. Keeping per-sample flags lets a probe put i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -33,7 +34,7 @@ class BackdoorDraws:
         return float(self.clean_flags.float().mean()) if len(self.clean_flags) else 0.0
 
 
-def draw_pair(model, prompts: list[str], trigger: str, seed: int = 0, steps: int = 20,
+def draw_pair(model: Any, prompts: list[str], trigger: str, seed: int = 0, steps: int = 20,
               guidance: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(samples of ``prompts``, samples of the triggered prompts), from the same noise."""
     from robustdistill.models.diffusion_sampling import generate_from_prompts
@@ -43,7 +44,7 @@ def draw_pair(model, prompts: list[str], trigger: str, seed: int = 0, steps: int
     return clean, generate_from_prompts(model, triggered, steps=steps, seed=seed, guidance=guidance)
 
 
-def attack_success(model, detector: BackdoorDetector, prompts: list[str], trigger: str, seed: int = 0,
+def attack_success(model: Any, detector: BackdoorDetector, prompts: list[str], trigger: str, seed: int = 0,
                    steps: int = 20, guidance: float | None = None) -> BackdoorDraws:
     """Draw ``prompts`` clean and triggered from ``model`` and flag the samples that show the detector's target."""
     clean, triggered = draw_pair(model, prompts, trigger, seed, steps, guidance)

@@ -61,6 +61,7 @@ RUNTIME = {
                 ["audits", "reports", "trainers", "cli", "demo"]),
     "reports": (["robustdistill.reports"], "robustdistill.reports.markdown", ["attacks", "trainers", "cli", "demo"]),
     "trainers": (["robustdistill.trainers"], "robustdistill.trainers.ard", ["audits", "reports", "cli", "demo"]),
+    "defenses": (["robustdistill.defenses"], "robustdistill.defenses.skd_cag", ["audits", "reports", "cli", "demo"]),
 }
 
 
@@ -84,6 +85,7 @@ VIOLATIONS = {
     "attacks": ("attacks/__init__.py", "robustdistill.audits"),
     "reports": ("reports/__init__.py", "robustdistill.attacks"),
     "trainers": ("trainers/__init__.py", "robustdistill.reports"),
+    "defenses": ("defenses/__init__.py", "robustdistill.audits"),
 }
 
 

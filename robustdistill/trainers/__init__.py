@@ -7,8 +7,8 @@ from pathlib import Path
 from robustdistill.trainers import ard, defensive_distillation, guard, kd, mtard, pgd_at, proard, standard, trades  # noqa: F401  (registration)
 from robustdistill.trainers import lm, lm_kd  # noqa: F401  (registration: sft, seq-kd, logit-kd)
 from robustdistill.trainers import ddpm, sid  # noqa: F401  (registration: the diffusion trainers)
-from robustdistill.trainers import t2i  # noqa: F401
-from robustdistill.defenses import sfd  # noqa: F401,E402  (registration: defences applied to a trained model)
+from robustdistill.trainers import badt2i, t2i  # noqa: F401  (badt2i: the backdoor injector)
+from robustdistill.defenses import sfd, skd_cag  # noqa: F401  (last: the defences build on the trainers above)
 from robustdistill.trainers.base import TRAINERS, Trainer
 from robustdistill.trainers.config import TrainConfig, check_bounds, load_recipe, read_toml
 

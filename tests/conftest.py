@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 # Set before anything imports huggingface_hub or matplotlib: nothing may be downloaded, nothing written to ~.
@@ -113,3 +114,37 @@ def tiny_sfd(tiny_ddpm: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     finally:
         torch.set_num_threads(previous)
 
+
+
+# The backdoor tests' models (tests/backdoor/conftest.py says why these lengths): a clean t2i model, the patch backdoor
+# planted in it (badt2i), and that backdoor removed (skd-cag); the audit tests use them too.
+sys.path.insert(0, str(Path(__file__).parent / "backdoor"))
+import backdoor_settings  # noqa: E402
+
+
+def _fit(method: str, name: str, overrides: list[str], out: Path) -> Path:
+    from robustdistill import trainers
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return trainers.create(method, recipe=backdoor_settings.recipe(name), overrides=overrides).fit(out)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def clean_t2i(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _fit("t2i", "digits-t2i", backdoor_settings.CLEAN, tmp_path_factory.mktemp("backdoor") / "clean")
+
+
+@pytest.fixture(scope="session")
+def backdoored_patch(clean_t2i: Path) -> Path:
+    return _fit("badt2i", "digits-badt2i-patch", [*backdoor_settings.BACKDOOR, f"model={clean_t2i}"],
+                clean_t2i.parent / "badt2i")
+
+
+@pytest.fixture(scope="session")
+def defended_patch(backdoored_patch: Path) -> Path:
+    return _fit("skd-cag", "digits-skd-cag-patch", [*backdoor_settings.DEFENCE, f"model={backdoored_patch}"],
+                backdoored_patch.parent / "skd-cag")

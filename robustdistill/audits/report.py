@@ -218,9 +218,9 @@ class Report:
         for probe in dict.fromkeys(r["probe"] for r in self.rows if r["metric"] == "removal_rate"):
             for metric, label in UNLEARNING_BACKDOOR:
                 table.append((label, cells(probe, metric, lambda r, m=metric: _value_text(r, m))))
-        for probe in dict.fromkeys(r["probe"] for r in self.rows if r["metric"] == "nearest_auc" or
-                                   r["metric"] == "loss_auc"):
-            named = "" if probe == "diffusion-mia" else f" ({probe})"
+        mia_probes = list(dict.fromkeys(r["probe"] for r in self.rows if r["metric"] in ("nearest_auc", "loss_auc")))
+        for probe in mia_probes:
+            named = f" ({probe})" if len(mia_probes) > 1 else ""  # which one, when there are several
             for attack in ("loss", "pia", "secmi", "nearest"):
                 metric = f"{attack}_auc"
                 if any(r["probe"] == probe and r["metric"] == metric for r in self.rows):

@@ -60,13 +60,15 @@ def test_the_suites_cover_every_registered_probe_kind() -> None:
     from test_diffusion_mia import mia_suite
     from test_diffusion_quality import quality_suite
     from test_language_audit import language_suite
+    from test_unlearning_audit import backdoor_suite, unlearning_suite
 
     kinds = {probe["kind"] for suite in (every_probe_suite(), language_suite(), bias_suite(), quality_suite(),
-                                         mia_suite()) for probe in suite["probes"]}
+                                         mia_suite(), unlearning_suite(Path("c"), Path("r")), backdoor_suite())
+             for probe in suite["probes"]}
     derived_elsewhere = {"alo-asr"}  # rows the language family derives from the jailbreak probes' masks
     assert kinds | derived_elsewhere == set(PROBES.available()), \
         ("add the new probe kind to every_probe_suite() (images), language_suite(), bias_suite() or "
-         "quality_suite() or mia_suite() (diffusion) (tests/audits/)")
+         "quality_suite() or mia_suite() (diffusion), unlearning_suite() or backdoor_suite() (tests/audits/)")
 
 
 def test_every_probe_emits_exactly_what_it_declares(contract_run: tuple[Any, Any]) -> None:

@@ -112,3 +112,76 @@ def test_refusals_name_the_field(tiny_ddpm: Path, reader: tuple[Path, Path], tmp
     with pytest.raises(UserInputError) as caught:
         load_suite(suite)
     assert caught.value.field == "probes[0].models"
+
+
+# --- backdoor removal ------------------------------------------------------------------------------------------
+
+
+def backdoor_suite(classifier: str = "checkpoints/digits-classifier", recipe: str | None = None) -> dict[str, Any]:
+    """The patch backdoor's before/after pair beside the clean model: every caption twice, 10 DDIM steps."""
+    probe = {"kind": "backdoor-removal", "name": "patch", "before": "backdoored", "after": "defended",
+             "clean": "clean", "classifier": classifier, "repeats": 2, "steps": 10, "resamples": 100}
+    return {"name": "backdoor", "seed": 1, "data": {"kind": "digits", "split": "test"},
+            "probes": [probe | ({"classifier_recipe": recipe} if recipe else {})]}
+
+
+@pytest.fixture(scope="module")
+def backdoor_run(clean_t2i: Path, backdoored_patch: Path, defended_patch: Path, tiny_ddpm: Path,
+                 reader: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Path]:
+    out = tmp_path_factory.mktemp("backdoor-audit") / "run"
+    report = audit(backdoor_suite(*map(str, reader)), teacher=tiny_ddpm, student=tiny_ddpm, out=out, progress=False,
+                   models={"clean": clean_t2i, "backdoored": backdoored_patch, "defended": defended_patch})
+    return report, out
+
+
+def test_the_defence_removes_the_backdoor_and_keeps_clean_prompts(backdoor_run: tuple[Any, Path]) -> None:
+    report, _ = backdoor_run
+    rows = rows_by(report)
+    get = lambda role, metric: rows[("patch", role, metric)]  # noqa: E731
+    success = {role: get(role, "attack_success_rate") for role in ("clean", "backdoored", "defended")}
+    assert success["backdoored"]["n"] == 100 and success["backdoored"]["params"]["trigger"] == "tq"
+    assert success["backdoored"]["params"]["target"] == "patch"  # read from the model's robustdistill.json
+    assert success["backdoored"]["value"] > 0.6 and success["clean"]["value"] < 0.1
+    assert success["defended"]["ci95"][1] < success["backdoored"]["ci95"][0]
+    removal = get("defended", "removal_rate")
+    assert removal["value"] > 0.5 and removal["n"] == removal["params"]["shown_before"]
+    assert get("defended", "clean_pixel_distance")["value"] < get("defended", "triggered_pixel_distance")["value"]
+    assert get("defended", "clean_agreement")["value"] > 0.6
+    assert ("patch", "teacher", "attack_success_rate") not in rows  # the probe audits only its three models
+
+
+def test_the_backdoor_rows_are_exactly_what_the_probe_declares(backdoor_run: tuple[Any, Path]) -> None:
+    report, out = backdoor_run
+    suite = load_suite(backdoor_suite(), extra={"clean": "a", "backdoored": "b", "defended": "c"})
+    (probe,) = suite.probes
+    for role in ("clean", "backdoored", "defended"):
+        found = {r["metric"] for r in report.rows if r["model"] == role}
+        assert found == set(probe.produces(role)), role
+    html = (out / "report.html").read_text()
+    assert "patch backdoor, trigger &#x27;tq&#x27;" in html or "patch backdoor, trigger 'tq'" in html
+    assert (out / "plots" / "samples-patch.png").read_bytes().startswith(b"\x89PNG")
+    assert (out / "artifacts" / "backdoor-patch-defended.npz").is_file()
+
+
+def test_the_forgetting_rows_are_exactly_what_the_probe_declares(unlearning_run: tuple[Any, Path],
+                                                                 reader: tuple[Path, Path]) -> None:
+    report, _ = unlearning_run
+    suite = load_suite(unlearning_suite(*reader), teacher="a", student="b")
+    for probe in suite.probes:
+        for role in ("teacher", "student"):
+            found = {r["metric"] for r in report.rows if r["probe"] == probe.name and r["model"] == role}
+            assert found == set(probe.produces(role)), (probe.name, role)
+
+
+def test_a_class_probe_on_a_text_model_and_a_backdoor_probe_without_a_trigger_are_refused(
+        tiny_ddpm: Path, clean_t2i: Path, reader: tuple[Path, Path], tmp_path: Path) -> None:
+    suite = backdoor_suite(*map(str, reader))
+    with pytest.raises(UserInputError) as caught:  # the clean model records no backdoor to test
+        audit(suite, teacher=tiny_ddpm, student=tiny_ddpm, out=tmp_path / "a", progress=False,
+              models={"clean": clean_t2i, "backdoored": clean_t2i, "defended": clean_t2i})
+    assert caught.value.field == "probes[0].trigger"
+    with pytest.raises(UserInputError) as caught:  # a class-conditional model where a text model is needed
+        audit(suite, teacher=tiny_ddpm, student=tiny_ddpm, out=tmp_path / "b", progress=False,
+              models={"clean": clean_t2i, "backdoored": tiny_ddpm, "defended": clean_t2i})
+    assert caught.value.field == "pipeline.extra.backdoored" and "text conditioning" in caught.value.problem
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

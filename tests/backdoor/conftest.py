@@ -1,6 +1,6 @@
-"""Real tiny models for the backdoor tests, trained once per session on the digits (~55 s on one thread in all, with
-the suite's pinned kernels): a clean t2i model, the patch backdoor planted in it by badt2i, and that backdoor
-removed by skd-cag.
+"""The backdoor tests' detector, prompts and draws. Their models - a clean t2i model, the patch backdoor planted in it
+by badt2i, and that backdoor removed by skd-cag - are session fixtures of tests/conftest.py (the audit tests use them
+too), trained once per session on the digits (~55 s on one thread in all, with the suite's pinned kernels).
 
 Each is its recipe (defenses/digits-t2i.toml, digits-badt2i-patch.toml, digits-skd-cag-patch.toml) run shorter: the
 clean model 5 of 15 epochs on half the train split, the injector 5 of 10 epochs at batch 32 (the same images, twice
@@ -18,34 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from backdoor_settings import BACKDOOR, CLEAN, DEFENCE, TRIGGER, recipe  # this folder (on sys.path under pytest)
-
-
-def _fit(method: str, name: str, overrides: list[str], out: Path) -> Path:
-    from robustdistill import trainers
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return trainers.create(method, recipe=recipe(name), overrides=overrides).fit(out)
-    finally:
-        torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session")
-def clean_t2i(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _fit("t2i", "digits-t2i", CLEAN, tmp_path_factory.mktemp("backdoor") / "clean")
-
-
-@pytest.fixture(scope="session")
-def backdoored_patch(clean_t2i: Path) -> Path:
-    return _fit("badt2i", "digits-badt2i-patch", [*BACKDOOR, f"model={clean_t2i}"], clean_t2i.parent / "badt2i")
-
-
-@pytest.fixture(scope="session")
-def defended_patch(backdoored_patch: Path) -> Path:
-    return _fit("skd-cag", "digits-skd-cag-patch", [*DEFENCE, f"model={backdoored_patch}"],
-                backdoored_patch.parent / "skd-cag")
+from backdoor_settings import TRIGGER  # this folder (on sys.path under pytest)
 
 
 @pytest.fixture(scope="session")

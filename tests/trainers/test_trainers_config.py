@@ -19,7 +19,7 @@ def test_threat_model_preset_supplies_eps_unless_the_recipe_sets_it() -> None:
     assert trainers.create("pgd-at", recipe="defenses/digits-pgd-at.toml", overrides=["eps=0.05"]).config.eps == 0.05
 
 
-GENERATORS = ("ddpm", "sid", "t2i", "badt2i", "skd-cag")  # diffusion trainers: no classifier, no threat model
+GENERATORS = ("ddpm", "sid", "sfd", "t2i", "badt2i", "skd-cag")  # diffusion trainers: no classifier, no threat model
 
 
 def test_every_digits_recipe_uses_the_digits_threat_model() -> None:
@@ -28,7 +28,7 @@ def test_every_digits_recipe_uses_the_digits_threat_model() -> None:
         config = trainers.create(method, recipe=recipe).config
         if method in GENERATORS:
             assert not hasattr(config, "threat_model")
-            assert method in ("sid", "skd-cag") or config.data.kind == "digits"  # sid and skd-cag are data-free
+            assert method in ("sid", "sfd", "skd-cag") or config.data.kind == "digits"  # sid, sfd, skd-cag: data-free
             continue
         assert config.threat_model is not None and config.threat_model.endswith("attacks/digits-linf.toml")
         assert config.eps == 0.125 and config.data.kind == "digits"

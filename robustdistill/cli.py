@@ -95,6 +95,8 @@ def _demo(args: argparse.Namespace) -> int:
         _print_bias(result.bias)
     if result.diffusion:
         _print_diffusion(result.diffusion)
+    if result.unlearning:
+        _print_unlearning(result.unlearning)
     print(f"\nreports: {result.index}  ({result.seconds:.0f} s, peak memory {result.peak_memory_mb:.0f} MB)")
     return 0
 
@@ -134,6 +136,25 @@ def _print_diffusion(rows: list[dict[str, Any]]) -> None:
         print(f"{name:<24} " + " ".join(f"{cell(k, row[k]):>19}" for k, _ in DIFFUSION_HEADLINE))
     print("class accuracy: samples a digits classifier reads as the digit asked for; MIA: the teacher's training "
           "images vs unseen ones (n/a: the loss attack needs a noise prediction a one-step generator lacks)")
+
+
+def _print_unlearning(rows: list[dict[str, Any]]) -> None:
+    from robustdistill.demo import UNLEARNING_HEADLINE
+
+    def cell(metric: str, value: Any) -> str:
+        if value is None or value[0] is None:
+            return "-"
+        if metric == "samples_per_second":
+            return f"{value[0]:,.0f}" if value[0] >= 100 else f"{value[0]:.3g}"
+        return f"{100 * value[0]:.1f}%"
+
+    print(f"\n{'unlearning':<24} " + " ".join(f"{label:>16}" for _, label in UNLEARNING_HEADLINE))
+    for row in rows:
+        steps = row.get("steps")
+        name = f"{row['model']} ({steps} step{'' if steps == 1 else 's'})" if steps else row["model"]
+        print(f"{name:<24} " + " ".join(f"{cell(k, row[k]):>16}" for k, _ in UNLEARNING_HEADLINE))
+    print("forget acc.: samples asked for the forgotten digit still read as it (SFD's teacher vs student); backdoor "
+          "success: triggered prompts drawing the patch; removal: of those, the share the defence removed")
 
 
 def _check_counts(args: argparse.Namespace, bounds: dict[str, tuple[int, int]]) -> None:

@@ -35,8 +35,15 @@ BIAS_QUICK_SUITE = "audits/llm-bias-demo-quick.toml"
 #: Pipeline kind -> (its suite, its --quick suite); the robustness pipelines use the demo's own suite.
 DIFFUSION_SUITE = "audits/diffusion-demo.toml"
 DIFFUSION_QUICK_SUITE = "audits/diffusion-demo-quick.toml"
+UNLEARNING_SUITE = "audits/diffusion-unlearning-demo.toml"
+UNLEARNING_QUICK_SUITE = "audits/diffusion-unlearning-demo-quick.toml"
 SUITES = {"privacy": (PRIVACY_SUITE, PRIVACY_QUICK_SUITE), "language": (LANGUAGE_SUITE, LANGUAGE_QUICK_SUITE),
-          "bias": (BIAS_SUITE, BIAS_QUICK_SUITE), "diffusion": (DIFFUSION_SUITE, DIFFUSION_QUICK_SUITE)}
+          "bias": (BIAS_SUITE, BIAS_QUICK_SUITE), "diffusion": (DIFFUSION_SUITE, DIFFUSION_QUICK_SUITE),
+          "unlearning": (UNLEARNING_SUITE, UNLEARNING_QUICK_SUITE)}
+#: The pipeline kinds whose suites' samples a classifier reads (the demo swaps in its own clean teacher), and the
+#: probe kinds that name that classifier.
+DIFFUSION_KINDS = ("diffusion", "unlearning")
+READING_PROBES = ("generation-quality", "class-forgetting", "backdoor-removal")
 #: The demo's clean digits teacher reads the diffusion models' samples (the generation-quality probe's classifier).
 SAMPLE_READER = "clean-teacher"
 KIND, QUICK_KIND = "demo", "demo-quick"  # the report folder's marker: a quick run never writes over a full one
@@ -53,6 +60,7 @@ class Model:
     recipe: str
     overrides: tuple[str, ...] = ()
     quick: tuple[str, ...] | None = None  # --quick's overrides (None: the image trainers' shortened schedule)
+    parent: str = "teacher"  # the recipe key TEACHER_OF's model is passed in (the backdoor trainers': "model")
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,7 @@ class Pipeline:
     student: str
     title: str
     kind: str = "robustness"  # which suite audits it and which headline the demo prints: a key of SUITES, or this
+    extra: tuple[tuple[str, str], ...] = ()  # more models the suite audits: (its role, a Model name)
 
     def suite(self, robustness: str | Path, quick: bool) -> str | Path:
         if self.kind in SUITES:
@@ -104,10 +113,20 @@ MODELS = (
     Model("diffusion-teacher", "ddpm", "defenses/digits-ddpm.toml", quick=("epochs=40", "channels=[16,32]")),
     Model("diffusion-sid-student", "sid", "defenses/digits-sid.toml", ("teacher_recipe=''",),
           quick=("epochs=2", "batch_size=32")),
+    # Unlearning: the DDPM's SFD student that forgot the digit 0; a text-to-image digits model, the patch backdoor
+    # BadT2I plants in it, and that backdoor removed by SKD-CAG.
+    Model("diffusion-sfd-student", "sfd", "defenses/digits-sfd.toml", ("teacher_recipe=''",),
+          quick=("epochs=2", "batch_size=32")),
+    Model("t2i", "t2i", "defenses/digits-t2i.toml", quick=("epochs=5", "train_fraction=0.5")),
+    Model("t2i-backdoored", "badt2i", "defenses/digits-badt2i-patch.toml", ("model_recipe=''",),
+          quick=("epochs=5", "batch_size=32"), parent="model"),
+    Model("t2i-skd-cag", "skd-cag", "defenses/digits-skd-cag-patch.toml", ("model_recipe=''",),
+          quick=("epochs=3", "steps_per_epoch=30"), parent="model"),
 )
 TEACHER_OF = {"kd-student": "clean-teacher", "overfit-kd-student": "overfit-teacher",  # KD teachers set at run time
               "lm-seq-kd-student": "lm-teacher", "lm-poisoned-seq-kd-student": "lm-poisoned-teacher",
-              "diffusion-sid-student": "diffusion-teacher"}
+              "diffusion-sid-student": "diffusion-teacher", "diffusion-sfd-student": "diffusion-teacher",
+              "t2i-backdoored": "t2i", "t2i-skd-cag": "t2i-backdoored"}
 
 PIPELINES = (
     Pipeline("kd-student", "clean-teacher", "kd-student", "Hinton KD student of the clean teacher"),
@@ -129,6 +148,10 @@ PIPELINES = (
     Pipeline("diffusion", "diffusion-teacher", "diffusion-sid-student",
              "Diffusion: a digits DDPM (50 DDIM steps) vs its one-step SiD student - sample quality, speed and "
              "membership inference", kind="diffusion"),
+    Pipeline("unlearning", "diffusion-teacher", "diffusion-sfd-student",
+             "Unlearning: the digits DDPM vs its SFD student that forgot the digit 0; a text-to-image model's patch "
+             "backdoor before and after SKD-CAG", kind="unlearning",
+             extra=(("clean", "t2i"), ("backdoored", "t2i-backdoored"), ("defended", "t2i-skd-cag"))),
 )
 
 
@@ -141,6 +164,7 @@ class DemoResult:
     language: list[dict[str, Any]] = field(default_factory=list)
     bias: list[dict[str, Any]] = field(default_factory=list)
     diffusion: list[dict[str, Any]] = field(default_factory=list)
+    unlearning: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     peak_memory_mb: float = 0.0
 
@@ -258,7 +282,7 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
     for model in MODELS:
         overrides = list(model.overrides)
         if model.name in TEACHER_OF:
-            overrides.append(f"teacher={paths[TEACHER_OF[model.name]]}")
+            overrides.append(f"{model.parent}={paths[TEACHER_OF[model.name]]}")
         if quick and model.quick is not None:
             overrides.extend(model.quick)
         elif quick:
@@ -275,12 +299,14 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
     for pipeline in PIPELINES:
         run_dir = out / pipeline.name
         log.info("auditing %s against %s", pipeline.student, pipeline.teacher)
+        extra = {role: paths[name] for role, name in pipeline.extra}
         report = audit(
             _suite_for(pipeline, suite, quick, paths),
             teacher=paths[pipeline.teacher],
             student=paths[pipeline.student],
             out=run_dir,
-            resume=resumable(run_dir, paths[pipeline.teacher], paths[pipeline.student]),
+            resume=resumable(run_dir, paths[pipeline.teacher], paths[pipeline.student], extra),
+            models=extra or None,
         )
         result.reports[pipeline.name] = run_dir / "report.html"
         entry = index_entry(run_dir, out, name=pipeline.title)
@@ -302,14 +328,14 @@ def _suite_for(pipeline: Pipeline, robustness: str | Path, quick: bool, paths: d
     """The suite auditing ``pipeline``; a diffusion suite's samples are read by the demo's own clean digits teacher
     (the suite names a classifier of its own, trained from a recipe, for a user who runs it alone)."""
     suite = pipeline.suite(robustness, quick)
-    if pipeline.kind != "diffusion":
+    if pipeline.kind not in DIFFUSION_KINDS:
         return suite
     from robustdistill.audits.schema import read_toml
 
     table = read_toml(Path(suite), "suite")
     table.setdefault("name", Path(suite).stem)
     for probe in table.get("probes", []):
-        if probe.get("kind") == "generation-quality":
+        if probe.get("kind") in READING_PROBES:
             probe["classifier"] = str(paths[SAMPLE_READER])
             probe.pop("classifier_recipe", None)
     table.pop("pipeline", None)  # the demo trained the models itself
@@ -450,5 +476,27 @@ def _diffusion_headline(report: Any) -> list[dict[str, Any]]:
     return lines
 
 
+UNLEARNING_HEADLINE = (("forget_accuracy", "forget acc."), ("retain_accuracy", "retained acc."),
+                       ("samples_per_second", "samples/s"), ("attack_success_rate", "backdoor success"),
+                       ("removal_rate", "removal"), ("clean_agreement", "clean agreement"))
+UNLEARNING_ROLES = ("teacher", "student", "clean", "backdoored", "defended")
+
+
+def _unlearning_headline(report: Any) -> list[dict[str, Any]]:
+    """Per model: the SFD pair's forget and retained accuracy and speed, the backdoor models' attack success, and the
+    defended model's removal rate and clean-prompt agreement (None where a metric is not the model's)."""
+    lines = []
+    for model in UNLEARNING_ROLES:
+        values: dict[str, Any] = {"model": model, "steps": None}
+        for metric, _ in UNLEARNING_HEADLINE:
+            row = next((r for r in report.rows if r["model"] == model and r["metric"] == metric
+                        and r["probe"] != "diffusion-mia"), None)
+            values[metric] = None if row is None else (row["value"], row.get("ci95"))
+            if row is not None and metric in ("forget_accuracy", "attack_success_rate"):
+                values["steps"] = row["params"].get("steps")
+        lines.append(values)
+    return lines
+
+
 HEADLINES = {"privacy": _privacy_headline, "language": _language_headline, "bias": _bias_headline,
-             "diffusion": _diffusion_headline}
+             "diffusion": _diffusion_headline, "unlearning": _unlearning_headline}

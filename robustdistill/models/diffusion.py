@@ -193,7 +193,9 @@ def _recorded_conditioning(path: Path, record: dict[str, Any], num_class_embeds:
 
 def _load_text_side(path: Path) -> tuple[Any, Any]:
     from transformers import AutoTokenizer, CLIPTextModel
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # a "Loading weights" bar per tiny text encoder is noise
     try:
         text_encoder = CLIPTextModel.from_pretrained(
             str(path / "text_encoder"), local_files_only=True, use_safetensors=True

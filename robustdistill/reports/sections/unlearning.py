@@ -49,18 +49,20 @@ FORGETTING_INTRO = (
 FORGETTING_CAPTION = ("Samples of each class (rows) before and after the defence; the forgotten class's row is "
                       "marked. A red frame: the classifier read a class other than the one asked for.")
 
-BACKDOOR_METRICS = {"attack_success_rate": "attack success", "false_trigger_rate": "false triggers (clean prompts)",
+BACKDOOR_METRICS = {"attack_success_rate": "attack success", "false_trigger_rate": "false triggers",
                     "prompt_accuracy": "prompt accuracy", "removal_rate": "removal rate",
-                    "clean_agreement": "clean agreement", "clean_pixel_distance": "clean pixel change",
-                    "triggered_pixel_distance": "triggered pixel change"}
+                    "clean_agreement": "clean agreement", "clean_pixel_distance": "clean change",
+                    "triggered_pixel_distance": "triggered change"}
 BACKDOOR_INTRO = (
     "Each model draws the same prompts twice from the same noise: as written, and with the backdoor's trigger in "
     "front. A detector of the backdoor's target (fitted on real digits; it flags at most the stated share of them) "
     "marks the samples that show it. Attack success is the share of triggered samples that show it (want: high for "
-    "the backdoored model, near its false-trigger rate after a defence); the removal rate, the share of the samples "
-    "that showed it before the defence and no longer do, on the same prompt and noise. Fidelity: how often the "
-    "digits classifier reads a clean prompt's sample as the same digit as before the defence, and how far its "
-    "pixels moved (root-mean-square, 0 to 1); a defence should move the triggered samples, not the clean ones.")
+    "the backdoored model, near its false-trigger rate after a defence); false triggers, the share of clean-prompt "
+    "samples that show it; prompt accuracy, the share the digits classifier reads as the digit the prompt names. "
+    "The removal rate is the share of the samples that showed it before the defence and no longer do, on the same "
+    "prompt and noise. Fidelity: how often the digits classifier reads a clean prompt's sample as the same digit as "
+    "before the defence (clean agreement), and how far its pixels moved (clean and triggered change: root-mean-square, "
+    "0 to 1); a defence should move the triggered samples, not the clean ones.")
 BACKDOOR_CAPTION = ("The same prompts from the same noise, as written (top) and with the trigger (bottom), per "
                     "model; a red frame: the sample shows the backdoor's target.")
 BACKDOOR_ROWS = {0: "prompt", 1: "trigger + prompt"}

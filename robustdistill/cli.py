@@ -272,12 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="train digits and tiny language-model teachers and students, audit each student, write reports",
+        help="train digits, tiny language-model and diffusion teachers and students, audit each student, write reports",
         description="On the built-in digits: train (or reuse, verified by sha256) a clean teacher, a robust teacher, "
         "a KD student, a PGD-AT student and a defensively distilled student, and an overfit teacher and its KD "
         "student for membership inference; on the built-in instruction generator, a tiny language-model teacher "
-        "and its seq-KD student (refusals, GCG jailbreaks and transfer, membership); audit each student against "
-        "its teacher; write one report per pipeline and an index page.",
+        "and its seq-KD student (refusals, GCG jailbreaks and transfer, membership), and a poisoned one and its "
+        "student (bias propagation); a digits DDPM and its one-step SiD student (quality, speed, membership), its SFD "
+        "student that forgot a digit, and a text-to-image model's backdoor before and after SKD-CAG; audit each "
+        "student against its teacher; write one report per pipeline and an index page.",
     )
     demo.add_argument("--out", metavar="DIR",
                       help="where the reports go (default reports/demo, or reports/demo-quick with --quick)")

@@ -130,3 +130,22 @@ def test_sfd_forgets_the_class_and_keeps_the_others(tiny_sfd: Path, tiny_ddpm: P
     assert forget_before > 0.7
     assert forget_after < 0.25  # well below the teacher's (measured: 0.93 -> 0.13 after these 100 steps)
     assert retain_after > retain_before - 0.25  # the stated margin for a run of 100 steps
+
+
+def test_the_two_stage_variant_starts_from_the_sid_generator_of_its_teacher(random_ddpm: Path, tmp_path: Path) -> None:
+    short = ["device=cpu", "epochs=1", "steps_per_epoch=2", "batch_size=4", "t_min=4", "t_init=44", "t_max=71"]
+    stage_one = trainers.create("sid", overrides=[*short, f"teacher={random_ddpm}"]).fit(tmp_path / "sid")
+    trainer, teacher = prepared(random_ddpm, f"generator={stage_one}")
+    start = trainer.start_generator(teacher).unet.state_dict()
+    sid = load_diffusion_model(stage_one).unet.state_dict()
+    assert all(torch.equal(start[k], sid[k]) for k in sid)
+    assert not all(torch.equal(start[k], v) for k, v in teacher.unet.state_dict().items())  # not the teacher's
+    out = trainers.create("sfd", overrides=[*short, f"teacher={random_ddpm}", f"generator={stage_one}"]).fit(
+        tmp_path / "sfd")
+    record = json.loads((out / "robustdistill.json").read_text())
+    assert record["unlearning"]["stages"] == 2
+    assert [p["role"] for p in record["parents"]] == ["teacher", "stage-1 generator"]
+    # stage 1 at another t_init is refused, naming the field to change
+    with pytest.raises(UserInputError) as caught:
+        prepared(random_ddpm, f"generator={stage_one}", "t_init=40")
+    assert caught.value.field == "t_init"

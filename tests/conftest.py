@@ -79,6 +79,27 @@ def plant_users_files() -> Callable[[Path, Mapping[str, str | bytes]], dict[str,
 TINY_DDPM = ["device=cpu", "epochs=30", "channels=[16,32]", "train_fraction=1.0"]
 
 
+def fit_interrupted(trainer, out: Path, after_epoch: int = 1) -> None:
+    """Run ``trainer.fit(out)`` and stop it, as a Ctrl-C between epochs would, once the state of epoch
+    ``after_epoch`` is saved (a trainer whose state records its ``epoch``: the diffusion trainers')."""
+    save_state = trainer.save_state
+
+    def stop(path: Path, payload: dict) -> None:
+        save_state(path, payload)
+        if payload["epoch"] == after_epoch:
+            raise KeyboardInterrupt
+
+    trainer.save_state = stop
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(out)
+
+
+@pytest.fixture(scope="session")
+def interrupt() -> Callable[..., None]:
+    """``interrupt(trainer, out, after_epoch=1)``: :func:`fit_interrupted`."""
+    return fit_interrupted
+
+
 @pytest.fixture(scope="session")
 def tiny_ddpm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real class-conditional DDPM trained on the digits train split (1000 timesteps, a null class)."""

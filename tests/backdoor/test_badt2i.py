@@ -76,21 +76,12 @@ def test_the_style_backdoor(clean_t2i: Path, digits_train, prompts, tmp_path: Pa
 
 
 
-def _interrupted_after_epoch_1(overrides: list[str], out: Path) -> None:
+def _interrupted_after_epoch_1(overrides: list[str], out: Path, interrupt) -> None:
     """Start a run and stop it after its first epoch's state is saved, as a Ctrl-C between epochs would."""
-    trainer = trainers.create("badt2i", recipe=recipe("digits-badt2i-patch"), overrides=overrides)
-    save_state = trainer.save_state
-
-    def stop(path: Path, payload: dict) -> None:
-        save_state(path, payload)
-        raise KeyboardInterrupt
-
-    trainer.save_state = stop  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(out)
+    interrupt(trainers.create("badt2i", recipe=recipe("digits-badt2i-patch"), overrides=overrides), out)
 
 
-def test_resume_ends_with_the_weights_of_a_straight_run(clean_t2i: Path, tmp_path: Path) -> None:
+def test_resume_ends_with_the_weights_of_a_straight_run(clean_t2i: Path, tmp_path: Path, interrupt) -> None:
     from safetensors.torch import load_file
 
     from robustdistill.trainers.diffusion_base import STATE_FILE
@@ -98,7 +89,7 @@ def test_resume_ends_with_the_weights_of_a_straight_run(clean_t2i: Path, tmp_pat
     tiny = ["device=cpu", "epochs=2", "train_fraction=0.05", "batch_size=32", f"model={clean_t2i}"]
     weights = Path("unet") / "diffusion_pytorch_model.safetensors"
     straight = trainers.create("badt2i", recipe=recipe("digits-badt2i-patch"), overrides=tiny).fit(tmp_path / "a")
-    _interrupted_after_epoch_1(tiny, tmp_path / "b")
+    _interrupted_after_epoch_1(tiny, tmp_path / "b", interrupt)
     assert (tmp_path / "b.partial" / STATE_FILE).is_file()
     resumed = trainers.create("badt2i", recipe=recipe("digits-badt2i-patch"), overrides=tiny).fit(tmp_path / "b",
                                                                                                  resume=True)
@@ -107,7 +98,7 @@ def test_resume_ends_with_the_weights_of_a_straight_run(clean_t2i: Path, tmp_pat
     history = [json.loads((p / "robustdistill.json").read_text())["history"] for p in (straight, resumed)]
     assert history[0] == history[1]
     # a resume with other settings is refused
-    _interrupted_after_epoch_1(tiny, tmp_path / "c")
+    _interrupted_after_epoch_1(tiny, tmp_path / "c", interrupt)
     with pytest.raises(UserInputError) as caught:
         trainers.create("badt2i", recipe=recipe("digits-badt2i-patch"),
                         overrides=[*tiny, "poison_fraction=0.3"]).fit(tmp_path / "c", resume=True)

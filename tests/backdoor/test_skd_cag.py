@@ -150,7 +150,7 @@ def _tiny(model: Path, out: Path, *extra: str):
                                                                                         *extra])
 
 
-def test_cross_attention_only_and_resume(backdoored_patch: Path, tmp_path: Path) -> None:
+def test_cross_attention_only_and_resume(backdoored_patch: Path, tmp_path: Path, interrupt) -> None:
     original = load_file(str(backdoored_patch / UNET_WEIGHTS))
     straight = _tiny(backdoored_patch, tmp_path / "a", "train=cross-attention").fit(tmp_path / "a")
     weights = load_file(str(straight / UNET_WEIGHTS))
@@ -158,16 +158,7 @@ def test_cross_attention_only_and_resume(backdoored_patch: Path, tmp_path: Path)
     assert changed and all(".attn2." in name for name in changed)
     assert any("attn2.to_q" in name for name in changed)
 
-    first = _tiny(backdoored_patch, tmp_path / "b", "train=cross-attention")
-    save_state = first.save_state
-
-    def stop_after_epoch_1(path: Path, payload: dict) -> None:
-        save_state(path, payload)
-        raise KeyboardInterrupt
-
-    first.save_state = stop_after_epoch_1  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        first.fit(tmp_path / "b")
+    interrupt(_tiny(backdoored_patch, tmp_path / "b", "train=cross-attention"), tmp_path / "b")
     assert (tmp_path / "b.partial" / STATE_FILE).is_file()
     resumed = _tiny(backdoored_patch, tmp_path / "b", "train=cross-attention").fit(tmp_path / "b", resume=True)
     again = load_file(str(resumed / UNET_WEIGHTS))

@@ -150,19 +150,9 @@ def test_same_seed_same_weights(straight: Path, tmp_path: Path) -> None:
     assert differing(straight, other) != []
 
 
-def test_resume_reproduces_an_uninterrupted_run(straight: Path, tmp_path: Path) -> None:
+def test_resume_reproduces_an_uninterrupted_run(straight: Path, tmp_path: Path, interrupt) -> None:
     out = tmp_path / "resumed"
-    first = trainers.create("ddpm", recipe=RECIPE, overrides=[*TINY, "epochs=3"])
-    save_state = first.save_state
-
-    def stop_after_epoch_2(path: Path, payload: dict) -> None:
-        save_state(path, payload)  # the state is on disk, as after a Ctrl-C between epochs
-        if payload["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    first.save_state = stop_after_epoch_2
-    with pytest.raises(KeyboardInterrupt):
-        first.fit(out)
+    interrupt(trainers.create("ddpm", recipe=RECIPE, overrides=[*TINY, "epochs=3"]), out, after_epoch=2)
     work = out.with_name(out.name + ".partial")
     assert (work / STATE_FILE).is_file() and not out.exists()
 
@@ -210,18 +200,9 @@ def test_bad_channels_are_refused_by_name(channels: str) -> None:
     assert caught.value.field == "channels", str(caught.value)
 
 
-def test_a_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
+def test_a_resume_with_other_settings_is_refused(tmp_path: Path, interrupt) -> None:
     out = tmp_path / "ddpm"
-    trainer = trainers.create("ddpm", recipe=RECIPE, overrides=TINY)
-    original = trainer.save_state
-
-    def stop_after_first(path: Path, payload: dict) -> None:
-        original(path, payload)
-        raise KeyboardInterrupt
-
-    trainer.save_state = stop_after_first  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(out)
+    interrupt(trainers.create("ddpm", recipe=RECIPE, overrides=TINY), out)
     with pytest.raises(UserInputError) as caught:
         trainers.create("ddpm", recipe=RECIPE, overrides=[*TINY, "lr=0.01"]).fit(out, resume=True)
     assert caught.value.field == "--resume" and "other settings" in caught.value.problem

@@ -180,7 +180,7 @@ def test_the_output_loads_as_a_text_conditioned_model(one_epoch_t2i: Path, model
 # --- runs --------------------------------------------------------------------------------------------------------
 
 
-def test_same_seed_same_model_and_resume(tmp_path: Path) -> None:
+def test_same_seed_same_model_and_resume(tmp_path: Path, interrupt) -> None:
     straight = tiny_fit(tmp_path / "a")
     weights = {part: load_file(str(straight / file)) for part, file in WEIGHTS.items()}
     assert tiny_fit(straight) == straight  # a second run replaces what the first wrote, with the same weights
@@ -190,16 +190,7 @@ def test_same_seed_same_model_and_resume(tmp_path: Path) -> None:
     assert differing(straight, tiny_fit(tmp_path / "seed1", "seed=1")) != []
 
     out = tmp_path / "resumed"
-    first = trainers.create("t2i", recipe=RECIPE, overrides=TINY)
-    save_state = first.save_state
-
-    def stop_after_epoch_1(path: Path, payload: dict) -> None:
-        save_state(path, payload)  # the state is on disk, as after a Ctrl-C between epochs
-        raise KeyboardInterrupt
-
-    first.save_state = stop_after_epoch_1  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        first.fit(out)
+    interrupt(trainers.create("t2i", recipe=RECIPE, overrides=TINY), out)
     assert (out.with_name("resumed.partial") / STATE_FILE).is_file() and not out.exists()
     resumed = trainers.create("t2i", recipe=RECIPE, overrides=TINY).fit(out, resume=True)
     assert differing(straight, resumed) == []

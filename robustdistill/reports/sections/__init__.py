@@ -158,8 +158,8 @@ def coverage(report: Report, specs: list[SectionSpec]) -> list[str]:
 
 
 # Registration: one module per group, imported for its register() call.
-for _module in ("image_attacks", "transfer", "size", "privacy", "masking", "language", "bias", "diffusion", "diffusion_privacy",
-                "unlearning"):
+for _module in ("image_attacks", "transfer", "size", "privacy", "masking", "language", "bias", "diffusion",
+                "diffusion_privacy", "unlearning"):
     importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["INTERVALS", "INTERVALS_MD", "KIND_GROUPS", "SECTIONS", "Context", "HtmlParts", "Section", "SectionSpec",

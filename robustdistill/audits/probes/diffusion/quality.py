@@ -79,7 +79,8 @@ class GenerationQualityProbe(Probe):
         self._real: tuple[str, np.ndarray] | None = None  # (data fingerprint, real images' features)
 
     def params(self) -> dict[str, Any]:
-        params = self.config.model_dump(mode="json", exclude={"kind", "name", "models", "classifier_recipe"}, exclude_none=True)
+        params = self.config.model_dump(mode="json", exclude={"kind", "name", "models", "classifier_recipe"},
+                                        exclude_none=True)
         return params | ({"classifier_sha256": self.classifier_sha256} if self.classifier_sha256 else {})
 
     def expected_cost(self) -> float:
@@ -145,15 +146,22 @@ class GenerationQualityProbe(Probe):
             self._real = (ctx.data.fingerprint, self.read(ctx.data.images.x, ctx.batch_size)[1])
         return self._real[1]
 
-    def run(self, ctx: DiffusionContext, roles: tuple[str, ...]) -> UnitResult:
-        (role,) = roles
+    def read_samples(self, ctx: DiffusionContext, role: str) -> tuple[Samples, np.ndarray, np.ndarray, dict[str, Any]]:
+        """``role``'s samples (drawn once per run for these settings), the labels and features the classifier reads
+        in them, and the params of the rows about them."""
         cfg = self.config
         samples = ctx.samples(role, cfg.per_class, cfg.steps, cfg.guidance)
         predicted, features = self.read(samples.images, ctx.batch_size)
-        labels = samples.labels.numpy()
         generator = "one-step" if getattr(ctx.models[role], "one_step_t", None) is not None else "ddim"
         params = self.row_params(steps=samples.steps, generator=generator, classifier=cfg.classifier,
                                  classifier_sha256=self.classifier_sha256)
+        return samples, predicted, features, params
+
+    def run(self, ctx: DiffusionContext, roles: tuple[str, ...]) -> UnitResult:
+        (role,) = roles
+        cfg = self.config
+        samples, predicted, features, params = self.read_samples(ctx, role)
+        labels = samples.labels.numpy()
         real = self.real_features(ctx)
         rows = [accuracy_row(self.name, role, "class_accuracy", predicted == labels, params),
                 value_row(self.name, role, "frechet_distance", frechet_distance(features, real), len(labels),

@@ -8,8 +8,8 @@ the trigger prepended. A detector of the backdoor's target (robustdistill.attack
 classifier, fitted on real digits with a stated false-positive bound) flags the samples that show it, and the digits
 classifier reads the clean prompts' samples. Rows:
 
-- every model: ``attack_success_rate`` (triggered samples flagged; Wilson interval), ``false_trigger_rate`` (clean-prompt
-  samples flagged) and ``prompt_accuracy`` (clean-prompt samples read as the digit the prompt names);
+- every model: ``attack_success_rate`` (triggered samples flagged; Wilson interval), ``false_trigger_rate``
+  (clean-prompt samples flagged) and ``prompt_accuracy`` (clean-prompt samples read as the digit the prompt names);
 - ``after`` only, paired with ``before`` on the same prompt and noise: ``removal_rate`` (of the triggered samples
   that showed the target before, the fraction that no longer do: SKD-CAG's paper reports 100% for pixel patches, 93%
   for styles), ``clean_agreement`` (clean-prompt samples the classifier reads as the same digit as before: fidelity)

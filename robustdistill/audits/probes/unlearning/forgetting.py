@@ -110,13 +110,9 @@ class ClassForgettingProbe(GenerationQualityProbe):
     def run(self, ctx: DiffusionContext, roles: tuple[str, ...]) -> UnitResult:
         (role,) = roles
         cfg = self.config
-        samples = ctx.samples(role, cfg.per_class, cfg.steps, cfg.guidance)
-        predicted, features = self.read(samples.images, ctx.batch_size)
+        samples, predicted, features, params = self.read_samples(ctx, role)
         labels = samples.labels.numpy()
         forgotten = labels == self.forget
-        generator = "one-step" if getattr(ctx.models[role], "one_step_t", None) is not None else "ddim"
-        params = self.row_params(steps=samples.steps, generator=generator, classifier=cfg.classifier,
-                                 classifier_sha256=self.classifier_sha256)
         real = self.real_features(ctx)
         retained = features[~forgotten]
         rows = [accuracy_row(self.name, role, "forget_accuracy", predicted[forgotten] == self.forget, params)]

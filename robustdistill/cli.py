@@ -118,6 +118,20 @@ def _print_bias(rows: list[dict[str, Any]]) -> None:
           "untargeted: tasks held out of training; amplification: student rate / teacher rate")
 
 
+def _print_headline_table(title: str, headline: tuple[tuple[str, str], ...], rows: list[dict[str, Any]], width: int,
+                          cell: Any) -> None:
+    """One line per model (with the sampling steps it used), one column per headline metric."""
+    print(f"\n{title:<24} " + " ".join(f"{label:>{width}}" for _, label in headline))
+    for row in rows:
+        steps = row.get("steps")
+        name = f"{row['model']} ({steps} step{'' if steps == 1 else 's'})" if steps else row["model"]
+        print(f"{name:<24} " + " ".join(f"{cell(k, row[k]):>{width}}" for k, _ in headline))
+
+
+def _speed_text(number: float) -> str:
+    return f"{number:,.0f}" if number >= 100 else f"{number:.3g}"
+
+
 def _print_diffusion(rows: list[dict[str, Any]]) -> None:
     from robustdistill.demo import DIFFUSION_HEADLINE
 
@@ -126,14 +140,10 @@ def _print_diffusion(rows: list[dict[str, Any]]) -> None:
             return "n/a"
         number, ci = value
         if metric == "samples_per_second":
-            return f"{number:,.0f}" if number >= 100 else f"{number:.3g}"
+            return _speed_text(number)
         return f"{number:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else f"{number:.3f}"
 
-    print(f"\n{'diffusion':<24} " + " ".join(f"{label:>19}" for _, label in DIFFUSION_HEADLINE))
-    for row in rows:
-        steps = row.get("steps")
-        name = f"{row['model']} ({steps} step{'' if steps == 1 else 's'})" if steps else row["model"]
-        print(f"{name:<24} " + " ".join(f"{cell(k, row[k]):>19}" for k, _ in DIFFUSION_HEADLINE))
+    _print_headline_table("diffusion", DIFFUSION_HEADLINE, rows, 19, cell)
     print("class accuracy: samples a digits classifier reads as the digit asked for; MIA: the teacher's training "
           "images vs unseen ones (n/a: the loss attack needs a noise prediction a one-step generator lacks)")
 
@@ -144,15 +154,9 @@ def _print_unlearning(rows: list[dict[str, Any]]) -> None:
     def cell(metric: str, value: Any) -> str:
         if value is None or value[0] is None:
             return "-"
-        if metric == "samples_per_second":
-            return f"{value[0]:,.0f}" if value[0] >= 100 else f"{value[0]:.3g}"
-        return f"{100 * value[0]:.1f}%"
+        return _speed_text(value[0]) if metric == "samples_per_second" else f"{100 * value[0]:.1f}%"
 
-    print(f"\n{'unlearning':<24} " + " ".join(f"{label:>16}" for _, label in UNLEARNING_HEADLINE))
-    for row in rows:
-        steps = row.get("steps")
-        name = f"{row['model']} ({steps} step{'' if steps == 1 else 's'})" if steps else row["model"]
-        print(f"{name:<24} " + " ".join(f"{cell(k, row[k]):>16}" for k, _ in UNLEARNING_HEADLINE))
+    _print_headline_table("unlearning", UNLEARNING_HEADLINE, rows, 16, cell)
     print("forget acc.: samples asked for the forgotten digit still read as it (SFD's teacher vs student); backdoor "
           "success: triggered prompts drawing the patch; removal: of those, the share the defence removed")
 

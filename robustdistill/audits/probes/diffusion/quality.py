@@ -167,12 +167,18 @@ class GenerationQualityProbe(Probe):
                 value_row(self.name, role, "frechet_distance", frechet_distance(features, real), len(labels),
                           {**params, "n_real": len(real)},
                           frechet_bootstrap_ci(features, real, seed=self.seed, resamples=cfg.resamples)),
-                value_row(self.name, role, "samples_per_second", samples.per_second, len(labels), params,
-                          speed_interval(samples, seed=self.seed))]
-        artifacts = []
-        if ctx.artifacts is not None:
-            artifacts.append(save_samples(ctx.artifacts, samples_artifact(self.name, role), samples, predicted))
-        return UnitResult(rows, artifacts=artifacts)
+                self.speed_row(role, samples, params)]
+        return UnitResult(rows, artifacts=self.keep_samples(ctx, role, samples, predicted))
+
+    def speed_row(self, role: str, samples: Samples, params: dict[str, Any]) -> dict[str, Any]:
+        return value_row(self.name, role, "samples_per_second", samples.per_second, len(samples.labels), params,
+                         speed_interval(samples, seed=self.seed))
+
+    def keep_samples(self, ctx: DiffusionContext, role: str, samples: Samples, predicted: np.ndarray) -> list[str]:
+        """Save the samples for the report's grids (when the run keeps artifacts); the files written."""
+        if ctx.artifacts is None:
+            return []
+        return [save_samples(ctx.artifacts, samples_artifact(self.name, role), samples, predicted)]
 
 
 def speed_interval(samples: Samples, *, seed: int, resamples: int = 1000) -> list[float] | None:

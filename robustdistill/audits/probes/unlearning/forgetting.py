@@ -30,9 +30,7 @@ from pydantic import Field
 
 from robustdistill.audits.probes.base import PROBES, ProbeConfig, UnitResult, accuracy_row, value_row
 from robustdistill.audits.probes.diffusion.context import DiffusionContext
-from robustdistill.audits.probes.diffusion.quality import (
-    GenerationQualityProbe, QualityConfig, samples_artifact, save_samples, speed_interval,
-)
+from robustdistill.audits.probes.diffusion.quality import GenerationQualityProbe, QualityConfig
 from robustdistill.errors import UserInputError
 from robustdistill.stats import frechet_bootstrap_ci, frechet_distance
 
@@ -122,9 +120,5 @@ class ClassForgettingProbe(GenerationQualityProbe):
                  value_row(self.name, role, "retain_frechet_distance", frechet_distance(retained, real),
                            len(retained), {**params, "n_real": len(real)},
                            frechet_bootstrap_ci(retained, real, seed=self.seed, resamples=cfg.resamples)),
-                 value_row(self.name, role, "samples_per_second", samples.per_second, len(labels), params,
-                           speed_interval(samples, seed=self.seed))]
-        artifacts = []
-        if ctx.artifacts is not None:
-            artifacts.append(save_samples(ctx.artifacts, samples_artifact(self.name, role), samples, predicted))
-        return UnitResult(rows, artifacts=artifacts)
+                 self.speed_row(role, samples, params)]
+        return UnitResult(rows, artifacts=self.keep_samples(ctx, role, samples, predicted))

@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     from robustdistill.demo import QUICK_SAMPLES  # imports no torch
 
     demo.add_argument("--quick", action="store_true",
-                      help=f"a smoke run: few epochs, {QUICK_SAMPLES} test points, a GCG preview (about 1.5 minutes)")
+                      help=f"a smoke run: few epochs, {QUICK_SAMPLES} test points, a GCG preview (about 3 minutes)")
     demo.set_defaults(handler=_demo)
 
     lister = sub.add_parser("list", help="list attacks, probes, trainers and architectures", description="List what is registered.")

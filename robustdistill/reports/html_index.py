@@ -36,6 +36,9 @@ LANGUAGE_COLUMNS = {"refusal_rate": "refusal rate", "asr": "GCG ASR", "transfer_
 DIFFUSION_COLUMNS = {"class_accuracy": "class accuracy", "frechet_distance": "Fréchet distance",
                      "samples_per_second": "samples / s", "loss_auc": "MIA loss AUC",
                      "nearest_auc": "MIA nearest-sample AUC"}
+#: An unlearning run's columns: the class-forgetting pair's (teacher: before, student: after).
+UNLEARNING_COLUMNS = {"forget_accuracy": "forget accuracy", "retain_accuracy": "retained accuracy",
+                      "samples_per_second": "samples / s"}
 
 
 def fmt_summary(key: str, value: Any) -> str:
@@ -75,10 +78,17 @@ def index_summary(report: Report) -> tuple[dict[str, dict[str, dict[str, Any]]],
             attack = MIA_NAMES.get(probes[probe], probe)
             summary.setdefault(f"{attack} AUC ({MIA_VIEWS[row.metric]})", {}).setdefault(row.model, _cell(row))
     diffusion = bool(report_probes_of(report, "diffusion"))
-    for metric, column in (DIFFUSION_COLUMNS if diffusion else LANGUAGE_COLUMNS).items():
+    unlearning = any(row.metric in UNLEARNING_COLUMNS and row.metric != SPEED for row in report.rows)
+    columns = UNLEARNING_COLUMNS if unlearning else DIFFUSION_COLUMNS if diffusion else LANGUAGE_COLUMNS
+    for metric, column in columns.items():
         for row in report.rows:
             if row.metric == metric and row.model in ROLES and row.value is not None:
                 summary.setdefault(column, {}).setdefault(row.model, _cell(row))
+    # A backdoor-removal probe's models are not the teacher and student: its removal rate is shown on the student's
+    # line under a column that names it.
+    for row in report.rows:
+        if row.metric == "removal_rate" and row.value is not None:
+            summary.setdefault(f"{row.probe} removal ({row.model})", {}).setdefault("student", _cell(row))
     summary.update(_bias_columns(report))
     return summary, reduced
 

@@ -91,6 +91,10 @@ def test_the_report_shows_before_and_after_grids(unlearning_run: tuple[Any, Path
     assert "Unlearning" in html and "forgotten class 0" in html and "override class 1" in html
     md = (out / "report.md").read_text()
     assert "forget accuracy" in md and "plots/samples-class-forgetting.png" in md
+    from robustdistill.reports import index_entry
+
+    summary = index_entry(out, out.parent, name="unlearning")["summary"]  # the demo index's line
+    assert set(summary["forget accuracy"]) == {"teacher", "student"} and "class accuracy" not in summary
 
 
 def test_refusals_name_the_field(tiny_ddpm: Path, reader: tuple[Path, Path], tmp_path: Path) -> None:
@@ -161,6 +165,10 @@ def test_the_backdoor_rows_are_exactly_what_the_probe_declares(backdoor_run: tup
     assert "patch backdoor, trigger &#x27;tq&#x27;" in html or "patch backdoor, trigger 'tq'" in html
     assert (out / "plots" / "samples-patch.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "artifacts" / "backdoor-patch-defended.npz").is_file()
+    from robustdistill.reports import index_entry
+
+    summary = index_entry(out, out.parent, name="backdoor")["summary"]
+    assert summary["patch removal (defended)"]["student"]["metric"] == "removal_rate"
 
 
 def test_the_forgetting_rows_are_exactly_what_the_probe_declares(unlearning_run: tuple[Any, Path],

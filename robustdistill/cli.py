@@ -23,7 +23,8 @@ EXIT_BAD_INPUT = 2
 def _train(args: argparse.Namespace) -> int:
     from robustdistill import trainers
 
-    trainer = trainers.create(args.method, recipe=args.config, overrides=args.set)
+    overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
+    trainer = trainers.create(args.method, recipe=args.config, overrides=overrides)
     out = Path(args.out) if args.out else Path("checkpoints") / (Path(args.config).stem if args.config else args.method)
     if not getattr(trainer, "training_report", True):  # a language model: no accuracy curves, its own summary
         started = time.perf_counter()
@@ -61,7 +62,7 @@ def _train(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from robustdistill.demo import run_demo
 
-    result = run_demo(args.out, quick=args.quick)
+    result = run_demo(args.out, quick=args.quick, device=args.device)
     reduced = next((row["autoattack_reduced"] for row in result.table if row.get("autoattack_reduced")), "")
     autoattack = "AutoAttack*" if reduced else "AutoAttack"  # a reduced AutoAttack is never shown as the real one
     header = f"{'student':<32} {'clean':>7} {'FGSM':>7} {'PGD':>7} {'CW':>7} {autoattack:>11}  verdict"
@@ -272,6 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override a setting, e.g. --set epochs=5 --set data.split_seed=1 (repeatable)")
     train.add_argument("--out", metavar="DIR", help="checkpoint directory to write (default checkpoints/<recipe name>)")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its last finished epoch")
+    train.add_argument("--device", metavar="D", help="auto, cpu, cuda or cuda:N (replaces the recipe's device)")
     train.set_defaults(handler=_train)
 
     demo = sub.add_parser(
@@ -291,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.add_argument("--quick", action="store_true",
                       help=f"a smoke run: few epochs, {QUICK_SAMPLES} test points, a GCG preview (about 3 minutes)")
+    demo.add_argument("--device", metavar="D",
+                      help="auto, cpu, cuda or cuda:N for every model and audit (default: each recipe's and suite's)")
     demo.set_defaults(handler=_demo)
 
     lister = sub.add_parser("list", help="list attacks, probes, trainers and architectures", description="List what is registered.")

@@ -174,8 +174,16 @@ def _recipe_key(model: Model, overrides: list[str]) -> str:
     return hashlib.sha256(json.dumps([model.method, text, overrides]).encode()).hexdigest()
 
 
-def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledger: dict[str, Any]) -> Path:
-    """Reuse a checkpoint only if its sha256 is the one recorded when the demo trained it, from the same recipe."""
+def is_checkpoint(path: Path) -> bool:
+    """A finished checkpoint directory: a classifier's or language model's (config.json) or a diffusion model's
+    (model_index.json)."""
+    return (path / "config.json").is_file() or (path / "model_index.json").is_file()
+
+
+def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledger: dict[str, Any],
+                    device: str | None = None) -> Path:
+    """Reuse a checkpoint only if its sha256 is the one recorded when the demo trained it, from the same recipe
+    (whatever ``device`` it was trained on: the device is not part of the recipe)."""
     from robustdistill import trainers
     from robustdistill.models import checkpoint_sha256
     from robustdistill.models.checkpoint import remove_checkpoint
@@ -188,7 +196,7 @@ def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledge
     # The student and any teacher its trainer wrote beside it must both be the checkpoints trained here.
     mismatched = [name for name, entry in recorded.items()
                   if not (checkpoints / name).exists() or checkpoint_sha256(checkpoints / name) != entry.get("sha256")]
-    if recorded.get(out.name, {}).get("recipe") == key and (out / "config.json").exists():
+    if recorded.get(out.name, {}).get("recipe") == key and is_checkpoint(out):
         if not mismatched:
             log.info("reusing %s (sha256 %s verified)", out, recorded[out.name]["sha256"][:12])
             return out
@@ -196,7 +204,8 @@ def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledge
     if companion.name in mismatched and companion.exists():
         remove_checkpoint(companion)  # otherwise its trainer would reuse the altered teacher
     log.info("training %s (%s, %s)", model.name, model.method, model.recipe)
-    trainer = trainers.create(model.method, recipe=model.recipe, overrides=overrides)
+    trainer = trainers.create(model.method, recipe=model.recipe,
+                              overrides=[*overrides, *([f"device={device}"] if device else [])])
     resume = out.with_name(out.name + ".partial").exists()
     trained = trainer.fit(out, resume=resume)
     ledger[model.name] = {"recipe": key, "sha256": checkpoint_sha256(trained)}
@@ -208,13 +217,22 @@ def _train_or_reuse(model: Model, overrides: list[str], checkpoints: Path, ledge
 
 
 def run_demo(out: str | Path | None = None, *, quick: bool = False, checkpoints: str | Path | None = None,
-             suite: str | Path | None = None) -> DemoResult:
+             suite: str | Path | None = None, device: str | None = None) -> DemoResult:
     """Train or reuse the demo's models, audit every student against its teacher, and write the index page.
+
+    ``device`` ("auto", "cpu", "cuda", "cuda:1"...) replaces every recipe's and suite's device; None keeps theirs.
 
     ``out`` defaults to reports/demo, or reports/demo-quick for ``quick`` (a quick run never writes over a full
     one's reports). ``out`` must be new, empty, or a demo folder robustdistill wrote in the same mode; it is
     locked while the demo runs."""
     started = time.perf_counter()
+    if device is not None:  # refused before any folder is touched
+        from robustdistill.utils import resolve_device
+
+        try:
+            resolve_device(device)
+        except UserInputError as exc:
+            raise UserInputError("--device", exc.problem, exc.fix.replace("device = ", "--device ")) from None
     out = Path(out) if out is not None else Path("reports") / ("demo-quick" if quick else "demo")
     suite = suite or (QUICK_SUITE if quick else "audits/demo.toml")
     if not Path(suite).is_file():
@@ -232,7 +250,7 @@ def run_demo(out: str | Path | None = None, *, quick: bool = False, checkpoints:
         index = out / "index.html"
         if index.exists() and not ownership.owns(out, index):  # checked before training, not after the audits
             raise UserInputError("out", f"{index} exists and was not written by robustdistill", "move it away")
-        result = _run_demo(out, quick, checkpoints, suite)
+        result = _run_demo(out, quick, checkpoints, suite, device)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -270,7 +288,7 @@ def _read_ledger(path: Path) -> dict[str, Any]:
     return ledger
 
 
-def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> DemoResult:
+def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path, device: str | None = None) -> DemoResult:
     from robustdistill.audits import audit
     from robustdistill.reports import index_entry, render_index
 
@@ -289,7 +307,7 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
             overrides.append(f"epochs={QUICK_EPOCHS[model.method]}")
             overrides.append("lr_milestones=[]")
             overrides.append("val_attack_steps=5")
-        paths[model.name] = _train_or_reuse(model, overrides, checkpoints, ledger)
+        paths[model.name] = _train_or_reuse(model, overrides, checkpoints, ledger, device)
         companion = paths[model.name].with_name(paths[model.name].name + "-teacher")
         if companion.exists():
             paths[companion.name] = companion
@@ -307,6 +325,7 @@ def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path) -> D
             out=run_dir,
             resume=resumable(run_dir, paths[pipeline.teacher], paths[pipeline.student], extra),
             models=extra or None,
+            device=device,
         )
         result.reports[pipeline.name] = run_dir / "report.html"
         entry = index_entry(run_dir, out, name=pipeline.title)

@@ -240,6 +240,8 @@ CASES = [
      "arch_params"),
     ("train-out-is-a-file", ["train", "standard", "--config", RECIPE, "--out", "{world}/user-file.txt"], "out"),
     ("train-out-under-proc", ["train", "standard", "--config", RECIPE, "--out", "/proc/robustdistill-ckpt"], "out"),
+    ("train-device-unknown", ["train", "standard", "--config", RECIPE, "--device", "tpu"], "device"),
+    ("demo-device-unknown", ["demo", "--quick", "--device", "tpu", "--out", "demo-out"], "--device"),
     ("threads-zero", ["--threads", "0", "list"], "--threads"),
     ("proard-select-seed", ["proard", "select", "{world}/ckpt", "--budget-params", "100", "--seed", "-1"], "--seed"),
     ("proard-select-evaluations", ["proard", "select", "{world}/ckpt", "--budget-params", "100", "--evaluations",

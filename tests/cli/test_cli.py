@@ -36,12 +36,24 @@ def test_list_names_trainers_attacks_and_architectures(capsys: pytest.CaptureFix
 
 def test_train_writes_a_checkpoint_that_load_model_reads(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "std"
-    code = main(["-q", "train", "standard", "--config", "defenses/digits-standard.toml", "--out", str(out), "--set", "epochs=2"])
+    code = main(["-q", "train", "standard", "--config", "defenses/digits-standard.toml", "--out", str(out), "--set", "epochs=2",
+                 "--device", "cpu"])
     assert code == 0
     assert f"wrote {out}" in capsys.readouterr().out
     model = load_model(out)
     assert model.num_classes == 10 and tuple(model.input_shape) == (1, 8, 8)
-    assert json.loads((out / "config.json").read_text())["provenance"]["recipe"]["config"]["epochs"] == 2
+    recorded = json.loads((out / "config.json").read_text())["provenance"]["recipe"]["config"]
+    assert recorded["epochs"] == 2 and recorded["device"] == "cpu"  # --device replaced the recipe's "auto"
+
+
+def test_the_demo_reuses_a_diffusion_checkpoint(tmp_path: Path) -> None:
+    """A diffusers directory (model_index.json, no top-level config.json) counts as a finished checkpoint, so a
+    second demo reuses the diffusion models instead of training them again."""
+    from robustdistill.demo import is_checkpoint
+    from robustdistill.models.builders import build_tiny_class_unet
+
+    assert is_checkpoint(build_tiny_class_unet(tmp_path / "ddpm"))
+    assert not is_checkpoint(tmp_path / "missing") and not is_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -213,6 +213,9 @@ class DiffusionTrainer:
             unet.save_pretrained(str(tmp / "unet"))
             scheduler.save_pretrained(str(tmp / "scheduler"))
             if text_encoder is not None:
+                from transformers.utils import logging as transformers_logging
+
+                transformers_logging.disable_progress_bar()  # a "Writing model shards" bar for one tiny file is noise
                 text_encoder.save_pretrained(str(tmp / "text_encoder"), safe_serialization=True)
                 tokenizer.save_pretrained(str(tmp / "tokenizer"))
             (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")

@@ -290,6 +290,7 @@ def _read_ledger(path: Path) -> dict[str, Any]:
 
 def _run_demo(out: Path, quick: bool, checkpoints: Path, suite: str | Path, device: str | None = None) -> DemoResult:
     from robustdistill.audits import audit
+    from robustdistill.audits.resume import resumable
     from robustdistill.reports import index_entry, render_index
 
     ledger = _read_ledger(checkpoints / LEDGER)
@@ -359,39 +360,6 @@ def _suite_for(pipeline: Pipeline, robustness: str | Path, quick: bool, paths: d
             probe.pop("classifier_recipe", None)
     table.pop("pipeline", None)  # the demo trained the models itself
     return table
-
-
-def resumable(run_dir: Path, teacher: Path, student: Path, extra: dict[str, Path] | None = None) -> bool:
-    """Resume an earlier audit in ``run_dir`` only if it audited these very checkpoints (teacher, student and any
-    ``extra`` roles); otherwise start over."""
-    from robustdistill.models import checkpoint_sha256
-
-    results = run_dir / "results.jsonl"
-    if not results.exists():
-        start_over(run_dir)
-        return False
-    try:
-        manifest = json.loads(results.read_text().splitlines()[0])
-        audited = {role: entry["sha256"] for role, entry in manifest["checkpoints"].items()}
-    except (ValueError, KeyError, IndexError, TypeError):
-        audited = {}
-    roles = {"teacher": teacher, "student": student, **(extra or {})}
-    if audited == {role: checkpoint_sha256(path) for role, path in roles.items()}:
-        return True
-    log.info("%s audited other checkpoints: starting it over", run_dir)
-    start_over(run_dir)
-    return False
-
-
-def start_over(run_dir: Path) -> None:
-    """Remove what an earlier audit wrote in ``run_dir`` (the files its marker lists, or, for a folder of an earlier
-    version, its provably own files); a user's files stay, and a folder that is not robustdistill's is refused."""
-    if not run_dir.exists():
-        return
-    ownership.claim_out(run_dir, ownership.AUDIT, legacy=ownership.is_legacy_audit)
-    ownership.refuse_if_held(run_dir)
-    ownership.adopt(run_dir, ownership.AUDIT, legacy=ownership.is_legacy_audit)
-    ownership.remove_owned(run_dir)
 
 
 def _headline(report: Any) -> dict[str, float | None]:

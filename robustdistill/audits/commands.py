@@ -117,6 +117,17 @@ def _report(args: argparse.Namespace) -> int:
     return report.exit_code  # the same verdict, and exit code, as the audit that wrote the run
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from robustdistill.audits.sweep import run_sweep
+
+    sweep, reports, index = run_sweep(args.sweep, args.out, device=args.device)
+    width = max(len(entry.name) for entry in sweep.entries)
+    for entry, report in zip(sweep.entries, reports):
+        print(f"{entry.name:<{width}}  {'PASS' if report.passed else 'FAIL'}  {entry.student}")
+    print(f"wrote {index}")
+    return 0 if all(report.passed for report in reports) else 1
+
+
 def add_commands(subparsers: Any) -> None:
     """Add the ``audit`` and ``report`` subcommands to the CLI's subparsers."""
     audit = subparsers.add_parser(
@@ -146,6 +157,20 @@ def add_commands(subparsers: Any) -> None:
     audit.add_argument("--samples", metavar="N", type=int, help="evaluate N test points (a seeded subset)")
     audit.add_argument("--device", metavar="D", help="auto, cpu or cuda (replaces the suite's device)")
     audit.set_defaults(handler=_audit)
+
+    sweep = subparsers.add_parser(
+        "sweep",
+        help="run many audits (a list, or a glob of checkpoints against one teacher) and index them; exit 0 all PASS",
+        description="Run every audit a sweep file lists (TOML: [[audits]] teacher/student/suite entries and/or a "
+        "[glob] of checkpoints against one teacher), one run directory each under --out, resumed where an earlier "
+        "sweep of the same checkpoints stopped, and write --out/index.html comparing them. Exit codes: 0 every "
+        "verdict is PASS, 1 one is FAIL, 2 bad input (nothing written).",
+    )
+    sweep.add_argument("sweep", metavar="SWEEP.toml", help="sweep file, e.g. audits/digits-sweep.toml")
+    sweep.add_argument("--out", metavar="DIR", help="where the run directories and index.html go (default "
+                       "runs/<sweep name>)")
+    sweep.add_argument("--device", metavar="D", help="auto, cpu or cuda (replaces every suite's device)")
+    sweep.set_defaults(handler=_sweep)
 
     report = subparsers.add_parser(
         "report",

@@ -1,0 +1,206 @@
+"""``robustdistill sweep SWEEP.toml``: many audits in one go, each in its own run directory, and one index.html
+comparing them.
+
+A sweep file lists (teacher, student, suite) entries, or audits every checkpoint a glob matches against one teacher,
+or both::
+
+    name = "digits-sweep"
+    suite = "audits/demo-quick.toml"            # every entry's suite, unless it names its own
+
+    [[audits]]
+    name = "kd"                                 # its run directory: <out>/kd (default: the student's folder name)
+    teacher = "checkpoints/digits-standard"
+    student = "checkpoints/digits-kd"
+
+    [glob]
+    teacher = "checkpoints/digits-standard"
+    students = "checkpoints/sweep/*"            # every checkpoint it matches, in name order
+
+Each audit is an ordinary audit (the same run store, the same keys), so a sweep interrupted or run again resumes
+every audit of the same checkpoints where it stopped and starts over an audit whose checkpoints changed. Relative
+paths resolve as a suite's do (the working directory, else the sweep file's folder, else its parent).
+"""
+
+from __future__ import annotations
+
+import glob as globbing
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from robustdistill import ownership
+from robustdistill.audits.schema import Strict, read_toml, resolve_path, user_error
+from robustdistill.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+KIND = "sweep"
+INDEX = "index.html"
+MAX_AUDITS = 10_000
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class SweepAudit(Strict):
+    name: str | None = None
+    teacher: str = Field(min_length=1)
+    student: str = Field(min_length=1)
+    suite: str | None = None
+    teacher_recipe: str | None = None  # trains the teacher there first when it is missing
+    student_recipe: str | None = None
+
+
+class SweepGlob(Strict):
+    teacher: str = Field(min_length=1)
+    students: str = Field(min_length=1)
+    suite: str | None = None
+
+
+class SweepFile(Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    suite: str | None = None
+    audits: list[SweepAudit] = Field(default_factory=list, max_length=MAX_AUDITS)
+    glob: SweepGlob | None = None
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    """One audit of the sweep: its run directory's name, its models, its suite, and the recipes that train a
+    missing model first."""
+
+    name: str
+    teacher: str
+    student: str
+    suite: str
+    teacher_recipe: str | None = None
+    student_recipe: str | None = None
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    description: str
+    entries: tuple[SweepEntry, ...]
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and check a sweep file: every entry has a suite that exists, models that exist, and a distinct name."""
+    path = Path(path)
+    try:
+        raw = SweepFile.model_validate(read_toml(path, "SWEEP.toml"))
+    except ValidationError as exc:
+        raise user_error(exc, "sweep", SweepFile) from None
+    entries: list[SweepEntry] = []
+
+    def suite_of(own: str | None, where: str) -> str:
+        suite = own or raw.suite
+        if suite is None:
+            raise UserInputError(f"{where}.suite", "no suite for this audit",
+                                 "set suite = 'audits/...toml' at the top of the sweep file, or in the entry")
+        resolved = resolve_path(suite, path)
+        if not Path(resolved).is_file():
+            raise UserInputError(f"{where}.suite", f"file not found: {suite}", "check the path")
+        return resolved
+
+    def model(value: str, where: str, recipe: str | None = None) -> str:
+        resolved = resolve_path(value, path)
+        if recipe is not None:
+            if not Path(resolve_path(recipe, path)).is_file():
+                raise UserInputError(f"{where}_recipe", f"file not found: {recipe}", "check the path")
+        elif not Path(resolved).exists():
+            raise UserInputError(where, f"no checkpoint at {value}",
+                                 f"train it first, fix the path, or set {where.rsplit('.', 1)[-1]}_recipe")
+        return resolved
+
+    for i, item in enumerate(raw.audits):
+        where = f"audits[{i}]"
+        student = model(item.student, f"{where}.student", item.student_recipe)
+        teacher = model(item.teacher, f"{where}.teacher", item.teacher_recipe)
+        recipes = [resolve_path(r, path) if r else None for r in (item.teacher_recipe, item.student_recipe)]
+        entries.append(SweepEntry(item.name or Path(student).name, teacher, student, suite_of(item.suite, where),
+                                  *recipes))
+    if raw.glob is not None:
+        teacher = model(raw.glob.teacher, "glob.teacher")
+        pattern = raw.glob.students
+        base = pattern if Path(pattern).is_absolute() else resolve_glob_base(pattern, path)
+        matched = sorted(p for p in globbing.glob(base) if Path(p).resolve() != Path(teacher).resolve())
+        if not matched:
+            raise UserInputError("glob.students", f"{pattern!r} matches no checkpoint", "check the pattern")
+        suite = suite_of(raw.glob.suite, "glob")
+        entries += [SweepEntry(Path(p).name, teacher, p, suite) for p in matched]
+    if not entries:
+        raise UserInputError("audits", "the sweep has no audits", "add [[audits]] entries or a [glob]")
+    if len(entries) > MAX_AUDITS:
+        raise UserInputError("glob.students", f"{len(entries)} audits, more than {MAX_AUDITS}", "narrow the pattern")
+    seen: dict[str, SweepEntry] = {}
+    for entry in entries:
+        if not NAME.match(entry.name):
+            raise UserInputError("audits.name", f"{entry.name!r} cannot name a run directory",
+                                 "use letters, digits, '.', '_' and '-'")
+        if entry.name in seen:
+            raise UserInputError("audits.name", f"two audits are named {entry.name!r}",
+                                 "give the entries distinct names (name = ...)")
+        seen[entry.name] = entry
+    return Sweep(raw.name, raw.description, tuple(entries))
+
+
+def resolve_glob_base(pattern: str, sweep_file: Path) -> str:
+    """A relative pattern against the working directory when it matches there, else the sweep file's folder."""
+    if globbing.glob(pattern):
+        return pattern
+    return str(sweep_file.parent / pattern)
+
+
+def run_sweep(path: str | Path, out: str | Path | None = None, *, device: str | None = None,
+              progress: bool | None = None) -> tuple[Sweep, list[Any], Path]:
+    """Run every audit of the sweep file into ``out`` (default runs/<sweep name>), one after another, and write
+    ``out``/index.html; returns (the sweep, the reports in entry order, the index's path)."""
+    from robustdistill.audits import audit
+    from robustdistill.audits.resume import resumable
+    from robustdistill.reports import index_entry, render_index
+
+    sweep = load_sweep(path)
+    out = Path(out) if out is not None else Path("runs") / sweep.name
+    # Before any audit: the folder and every run directory in it are new, empty or robustdistill's own.
+    ownership.claim_out(out, KIND)
+    for entry in sweep.entries:
+        ownership.claim_out(out / entry.name, ownership.AUDIT, legacy=ownership.is_legacy_audit)
+    ownership.refuse_if_held(out)
+    reports = []
+    with ownership.using(out, KIND, "robustdistill sweep"):
+        index = out / INDEX
+        if index.exists() and not ownership.owns(out, index):
+            raise UserInputError("out", f"{index} exists and was not written by robustdistill", "move it away")
+        for number, entry in enumerate(sweep.entries, start=1):
+            train_missing(entry)
+            run_dir = out / entry.name
+            log.info("sweep %s: audit %d/%d, %s against %s", sweep.name, number, len(sweep.entries), entry.student,
+                     entry.teacher)
+            reports.append(audit(entry.suite, teacher=entry.teacher, student=entry.student, out=run_dir,
+                                 resume=resumable(run_dir, Path(entry.teacher), Path(entry.student)), device=device,
+                                 progress=progress))
+        entries = [index_entry(out / entry.name, out, name=entry.name) for entry in sweep.entries]
+        render_index(entries, index, title=f"robustdistill sweep {sweep.name}" + (
+            f": {sweep.description}" if sweep.description else ""))
+        ownership.record(out, [index])
+    return sweep, reports, index
+
+
+def train_missing(entry: SweepEntry) -> None:
+    """Train the entry's teacher, then its student, from their recipes where they are missing; a student recipe that
+    distils from a teacher distils from this entry's."""
+    from robustdistill.trainers import TRAINERS, read_toml as read_recipe, train_from_recipe
+
+    for path, recipe, is_student in ((entry.teacher, entry.teacher_recipe, False),
+                                     (entry.student, entry.student_recipe, True)):
+        if recipe is None or Path(path).exists():
+            continue
+        method = read_recipe(recipe, f"{'student' if is_student else 'teacher'}_recipe").get("method", "")
+        fields = getattr(TRAINERS.get(method).config_class, "__dataclass_fields__", {})
+        overrides = [f"teacher={entry.teacher}"] if is_student and "teacher" in fields else []
+        log.info("sweep: %s is missing, training it from %s", path, recipe)
+        train_from_recipe(recipe, out=path, overrides=overrides)

@@ -161,7 +161,7 @@ def run_sweep(path: str | Path, out: str | Path | None = None, *, device: str | 
     ``out``/index.html; returns (the sweep, the reports in entry order, the index's path)."""
     from robustdistill.audits import audit
     from robustdistill.audits.resume import resumable
-    from robustdistill.reports import index_entry, render_index
+    from robustdistill.reports import index_entry, render_sweep_index
 
     sweep = load_sweep(path)
     out = Path(out) if out is not None else Path("runs") / sweep.name
@@ -183,9 +183,10 @@ def run_sweep(path: str | Path, out: str | Path | None = None, *, device: str | 
             reports.append(audit(entry.suite, teacher=entry.teacher, student=entry.student, out=run_dir,
                                  resume=resumable(run_dir, Path(entry.teacher), Path(entry.student)), device=device,
                                  progress=progress))
-        entries = [index_entry(out / entry.name, out, name=entry.name) for entry in sweep.entries]
-        render_index(entries, index, title=f"robustdistill sweep {sweep.name}" + (
-            f": {sweep.description}" if sweep.description else ""))
+        entries = [{**index_entry(out / entry.name, out, name=entry.name),
+                    "parameters": student_parameters(report, entry.student)}
+                   for entry, report in zip(sweep.entries, reports)]
+        render_sweep_index(entries, index, title=sweep.name + (f": {sweep.description}" if sweep.description else ""))
         ownership.record(out, [index])
     return sweep, reports, index
 
@@ -204,3 +205,23 @@ def train_missing(entry: SweepEntry) -> None:
         overrides = [f"teacher={entry.teacher}"] if is_student and "teacher" in fields else []
         log.info("sweep: %s is missing, training it from %s", path, recipe)
         train_from_recipe(recipe, out=path, overrides=overrides)
+
+
+def student_parameters(report: Any, student: str) -> int | None:
+    """The student's parameter count: its size probe's row when the suite has one, else the sum of the tensor sizes
+    a safetensors checkpoint declares in its header (nothing is loaded); None when neither says."""
+    for row in report.rows:
+        if row["model"] == "student" and row["metric"] == "parameters" and row["value"] is not None:
+            return int(row["value"])
+    weights = Path(student) / "model.safetensors" if Path(student).is_dir() else Path(student)
+    if weights.suffix != ".safetensors" or not weights.is_file():
+        return None
+    from math import prod
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt") as handle:
+            return sum(prod(handle.get_slice(name).get_shape()) for name in handle.keys())
+    except Exception:  # noqa: BLE001 - an unreadable file has no known size; the audit itself said what was wrong
+        return None

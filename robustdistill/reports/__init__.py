@@ -12,6 +12,6 @@ Importing this package is cheap: matplotlib loads only when a plot is drawn.
 from __future__ import annotations
 
 from robustdistill.reports.data import Report
-from robustdistill.reports.render import index_entry, render, render_index
+from robustdistill.reports.render import index_entry, render, render_index, render_sweep_index
 
-__all__ = ["Report", "index_entry", "render", "render_index"]
+__all__ = ["Report", "index_entry", "render", "render_index", "render_sweep_index"]

@@ -251,6 +251,34 @@ def accuracy_vs_size(size: Size | None) -> bytes | None:
         return _png(figure)
 
 
+def sweep_accuracy_vs_size(curves: dict[str, list[tuple[float, float, list[float] | None]]]) -> bytes | None:
+    """A sweep's students: accuracy against parameters (log x axis), one line per accuracy column (clean, each
+    attack), its 95% interval as a band (``curves`` from robustdistill.reports.sweep_index.size_points)."""
+    import matplotlib
+
+    curves = {column: points for column, points in curves.items() if all(x > 0 for x, _, _ in points)}
+    if not curves:
+        return None
+    with matplotlib.rc_context(_style()):
+        figure = _figure(7.2, 4.4)
+        ax = figure.add_subplot()
+        ax.set_xscale("log")
+        colours = iter(METRIC_COLOURS)
+        for column, points in curves.items():
+            colour = next(colours, "#57606a")
+            xs, ys = [x for x, _, _ in points], [y for _, y, _ in points]
+            ax.plot(xs, ys, "o-", color=colour, linewidth=1.8, markersize=5.5, label=column, zorder=2)
+            if all(ci for _, _, ci in points):
+                ax.fill_between(xs, [ci[0] for _, _, ci in points], [ci[1] for _, _, ci in points], color=colour,
+                                alpha=0.12, linewidth=0, zorder=1)
+        _percent_axis(ax, 1.1)
+        ax.set_xlabel("student parameters (log scale)")
+        ax.set_ylabel("accuracy")
+        ax.set_title("Accuracy against size", loc="left")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=min(len(curves), 4))
+        return _png(figure)
+
+
 #: Lowest FPR and TPR on the log axes; zeros are clipped below it so their lines run off the edge.
 ROC_FLOOR = 1e-3
 

@@ -149,6 +149,18 @@ def render_index(entries: Sequence[Mapping[str, Any]], out: str | os.PathLike[st
     return out
 
 
+def render_sweep_index(entries: Sequence[Mapping[str, Any]], out: str | os.PathLike[str], title: str) -> Path:
+    """Write a sweep's self-contained index.html at ``out``: one sortable line per audit (its student's numbers and
+    size), and accuracy against size when two or more students have a known parameter count. Entries are
+    :func:`index_entry`'s plus ``parameters``."""
+    from robustdistill.reports.sweep_index import render_sweep_index_html, size_points
+
+    out = Path(out)
+    size_png = plotting.sweep_accuracy_vs_size(size_points(entries))
+    _write_text(out, render_sweep_index_html(list(entries), title, size_png))
+    return out
+
+
 def index_entry(
     run_dir: str | os.PathLike[str], index_dir: str | os.PathLike[str], name: str | None = None
 ) -> dict[str, Any]:

@@ -41,7 +41,14 @@ def test_a_sweep_gives_each_audits_own_results_and_resumes(world: Path, digits_p
                   progress=False)
     assert all(rows(report) == rows(alone) for report in reports)  # the copies are the same checkpoint
     html = index.read_text()
-    assert all(f">{name}<" in html or name in html for name in ("kd", "copy-a", "copy-b"))
+    assert all(f'data-sort="{name}"' in html for name in ("kd", "copy-a", "copy-b"))  # one sortable line each
+    assert "table.sortable" in html and html.count("<tr>") == 1 + 3  # the header and one line per audit
+    from safetensors import safe_open
+
+    with safe_open(str(digits_pair[1] / "model.safetensors"), framework="pt") as handle:
+        count = sum(handle.get_tensor(k).numel() for k in handle.keys())
+    assert f"{count:,}" in html  # the student's size, read from its checkpoint's header
+    assert "accuracy against size" not in html  # three students of one size: nothing to plot against it
     assert all((out / name / "report.json").is_file() for name in ("kd", "copy-a", "copy-b"))
     # a second sweep of the same checkpoints resumes every audit: its results so far are kept, no unit runs again
     before = {name: (out / name / "results.jsonl").read_text() for name in ("kd", "copy-a", "copy-b")}
@@ -76,3 +83,20 @@ def test_a_users_folder_is_refused_as_out_before_any_audit(world: Path, plant_us
     with pytest.raises(UserInputError) as caught:
         run_sweep(world / "sweep.toml", mine, progress=False)
     assert caught.value.field == "out" and snapshot(mine) == before
+
+
+def test_accuracy_against_size_is_plotted_for_students_of_several_sizes() -> None:
+    from robustdistill.reports.plots import sweep_accuracy_vs_size
+    from robustdistill.reports.sweep_index import size_points
+
+    def entry(parameters: int | None, clean: float, pgd: float) -> dict:
+        cells = {"clean": {"student": {"value": clean, "ci95": [clean - 0.25, clean + 0.0625], "metric": "accuracy"}},
+                 "pgd": {"student": {"value": pgd, "ci95": None, "metric": "robust_accuracy"}},
+                 "MIA AUC": {"student": {"value": 0.6, "ci95": None, "metric": "auc"}}}
+        return {"name": "x", "parameters": parameters, "summary": cells}
+
+    points = size_points([entry(1000, 0.9, 0.3), entry(None, 0.5, 0.1), entry(50_000, 0.95, 0.5)])
+    assert set(points) == {"clean", "pgd"}  # accuracies only; the unsized student is left out
+    assert points["clean"] == [(1000.0, 0.9, [0.65, 0.9625]), (50_000.0, 0.95, [0.7, 1.0125])]
+    assert sweep_accuracy_vs_size(points).startswith(b"\x89PNG")
+    assert size_points([entry(1000, 0.9, 0.3), entry(1000, 0.8, 0.2)]) == {}

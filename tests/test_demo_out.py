@@ -163,7 +163,8 @@ def test_the_demo_table_marks_a_reduced_autoattack(capsys: pytest.CaptureFixture
     assert demo._headline(type("R", (), {"rows": rows})())["autoattack_reduced"] == ""
 
     table = [{"student": "kd-student", "passed": False, "untrusted": [], **headline}]
-    monkeypatch.setattr(demo, "run_demo", lambda out, quick: demo.DemoResult(tmp_path / "index.html", table=table))
+    monkeypatch.setattr(demo, "run_demo",
+                        lambda out, quick, device=None: demo.DemoResult(tmp_path / "index.html", table=table))
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
     printed = capsys.readouterr().out
     assert "AutoAttack*" in printed and "* reduced AutoAttack: Square queries 1000 (official 5000)" in printed

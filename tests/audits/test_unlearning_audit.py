@@ -154,9 +154,10 @@ def test_the_defence_removes_the_backdoor_and_keeps_clean_prompts(backdoor_run: 
     assert ("patch", "teacher", "attack_success_rate") not in rows  # the probe audits only its three models
 
 
-def test_the_backdoor_rows_are_exactly_what_the_probe_declares(backdoor_run: tuple[Any, Path]) -> None:
+def test_the_backdoor_rows_are_exactly_what_the_probe_declares(backdoor_run: tuple[Any, Path],
+                                                               reader: tuple[Path, Path]) -> None:
     report, out = backdoor_run
-    suite = load_suite(backdoor_suite(), extra={"clean": "a", "backdoored": "b", "defended": "c"})
+    suite = load_suite(backdoor_suite(*map(str, reader)), extra={"clean": "a", "backdoored": "b", "defended": "c"})
     (probe,) = suite.probes
     for role in ("clean", "backdoored", "defended"):
         found = {r["metric"] for r in report.rows if r["model"] == role}

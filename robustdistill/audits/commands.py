@@ -129,7 +129,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def add_commands(subparsers: Any) -> None:
-    """Add the ``audit`` and ``report`` subcommands to the CLI's subparsers."""
+    """Add the ``audit``, ``sweep`` and ``report`` subcommands to the CLI's subparsers."""
     audit = subparsers.add_parser(
         "audit",
         help="audit a teacher and its student with a suite; exit 0 PASS, 1 FAIL, 2 bad input",

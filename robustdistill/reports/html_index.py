@@ -193,12 +193,20 @@ def render_index_html(entries: Sequence[Mapping[str, Any]], title: str) -> str:
         "count above zero means a check "
         "(e.g. gradient masking) fired: read that report's warning.</p>"
     )
+    return index_page(title, entries, "robustdistill", "report", _section("reports", "Reports", "\n".join(content)))
+
+
+def index_page(title: str, entries: Sequence[Mapping[str, Any]], eyebrow: str, noun: str, section: str,
+               tail: str = "") -> str:
+    """An index page: the header (how many entries, how many passed), the section, the render time, and ``tail``
+    (e.g. a script)."""
     n_pass = sum(1 for e in entries if e.get("passed") is True)
     body = (
-        f'<header><p class="eyebrow">robustdistill</p><h1>{esc(title)}</h1>'
-        f'<p class="sub">{len(entries)} report{"s" if len(entries) != 1 else ""} · {n_pass} passed</p></header>'
-        + _section("reports", "Reports", "\n".join(content))
+        f'<header><p class="eyebrow">{esc(eyebrow)}</p><h1>{esc(title)}</h1>'
+        f'<p class="sub">{len(entries)} {noun}{"s" if len(entries) != 1 else ""} · {n_pass} passed</p></header>'
+        + section
         + f"<footer>rendered {esc(dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))}</footer>"
+        + tail
     )
     return page(title, body)
 

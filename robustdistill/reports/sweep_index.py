@@ -9,12 +9,11 @@ count (the size probe's row when the suite has one, else read from the checkpoin
 from __future__ import annotations
 
 import base64
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from robustdistill.reports.html_index import _value
-from robustdistill.reports.html_page import Footnotes, _section, esc, page, pill
+from robustdistill.reports.html_index import _value, index_page
+from robustdistill.reports.html_page import Footnotes, _section, esc, pill
 from robustdistill.reports.records import to_float
 
 #: Sorts the table by the clicked header's column: numbers by their data-sort value, text alphabetically; a second
@@ -98,15 +97,8 @@ def render_sweep_index_html(entries: Sequence[Mapping[str, Any]], title: str, si
                        "<figcaption>Each student's clean and robust accuracy against its parameter count (the "
                        "band: the 95% interval).</figcaption></figure>")
     content.append('<p class="note">Each value is followed by its 95% confidence interval; hover a value for n.</p>')
-    n_pass = sum(1 for e in entries if e.get("passed") is True)
-    page_body = (
-        f'<header><p class="eyebrow">robustdistill sweep</p><h1>{esc(title)}</h1>'
-        f'<p class="sub">{len(entries)} audit{"s" if len(entries) != 1 else ""} · {n_pass} passed</p></header>'
-        + _section("audits", "Audits", "\n".join(content))
-        + f"<footer>rendered {esc(dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC'))}</footer>"
-        + SORT_SCRIPT
-    )
-    return page(title, page_body)
+    return index_page(title, entries, "robustdistill sweep", "audit", _section("audits", "Audits", "\n".join(content)),
+                      SORT_SCRIPT)
 
 
 def size_points(entries: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[float, float, list[float] | None]]]:

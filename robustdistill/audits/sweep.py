@@ -106,12 +106,16 @@ def load_sweep(path: str | Path) -> Sweep:
             raise UserInputError(f"{where}.suite", f"file not found: {suite}", "check the path")
         return resolved
 
+    # Models an entry's recipe trains (before that entry's audit): later entries may name them too.
+    planned = {resolve_path(getattr(item, role), path) for item in raw.audits for role in ("teacher", "student")
+               if getattr(item, f"{role}_recipe") is not None}
+
     def model(value: str, where: str, recipe: str | None = None) -> str:
         resolved = resolve_path(value, path)
         if recipe is not None:
             if not Path(resolve_path(recipe, path)).is_file():
                 raise UserInputError(f"{where}_recipe", f"file not found: {recipe}", "check the path")
-        elif not Path(resolved).exists():
+        elif not Path(resolved).exists() and resolved not in planned:
             raise UserInputError(where, f"no checkpoint at {value}",
                                  f"train it first, fix the path, or set {where.rsplit('.', 1)[-1]}_recipe")
         return resolved

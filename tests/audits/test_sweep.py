@@ -100,3 +100,14 @@ def test_accuracy_against_size_is_plotted_for_students_of_several_sizes() -> Non
     assert points["clean"] == [(1000.0, 0.9, [0.65, 0.9625]), (50_000.0, 0.95, [0.7, 1.0125])]
     assert sweep_accuracy_vs_size(points).startswith(b"\x89PNG")
     assert size_points([entry(1000, 0.9, 0.3), entry(1000, 0.8, 0.2)]) == {}
+
+
+def test_a_model_an_earlier_entrys_recipe_trains_may_be_named_again(world: Path, digits_pair: tuple[Path, Path]) -> None:
+    recipe = Path(__file__).resolve().parents[2] / "defenses" / "digits-kd.toml"
+    (world / "planned.toml").write_text(
+        f'name = "x"\nsuite = "clean.toml"\n[[audits]]\nname = "first"\nteacher = "{digits_pair[0]}"\n'
+        f'student = "not-yet"\nstudent_recipe = "{recipe}"\n'
+        f'[[audits]]\nname = "second"\nteacher = "not-yet"\nstudent = "{digits_pair[1]}"\n')
+    sweep = load_sweep(world / "planned.toml")
+    assert [e.student_recipe is not None for e in sweep.entries] == [True, False]
+    assert sweep.entries[1].teacher == "not-yet"  # trained by the first entry before the second audit runs

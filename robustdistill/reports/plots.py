@@ -252,8 +252,8 @@ def accuracy_vs_size(size: Size | None) -> bytes | None:
 
 
 def sweep_accuracy_vs_size(curves: dict[str, list[tuple[float, float, list[float] | None]]]) -> bytes | None:
-    """A sweep's students: accuracy against parameters (log x axis), one line per accuracy column (clean, each
-    attack), its 95% interval as a band (``curves`` from robustdistill.reports.sweep_index.size_points)."""
+    """A sweep's students: accuracy against parameters (log x axis), a point per student and accuracy column (clean,
+    each attack) with its 95% interval as an error bar (``curves`` from robustdistill.reports.sweep_index.size_points)."""
     import matplotlib
 
     curves = {column: points for column, points in curves.items() if all(x > 0 for x, _, _ in points)}
@@ -264,13 +264,13 @@ def sweep_accuracy_vs_size(curves: dict[str, list[tuple[float, float, list[float
         ax = figure.add_subplot()
         ax.set_xscale("log")
         colours = iter(METRIC_COLOURS)
-        for column, points in curves.items():
+        for column, points in curves.items():  # a point per student (several may share a size): no lines
             colour = next(colours, "#57606a")
             xs, ys = [x for x, _, _ in points], [y for _, y, _ in points]
-            ax.plot(xs, ys, "o-", color=colour, linewidth=1.8, markersize=5.5, label=column, zorder=2)
-            if all(ci for _, _, ci in points):
-                ax.fill_between(xs, [ci[0] for _, _, ci in points], [ci[1] for _, _, ci in points], color=colour,
-                                alpha=0.12, linewidth=0, zorder=1)
+            low = [y - ci[0] if ci else 0.0 for _, y, ci in points]
+            high = [ci[1] - y if ci else 0.0 for _, y, ci in points]
+            ax.errorbar(xs, ys, yerr=[low, high], fmt="o", color=colour, markersize=5.5, capsize=3, linewidth=1.2,
+                        label=column, zorder=2)
         _percent_axis(ax, 1.1)
         ax.set_xlabel("student parameters (log scale)")
         ax.set_ylabel("accuracy")

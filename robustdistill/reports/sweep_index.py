@@ -95,7 +95,7 @@ def render_sweep_index_html(entries: Sequence[Mapping[str, Any]], title: str, si
         data = base64.b64encode(size_png).decode()
         content.append(f'<figure><img alt="accuracy against size" src="data:image/png;base64,{data}">'
                        "<figcaption>Each student's clean and robust accuracy against its parameter count (the "
-                       "band: the 95% interval).</figcaption></figure>")
+                       "bars: 95% intervals).</figcaption></figure>")
     content.append('<p class="note">Each value is followed by its 95% confidence interval; hover a value for n.</p>')
     return index_page(title, entries, "robustdistill sweep", "audit", _section("audits", "Audits", "\n".join(content)),
                       SORT_SCRIPT)

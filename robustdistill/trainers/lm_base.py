@@ -326,7 +326,8 @@ class LMTrainer:
         for start in range(0, len(order), cfg.batch_size):
             chosen = [pairs[i] for i in order[start : start + cfg.batch_size]]
             student.model.train()
-            loss = self.batch_loss(student, chosen, state["step"], generator)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+                loss = self.batch_loss(student, chosen, state["step"], generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:

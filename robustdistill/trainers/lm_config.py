@@ -86,6 +86,9 @@ class LMTrainConfig:
     max_length: int | None = pydantic.Field(None, ge=8)
     select: Literal["last", "val-loss"] = "last"  # keep the final epoch, or the epoch with the lowest val loss
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Mixed precision: the forward passes and losses of training in bfloat16 under torch.autocast (weights, optimiser
+    # state and validation stay in the weights' dtype; softmax and cross-entropy autocast to float32). "off": none.
+    autocast: Literal["off", "bf16"] = "off"
     lora: LoraSpec | None = None
     # [[poison]] tables: biased answers injected into the training data (robustdistill.attacks.poisoning.inject),
     # their ids recorded in the output's provenance; [filter]: a defence applied before training.

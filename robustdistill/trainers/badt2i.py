@@ -46,6 +46,7 @@ from robustdistill.trainers.config import STRICT
 from robustdistill.trainers.diffusion_base import (STATE_FILE, DiffusionTrainer, optimiser_step, set_trainable,
                                                    training_images)
 from robustdistill.trainers.t2i import CAPTIONS, NUM_CLASSES, prompt_table
+from robustdistill.trainers.sid import ensure_diffusion_teacher
 from robustdistill.trainers.teachers import check_teacher
 from robustdistill.utils import derived_seed, seed_everything
 
@@ -57,18 +58,14 @@ log = logging.getLogger(__name__)
 
 
 def ensure_t2i_model(path: str, recipe: str | None, field: str = "model") -> Path:
-    """``path``; a missing model is trained there first from ``recipe``."""
+    """``path``; a missing model is trained there first from ``recipe`` (a folder that is there but no diffusers
+    directory is refused, never trained over)."""
     check_teacher(path, recipe, field=field, what="path/to/t2i-directory")
     target = Path(path)
-    if (target / "model_index.json").is_file():
-        return target
-    if not recipe or target.exists():
+    if target.exists() and not (target / "model_index.json").is_file():
         raise UserInputError(field, f"{target} is not a diffusers directory (no model_index.json)",
                              "point it at a t2i model (robustdistill train t2i)")
-    from robustdistill.trainers import train_from_recipe
-
-    log.info("%s %s not found: training it from %s", field, target, recipe)
-    return train_from_recipe(recipe, out=target)
+    return ensure_diffusion_teacher(path, recipe, field=field)
 
 
 def load_t2i_model(path: Path, device: torch.device, field: str = "model") -> DiffusionModel:

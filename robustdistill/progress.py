@@ -161,6 +161,10 @@ class WorkProgress:
         finally:
             with self._lock:
                 self._current = None
+        self.finished(label, cost)
+
+    def finished(self, label: str, cost: float) -> None:
+        """Count a unit of ``cost`` work that ran elsewhere (a Ray task) as finished now."""
         self.done += cost
         self.done_units += 1
         self.bar.update(cost)

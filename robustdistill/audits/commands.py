@@ -19,7 +19,8 @@ def _audit(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     load_options = _load_options(args)  # checked before audit() touches --out or loads anything
     report = audit(args.suite, teacher=args.teacher, student=args.student, out=args.out, resume=args.resume,
-                   overwrite=args.overwrite, samples=args.samples, device=args.device, load_options=load_options)
+                   overwrite=args.overwrite, samples=args.samples, device=args.device, load_options=load_options,
+                   executor=args.executor, address=args.address)
     elapsed = time.perf_counter() - started
     print(report.summary())
     written = ", ".join(str(p) for p in [report.run_dir / "report.json", *report.rendered]) if report.run_dir else ""
@@ -120,12 +121,23 @@ def _report(args: argparse.Namespace) -> int:
 def _sweep(args: argparse.Namespace) -> int:
     from robustdistill.audits.sweep import run_sweep
 
-    sweep, reports, index = run_sweep(args.sweep, args.out, device=args.device)
+    sweep, reports, index = run_sweep(args.sweep, args.out, device=args.device, executor=args.executor,
+                                      address=args.address)
     width = max(len(entry.name) for entry in sweep.entries)
     for entry, report in zip(sweep.entries, reports):
         print(f"{entry.name:<{width}}  {'PASS' if report.passed else 'FAIL'}  {entry.student}")
     print(f"wrote {index}")
     return 0 if all(report.passed for report in reports) else 1
+
+
+def _add_executor(parser: argparse.ArgumentParser, what: str) -> None:
+    from robustdistill.audits.executors import EXECUTORS
+
+    parser.add_argument("--executor", choices=EXECUTORS, default=None,
+                        help=f"sequential (default): run here, one unit after another; ray: run {what} as Ray tasks "
+                        "(needs the ray extra); the results are the same")
+    parser.add_argument("--address", metavar="ADDR", help="with --executor ray: the Ray cluster to use (e.g. "
+                        "ray://HOST:10001, or auto for one started with `ray start`); default: a local instance")
 
 
 def add_commands(subparsers: Any) -> None:
@@ -156,6 +168,7 @@ def add_commands(subparsers: Any) -> None:
                        help=f"input shape {state_dict}, e.g. 3,32,32 (default: channels from the first layer, 32x32)")
     audit.add_argument("--samples", metavar="N", type=int, help="evaluate N test points (a seeded subset)")
     audit.add_argument("--device", metavar="D", help="auto, cpu or cuda (replaces the suite's device)")
+    _add_executor(audit, "each probe unit")
     audit.set_defaults(handler=_audit)
 
     sweep = subparsers.add_parser(
@@ -170,6 +183,7 @@ def add_commands(subparsers: Any) -> None:
     sweep.add_argument("--out", metavar="DIR", help="where the run directories and index.html go (default "
                        "runs/<sweep name>)")
     sweep.add_argument("--device", metavar="D", help="auto, cpu or cuda (replaces every suite's device)")
+    _add_executor(sweep, "every audit's probe units, the audits side by side,")
     sweep.set_defaults(handler=_sweep)
 
     report = subparsers.add_parser(

@@ -166,6 +166,8 @@ def audit(
     load_options: LoadOptions | None = None,
     overwrite: bool = False,
     threads: int | None = None,
+    executor: Any = None,
+    address: str | None = None,
 ) -> Report:
     """Run an audit suite and return its :class:`Report`; writes ``out`` (default ``runs/<suite name>``).
 
@@ -178,6 +180,9 @@ def audit(
     ``on_unit`` is called with each unit's record after it is stored. ``load_options``: what :func:`load_models`
     passes to ``load_model`` for bare state dicts (arch, num_classes, input_shape). ``threads``: torch's CPU
     threads (default robustdistill.threads: 1 unless $ROBUSTDISTILL_THREADS or $OMP_NUM_THREADS say otherwise).
+    ``executor``: None or "sequential" runs the units here, one after another; "ray" runs each as a Ray task on a
+    local Ray instance or the cluster at ``address`` (robustdistill.audits.executors), with the same results; a
+    :class:`~robustdistill.audits.executors.RayExecutor` already entered is shared (a sweep's audits).
     Raises :class:`UserInputError` (nothing written) for bad input.
     """
     from robustdistill.threads import apply_thread_default
@@ -205,10 +210,19 @@ def audit(
     if store.has_results() and not resume and not overwrite:
         raise _holds_results(run_dir)
 
+    from robustdistill.audits.executors import absolute_paths, make_executor
+
+    runs_elsewhere = make_executor(executor, address) if isinstance(executor, str) or executor is None else executor
+    if runs_elsewhere is not None:
+        suite = absolute_paths(suite)  # a worker on another node (or in another folder) finds the same files
     train_missing(suite, modules)
     training = {role: m.training for role, m in modules.items()}
     try:
-        return _run(suite, modules, run_dir, store, resume, progress, render, on_unit, load_options, overwrite)
+        if runs_elsewhere is None:
+            return _run(suite, modules, run_dir, store, resume, progress, render, on_unit, load_options, overwrite)
+        with runs_elsewhere:
+            return _run(suite, modules, run_dir, store, resume, progress, render, on_unit, load_options, overwrite,
+                        runs_elsewhere)
     finally:
         for role, module in modules.items():
             module.train(training[role])
@@ -231,18 +245,37 @@ def train_missing(suite: Suite, modules: Mapping[str, Any]) -> list[str]:
     return list(missing)
 
 
-def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: RunStore, resume: bool,
-         progress: bool | None, render: bool, on_unit: UnitCallback | None,
-         load_options: LoadOptions | None = None, overwrite: bool = False) -> Report:
-    from robustdistill import __version__
+@dataclass
+class Prepared:
+    """An audit made ready to run: its family, its loaded models and their checkpoint records, the evaluation data,
+    the family's plan and the planned units. The driver prepares it to validate and plan the run; a Ray worker
+    prepares it again (robustdistill.audits.executors) to run units, and must arrive at the same unit keys."""
 
+    family: ModelFamily
+    models: dict[str, Any]
+    checkpoints: dict[str, dict[str, Any]]
+    families: Any
+    data: Any
+    plan: Plan
+    units: list[PlannedUnit]
+
+    def context(self, suite: Suite, artifacts: Path) -> EvalContext:
+        ctx = self.family.context(self.data, self.models, suite, artifacts, self.plan)
+        ctx.model_sha256 = {role: entry["sha256"] for role, entry in self.checkpoints.items()}
+        return ctx
+
+
+def prepare(suite: Suite, modules: Mapping[str, Any], load_options: LoadOptions | None = None,
+            before_checks: Callable[[dict[str, dict[str, Any]]], None] | None = None) -> Prepared:
+    """Load the models and the data, check every probe against them and plan the units (raises
+    :class:`UserInputError` for bad input; writes nothing). ``before_checks`` sees the checkpoint records first."""
     family = suite_family(suite)
     device = resolve_device(suite.device)
     models, checkpoints = load_models(suite, modules, device, load_options)
     for module in modules.values():
         module.eval()
-    if resume and store.has_results():
-        _check_same_checkpoints(run_dir, store, checkpoints)
+    if before_checks is not None:
+        before_checks(checkpoints)
     families = check_fit(suite, family, models, checkpoints)
     data = family.load_data(suite)
     family.check_models(models, data, suite)
@@ -252,22 +285,39 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
         probe.check_data(audited, data)
     plan = family.plan(suite, data)
     units = plan_units(suite, checkpoints, data.fingerprint, family, plan)
+    return Prepared(family, models, checkpoints, families, data, plan, units)
 
+
+def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: RunStore, resume: bool,
+         progress: bool | None, render: bool, on_unit: UnitCallback | None,
+         load_options: LoadOptions | None = None, overwrite: bool = False, executor: Any = None) -> Report:
+    from robustdistill import __version__
+
+    def same_checkpoints(checkpoints: dict[str, dict[str, Any]]) -> None:
+        if resume and store.has_results():
+            _check_same_checkpoints(run_dir, store, checkpoints)
+
+    prepared = prepare(suite, modules, load_options, before_checks=same_checkpoints)
+    checkpoints, data, family, plan, units = (prepared.checkpoints, prepared.data, prepared.family, prepared.plan,
+                                              prepared.units)
     manifest = {
         "robustdistill": __version__, "torch": torch.__version__, "git": git_revision(), "seed": suite.seed,
-        "checkpoints": checkpoints, "started": now(), "device": str(device), "cpu": cpu_record(),
+        "checkpoints": checkpoints, "started": now(), "device": str(resolve_device(suite.device)),
+        "cpu": cpu_record(),
         "data": {"kind": suite.data.kind, "split": suite.split, "n": len(data), "fingerprint": data.fingerprint},
         "suite": suite.to_dict(), "gates": [asdict(g) for g in suite.gates], **plan.manifest,
-        "plan": [u.plan_entry() for u in units], "family": family.name, "families": families,
+        "plan": [u.plan_entry() for u in units], "family": family.name, "families": prepared.families,
     }
+    if executor is not None:
+        manifest["executor"] = executor.describe()
     # Everything is validated: from here on the run directory exists, locked by this run until it returns.
     with ownership.using(run_dir, ownership.AUDIT, f"robustdistill audit {suite.name}", legacy=ownership.is_legacy_audit):
         if overwrite and store.has_results():
             removed = ownership.remove_owned(run_dir)  # only what the marker lists: a user's files there stay
             log.info("overwriting %s: removed the %d files of the earlier audit", run_dir, len(removed))
-        ctx = family.context(data, models, suite, run_dir / ARTIFACTS, plan)
-        ctx.model_sha256 = {role: entry["sha256"] for role, entry in checkpoints.items()}
-        return _execute(suite, run_dir, store, resume, progress, render, on_unit, manifest, units, ctx)
+        ctx = prepared.context(suite, run_dir / ARTIFACTS)
+        job = None if executor is None else executor.job(suite, modules, load_options, run_dir / ARTIFACTS, units)
+        return _execute(suite, run_dir, store, resume, progress, render, on_unit, manifest, units, ctx, executor, job)
 
 
 def _holds_results(run_dir: Path) -> UserInputError:
@@ -289,8 +339,10 @@ def _check_same_checkpoints(run_dir: Path, store: RunStore, checkpoints: Mapping
 
 
 def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progress: bool | None, render: bool,
-             on_unit: UnitCallback | None, manifest: dict[str, Any], units: list[PlannedUnit], ctx: EvalContext) -> Report:
-    """Run the planned units into the locked ``run_dir`` and build (and render) the report."""
+             on_unit: UnitCallback | None, manifest: dict[str, Any], units: list[PlannedUnit], ctx: EvalContext,
+             executor: Any = None, job: Any = None) -> Report:
+    """Run the planned units into the locked ``run_dir`` (here, or on ``executor`` with its ``job``) and build (and
+    render) the report."""
     if store.has_results() and not resume:  # another audit finished into it while this one was validating
         raise _holds_results(run_dir)
     done: set[str] = set()
@@ -303,21 +355,37 @@ def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progres
         log.info("resuming %s: %d of %d probe units already finished", run_dir, len(units) - len(todo), len(units))
     # The bar counts expected work, not units: one AutoAttack unit outweighs hundreds of clean ones.
     cost = {u.key: max(float(u.probe.expected_cost()), 0.01) for u in units}  # the probe's estimate of its work
+    def keep(unit: PlannedUnit, record: dict[str, Any]) -> None:
+        store.append(record)
+        ownership.record(run_dir, [run_dir / ARTIFACTS / name for name in record["artifacts"]])
+
+    def label(unit: PlannedUnit) -> str:
+        return f"{unit.probe.name} on {'+'.join(unit.roles)}"
+
     with WorkProgress(f"audit {suite.name}", sum(cost.values()), len(units), enabled=progress,
                       done=sum(cost[u.key] for u in units if u.key in done), done_units=len(units) - len(todo)) as bar:
-        for unit in todo:
-            with bar.unit(f"{unit.probe.name} on {'+'.join(unit.roles)}", cost[unit.key]):  # labels its log lines
-                record = _run_unit(suite, unit, ctx)
-                store.append(record)
-                ownership.record(run_dir, [run_dir / ARTIFACTS / name for name in record["artifacts"]])
-            log.debug("%s on %s: %.1fs", unit.probe.name, "+".join(unit.roles), record["seconds"])
-            if on_unit is not None:
-                on_unit(record)
+        if executor is None:
+            for unit in todo:
+                with bar.unit(label(unit), cost[unit.key]):  # labels its log lines
+                    record = _run_unit(suite, unit, ctx)
+                    keep(unit, record)
+                _finished(unit, record, on_unit)
+        else:  # the units run elsewhere, several at once: each is stored as it comes back, in any order
+            for unit, record in executor.run(job, todo):
+                keep(unit, record)
+                bar.finished(label(unit), cost[unit.key])
+                _finished(unit, record, on_unit)
     report = build_report(run_dir)
     ownership.record(run_dir, [run_dir / REPORT, *report.written])
     if render:
         report.rendered = render_reports(run_dir)
     return report
+
+
+def _finished(unit: PlannedUnit, record: dict[str, Any], on_unit: UnitCallback | None) -> None:
+    log.debug("%s on %s: %.1fs", unit.probe.name, "+".join(unit.roles), record["seconds"])
+    if on_unit is not None:
+        on_unit(record)
 
 
 def _run_unit(suite: Suite, unit: PlannedUnit, ctx: EvalContext) -> dict[str, Any]:

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 KIND = "sweep"
 INDEX = "index.html"
 MAX_AUDITS = 10_000
+SIDE_BY_SIDE = 8  # audits a Ray sweep prepares and runs at once (each holds its models and data in this process)
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -160,39 +161,80 @@ def resolve_glob_base(pattern: str, sweep_file: Path) -> str:
 
 
 def run_sweep(path: str | Path, out: str | Path | None = None, *, device: str | None = None,
-              progress: bool | None = None) -> tuple[Sweep, list[Any], Path]:
-    """Run every audit of the sweep file into ``out`` (default runs/<sweep name>), one after another, and write
-    ``out``/index.html; returns (the sweep, the reports in entry order, the index's path)."""
-    from robustdistill.audits import audit
-    from robustdistill.audits.resume import resumable
+              progress: bool | None = None, executor: Any = None, address: str | None = None
+              ) -> tuple[Sweep, list[Any], Path]:
+    """Run every audit of the sweep file into ``out`` (default runs/<sweep name>) and write ``out``/index.html;
+    returns (the sweep, the reports in entry order, the index's path). Every missing model an entry's recipe
+    trains is trained first, in entry order. ``executor``: None runs the audits here one after another; "ray"
+    runs every audit's units as Ray tasks (a local instance, or the cluster at ``address``), the audits side by
+    side, with the same results (robustdistill.audits.executors)."""
+    from robustdistill.audits.executors import make_executor
     from robustdistill.reports import index_entry, render_sweep_index
 
     sweep = load_sweep(path)
+    runner = make_executor(executor, address)
     out = Path(out) if out is not None else Path("runs") / sweep.name
     # Before any audit: the folder and every run directory in it are new, empty or robustdistill's own.
     ownership.claim_out(out, KIND)
     for entry in sweep.entries:
         ownership.claim_out(out / entry.name, ownership.AUDIT, legacy=ownership.is_legacy_audit)
     ownership.refuse_if_held(out)
-    reports = []
     with ownership.using(out, KIND, "robustdistill sweep"):
         index = out / INDEX
         if index.exists() and not ownership.owns(out, index):
             raise UserInputError("out", f"{index} exists and was not written by robustdistill", "move it away")
-        for number, entry in enumerate(sweep.entries, start=1):
+        for entry in sweep.entries:
             train_missing(entry)
-            run_dir = out / entry.name
-            log.info("sweep %s: audit %d/%d, %s against %s", sweep.name, number, len(sweep.entries), entry.student,
-                     entry.teacher)
-            reports.append(audit(entry.suite, teacher=entry.teacher, student=entry.student, out=run_dir,
-                                 resume=resumable(run_dir, Path(entry.teacher), Path(entry.student)), device=device,
-                                 progress=progress))
+        if runner is None:
+            reports = [_audit_entry(sweep, number, entry, out, device, progress)
+                       for number, entry in enumerate(sweep.entries, start=1)]
+        else:
+            with runner:
+                reports = _audits_side_by_side(sweep, out, device, progress, runner)
         entries = [{**index_entry(out / entry.name, out, name=entry.name),
                     "parameters": student_parameters(report, entry.student)}
                    for entry, report in zip(sweep.entries, reports)]
         render_sweep_index(entries, index, title=sweep.name + (f": {sweep.description}" if sweep.description else ""))
         ownership.record(out, [index])
     return sweep, reports, index
+
+
+def _audit_entry(sweep: Sweep, number: int, entry: SweepEntry, out: Path, device: str | None,
+                 progress: bool | None, runner: Any = None) -> Any:
+    from robustdistill.audits import audit
+    from robustdistill.audits.resume import resumable
+
+    run_dir = out / entry.name
+    log.info("sweep %s: audit %d/%d, %s against %s", sweep.name, number, len(sweep.entries), entry.student,
+             entry.teacher)
+    return audit(entry.suite, teacher=entry.teacher, student=entry.student, out=run_dir,
+                 resume=resumable(run_dir, Path(entry.teacher), Path(entry.student)), device=device,
+                 progress=progress, executor=runner)
+
+
+def _audits_side_by_side(sweep: Sweep, out: Path, device: str | None, progress: bool | None, runner: Any) -> list[Any]:
+    """Every audit at once on ``runner``: a driver thread per audit (at most SIDE_BY_SIDE) prepares it, submits its
+    units and stores their records; one progress display counts the audits. The first error stops the sweep: the
+    units still running are cancelled, those finished stay stored for the next run to resume."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from robustdistill.progress import WorkProgress
+
+    entries = list(enumerate(sweep.entries, start=1))
+    with WorkProgress(f"sweep {sweep.name}", len(entries), len(entries), enabled=progress, unit_name="audits") as bar:
+        with ThreadPoolExecutor(max_workers=min(len(entries), SIDE_BY_SIDE), thread_name_prefix="sweep") as pool:
+            futures = {pool.submit(_audit_entry, sweep, number, entry, out, device, False, runner): entry
+                       for number, entry in entries}
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    bar.finished(futures[future].name, 1.0)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                runner.cancel_all()
+                raise
+        return [future.result() for future in futures]  # in entry order
 
 
 def train_missing(entry: SweepEntry) -> None:

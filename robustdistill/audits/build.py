@@ -107,6 +107,9 @@ def build_report(run_dir: str | Path) -> Report:
     }
     if "families" in last:
         manifest["families"] = last["families"]
+    executors = [m.get("executor", {"name": "sequential"}) for m in manifests]
+    if any("executor" in m for m in manifests):  # where each run of this audit ran its units (resumes included)
+        manifest["executors"] = [e for i, e in enumerate(executors) if e not in executors[:i]]
     if missing:
         manifest["incomplete"] = missing
     manifest |= stored.evidence()

@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,ray]"
 	# torchattacks (the peer library, for comparisons) declares torchvision and requests~=2.25 but imports
 	# neither; resolving them would break transformers, so it goes in without its declared dependencies.
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt torchattacks==3.5.1

@@ -1,8 +1,8 @@
 """Where an audit's probe units run: here, one after another (the default), or as Ray tasks (``--executor ray``: a
 local Ray instance, or the cluster at ``--address``).
 
-A Ray task gets the audit's *job* (the validated suite with absolute paths, the models given in memory as Ray
-objects, the load options, the run's artifacts folder) and one unit's key. Its worker prepares the audit exactly as
+A Ray task gets the audit's *job* (the driver's working directory, the validated suite, the models given in memory
+as Ray objects, the load options, the run's artifacts folder) and one unit's key. Its worker prepares the audit exactly as
 the driver did (runner.prepare: the same loaders, checks and plan), once per worker process and audit, and runs the
 unit; the record comes back to the driver, which alone appends it to the run store. So the store, its keys and
 --resume are the same whichever executor ran the units, and a unit's numbers do not depend on where it ran: every
@@ -13,17 +13,18 @@ again, up to ``retries`` times, and its record is stored once, when a run of it 
 input, a bug) is not retried: the audit stops with that error after storing every unit finished so far, and
 --resume continues it.
 
-On a cluster, the checkpoints, the data and --out must be at the same paths on every node (a shared filesystem)
-and robustdistill installed in the workers' Python. A worker that finds other checkpoints at those paths plans
+On a cluster, the checkpoints, the data, --out and the driver's working directory (relative paths in a suite resolve
+against it) must be at the same paths on every node (a shared filesystem), and robustdistill installed in the
+workers' Python. A worker that finds other checkpoints at those paths plans
 other unit keys and says so instead of running them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -45,6 +46,7 @@ INSTALL = "pip install -c constraints.txt -e '.[ray]' (the ray extra)"
 class AuditJob:
     """What a worker needs to prepare an audit and run its units; ``token`` names it in the workers' caches."""
 
+    cwd: str  # the driver's working directory: relative paths in the suite and its probes resolve against it
     suite: Any
     modules: dict[str, Any]  # role -> Ray object of a model given in memory
     load_options: dict[str, dict[str, Any]] | None
@@ -65,6 +67,10 @@ def run_unit_task(job: AuditJob, key: str) -> dict[str, Any]:
     """One unit of ``job``, in a Ray worker: its record for the driver's run store."""
     from robustdistill.audits import runner
 
+    if not Path(job.cwd).is_dir():
+        raise UserInputError("--executor", f"a Ray worker has no folder {job.cwd} (the audit's working directory)",
+                             "put the checkpoints, data and --out on a filesystem every node sees at the same paths")
+    os.chdir(job.cwd)  # a worker process runs only Ray tasks; each of ours works where its audit's driver works
     ctx, units = _prepared(job)
     unit = units.get(key)
     if unit is None:
@@ -178,8 +184,9 @@ class RayExecutor:
         from robustdistill.utils import resolve_device
 
         keys = sorted(u.key for u in units)
-        token = hashlib.sha256(json.dumps([keys, str(artifacts.resolve()), repr(load_options)]).encode()).hexdigest()
-        job = AuditJob(absolute_paths(suite), {role: ray.put(m) for role, m in modules.items()},
+        token = hashlib.sha256(json.dumps([keys, os.getcwd(), str(artifacts.resolve()), repr(load_options)]).encode()
+                               ).hexdigest()
+        job = AuditJob(os.getcwd(), suite, {role: ray.put(m) for role, m in modules.items()},
                        {k: dict(v) for k, v in (load_options or {}).items()} or None, str(artifacts.resolve()), token)
         return ray.put(job), int(resolve_device(suite.device).type == "cuda")
 
@@ -233,20 +240,3 @@ class RayExecutor:
             running, self._running, self._stopped = list(self._running), set(), True
         for ref in running:
             ray.cancel(ref, force=True)
-
-
-def absolute_paths(suite: Any) -> Any:
-    """The suite with its models' and data's paths absolute, so that a worker started in another working directory
-    (on another node) finds them: workers get the validated suite and never read the suite file again."""
-    def absolute(value: str | None) -> str | None:
-        if not value or value.startswith("in-memory") or Path(value).is_absolute():
-            return value
-        return str(Path(value).resolve())
-
-    pipeline = suite.pipeline.model_copy(update={
-        "teacher": absolute(suite.pipeline.teacher), "student": absolute(suite.pipeline.student),
-        "extra": {role: absolute(path) for role, path in suite.pipeline.extra.items()}})
-    data = suite.data
-    if getattr(data, "root", None):
-        data = data.model_copy(update={"root": absolute(data.root)})
-    return dataclasses.replace(suite, pipeline=pipeline, data=data)

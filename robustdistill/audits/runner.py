@@ -210,11 +210,9 @@ def audit(
     if store.has_results() and not resume and not overwrite:
         raise _holds_results(run_dir)
 
-    from robustdistill.audits.executors import absolute_paths, make_executor
+    from robustdistill.audits.executors import make_executor
 
     runs_elsewhere = make_executor(executor, address) if isinstance(executor, str) or executor is None else executor
-    if runs_elsewhere is not None:
-        suite = absolute_paths(suite)  # a worker on another node (or in another folder) finds the same files
     train_missing(suite, modules)
     training = {role: m.training for role, m in modules.items()}
     try:

@@ -19,6 +19,9 @@ or both::
 Each audit is an ordinary audit (the same run store, the same keys), so a sweep interrupted or run again resumes
 every audit of the same checkpoints where it stopped and starts over an audit whose checkpoints changed. Relative
 paths resolve as a suite's do (the working directory, else the sweep file's folder, else its parent).
+
+The audits run here one after another, or with ``executor="ray"`` (``--executor ray``) side by side, each unit a Ray
+task (robustdistill.audits.executors); the results are the same.
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ def load_sweep(path: str | Path) -> Sweep:
             raise UserInputError(f"{where}.suite", f"file not found: {suite}", "check the path")
         return resolved
 
-    # Models an entry's recipe trains (before that entry's audit): later entries may name them too.
+    # Models an entry's recipe trains: any entry may name them, since every one is trained before the first audit.
     planned = {resolve_path(getattr(item, role), path) for item in raw.audits for role in ("teacher", "student")
                if getattr(item, f"{role}_recipe") is not None}
 

@@ -136,8 +136,9 @@ def _add_executor(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--executor", choices=EXECUTORS, default=None,
                         help=f"sequential (default): run here, one unit after another; ray: run {what} as Ray tasks "
                         "(needs the ray extra); the results are the same")
-    parser.add_argument("--address", metavar="ADDR", help="with --executor ray: the Ray cluster to use (e.g. "
-                        "ray://HOST:10001, or auto for one started with `ray start`); default: a local instance")
+    parser.add_argument("--address", metavar="ADDR", help="with --executor ray: the Ray cluster to use (HOST:6379, "
+                        "or auto for one `ray start` made on this machine); default: a local instance started for "
+                        "the run")
 
 
 def add_commands(subparsers: Any) -> None:

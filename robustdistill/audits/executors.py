@@ -130,6 +130,8 @@ class RayExecutor:
         if importlib.util.find_spec("ray") is None:
             raise UserInputError("--executor", "ray is not installed", f"{INSTALL}, or leave --executor out to run "
                                  "the units here, one after another (same results)")
+        if address is not None:
+            check_reachable(address)
         self.address, self.retries, self.num_cpus = address, retries, num_cpus
         self._started = False
         self._entered = 0
@@ -159,7 +161,7 @@ class RayExecutor:
                 self._entered -= 1
                 where = self.address or "a local Ray instance"
                 raise UserInputError("--address", f"cannot start or reach {where}: {exc}".splitlines()[0],
-                                     "check the address (ray://HOST:10001 or HOST:6379, as `ray start` printed), "
+                                     "check the address (HOST:6379, as `ray start --head` printed, or auto), "
                                      "or leave --address out for a local instance") from None
             self._started = True
             log.info("Ray: %s, %s CPUs", "connected to " + self.address if self.address else "local instance",
@@ -240,3 +242,23 @@ class RayExecutor:
             running, self._running, self._stopped = list(self._running), set(), True
         for ref in running:
             ray.cancel(ref, force=True)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse an address nothing answers at before any work: Ray itself retries an unreachable cluster for minutes."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserInputError("--address", f"{address!r} is not HOST:PORT", "use HOST:6379 (as `ray start --head` "
+                             "printed), or auto for a cluster started on this machine")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserInputError("--address", f"nothing answers at {address} ({exc.strerror or exc})",
+                             "start the cluster (`ray start --head`), check the address, or leave --address out for "
+                             "a local instance") from None
+

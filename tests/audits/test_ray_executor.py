@@ -41,6 +41,7 @@ name = "pgd-20"
 attack = "pgd"
 params = { steps = 20, alpha = 0.03125, restarts = 2 }
 """
+REPO = Path(__file__).resolve().parents[2]
 TASK_TITLE = "ray::robustdistill-unit"  # what Ray shows as a worker's process title while it runs one of our units
 
 
@@ -150,3 +151,17 @@ def test_executor_refusals() -> None:
     with pytest.raises(UserInputError) as caught:
         RayExecutor(retries=-1)
     assert caught.value.field == "retries"
+    for address in ("not-an-address", "127.0.0.1:1"):  # Ray itself would retry an unreachable cluster for minutes
+        started = time.monotonic()
+        with pytest.raises(UserInputError) as caught:
+            make_executor("ray", address=address)
+        assert caught.value.field == "--address" and time.monotonic() - started < 10
+
+
+def test_a_bad_address_on_the_cli_exits_2_before_writing(tmp_path: Path, digits_pair) -> None:
+    from robustdistill.cli import main
+
+    out = tmp_path / "run"
+    code = main(["audit", str(REPO / "audits" / "demo-quick.toml"), "--teacher", str(digits_pair[0]), "--student",
+                 str(digits_pair[1]), "--executor", "ray", "--address", "127.0.0.1:1", "--out", str(out)])
+    assert code == 2 and not out.exists()

@@ -359,6 +359,12 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    if args.command != "train" and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        # Under torchrun with several processes each would run the whole command and write the same files.
+        if os.environ.get("RANK", "0") == "0":  # every process refuses; one says it
+            print(f"robustdistill: error: torchrun: `robustdistill {args.command}` runs in one process (only `robustdistill "
+                  "train` is data-parallel) (run it without torchrun)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         _pin_kernels(args)  # before anything imports torch: torch, oneDNN and MKL choose their kernels as they load
     except UserInputError as exc:

@@ -17,23 +17,26 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robustdistill import load_model
+from robustdistill import load_model, reproducibility
 from robustdistill.data import load_split
 from robustdistill.trainers.distributed import World
 
 REPO = Path(__file__).resolve().parents[2]
 STANDARD = str(REPO / "defenses" / "digits-standard.toml")
-# A digits recipe whose training is not chaotic: plain SGD at a small constant learning rate, where one process and
-# two agree to float rounding after 10 epochs (at the recipe's lr 0.05 the rounding differences of the gradient sum
-# grow until the two runs pick different epochs). batch_size 49: the 1079 train points are 22 x 49 + 1, so every
-# epoch ends with a batch of one point, where the second process's shard is empty.
+# Two processes sum the shards' gradients in another order than one process sums the batch's, so their weights
+# differ by rounding, and SGD on digits amplifies rounding: with native kernels ONE process trained with 1 and with 2
+# threads ends 0.8% apart (relative, 12 epochs at lr 0.01), and the recipe's lr 0.05 turns such differences into
+# other selected epochs. So the weights are compared on pinned kernels (robustdistill.reproducibility: the same
+# numbers on every AVX2 x86 CPU, whatever the thread count), for a run that stays within rounding of one process
+# (2.9e-7 relative after 10 epochs at lr 0.02; 1e-4 allowed). batch_size 49: the 1079 train points are 22 x 49 + 1,
+# so every epoch ends with a batch of one point, where the second process's shard is empty.
 SETTINGS = ["epochs=10", "batch_size=49", "lr=0.02", "lr_milestones=[]"]
 RUN_TIMEOUT = 300
 
 
 def environment(tmp: Path) -> dict[str, str]:
-    return {**os.environ, "ROBUSTDISTILL_THREADS": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "MPLCONFIGDIR": str(tmp / "mpl"), "HF_HOME": str(tmp / "hf")}
+    return {**os.environ, **reproducibility.PINNED_ENV, reproducibility.ENV_VAR: "1", "ROBUSTDISTILL_THREADS": "1",
+            "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "MPLCONFIGDIR": str(tmp / "mpl"), "HF_HOME": str(tmp / "hf")}
 
 
 def command(method: str, recipe: str, out: Path, settings: list[str], processes: int, *extra: str) -> list[str]:
@@ -202,3 +205,12 @@ def test_a_refusal_under_torchrun_stops_every_process_and_is_said_once(case: str
     else:
         assert sorted(p.name for p in out.iterdir()) == ["thesis.tex"]
         assert not (tmp_path / "model.partial").exists()
+
+
+def test_commands_other_than_train_are_refused_under_torchrun(tmp_path: Path) -> None:
+    """Each process would run the whole command and write the same files: only `train` runs under torchrun."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    result = subprocess.run([*launcher, "-m", "robustdistill", "list", "trainers"], capture_output=True, text=True,
+                            timeout=RUN_TIMEOUT, cwd=REPO, env=environment(tmp_path))
+    assert result.returncode != 0 and result.stdout == ""
+    assert result.stderr.count("robustdistill: error: torchrun: `robustdistill list` runs in one process") == 1

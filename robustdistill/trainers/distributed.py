@@ -50,8 +50,11 @@ Writes and display: only rank 0 checks and claims ``--out``, locks the ``<out>.p
 ``last.pt`` after each epoch (with every process's torch RNG state), writes the checkpoint with its provenance
 (``"distributed": {"world_size": N, "backend": "gloo"}``, only when N > 1) and the training report, shows progress
 and logs below WARNING; the others wait at each save. ``--resume`` works the same: every process loads ``last.pt``
-and continues. A refusal before training (a bad recipe, a refused ``--out``, a method that is not data-parallel)
-stops every process with exit code 2 and is printed once (:func:`agreement`); torchrun itself then exits 1.
+and continues (with its own saved RNG state when the number of processes is the same). A refusal before training (a
+bad recipe, a refused ``--out``, a method that is not data-parallel) stops every process with exit code 2 and is
+printed once (:func:`agreement`); torchrun itself then exits 1. Called from Python under torchrun, ``Trainer.fit``
+runs on every process and calls ``on_epoch_end`` on each with the same record. Other commands than ``train``
+(audits, the demo) are refused under torchrun by the CLI: each process would run all of it.
 
 Covered: every trainer on the shared epoch loop - ``standard``, ``kd``, ``pgd-at``, ``trades``, ``ard``,
 ``rslad``, ``adaad`` and ``defensive-distillation`` (its temperature teacher too), and a missing teacher they train
@@ -93,7 +96,7 @@ class World:
 
     def shard(self, n: int) -> slice:
         """This process's contiguous part of a batch of ``n`` points: sizes differ by at most one, the first
-        ``n % size`` processes take one more; empty when ``n`` is below ``size`` and the rank above ``n``."""
+        ``n % size`` processes take one more; empty for ranks ``n`` and above when ``n`` is below ``size``."""
         base, extra = divmod(n, self.size)
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (1 if self.rank < extra else 0))
@@ -270,9 +273,10 @@ def agreement() -> Iterator[None]:
 
 
 def barrier() -> None:
-    """Wait for every process of the run (nothing without torchrun)."""
+    """Wait for every process of the run (nothing without torchrun): an all_reduce of a CPU tensor, so it goes over
+    gloo whatever device the model trains on."""
     if active():
-        _dist().barrier()
+        _dist().all_reduce(torch.zeros(1))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -338,17 +342,18 @@ def reduce_gradients(model: nn.Module, local: int, total: int, loss_sum: float, 
     flat = torch.cat([*parts, extra])
     flat[:n].mul_(local / total)
     _dist().all_reduce(flat)
+    tail = flat[n:].tolist()  # one read from the device: the flags, the loss sum, the correct count
     offset = 0
     for index, p in enumerate(params):
         count = p.numel()
-        if float(flat[n + index]) > 0:
+        if tail[index] > 0:
             summed = flat[offset : offset + count].view_as(p).to(p.dtype)
             if p.grad is None:
                 p.grad = summed.clone()
             else:
                 p.grad.copy_(summed)
         offset += count
-    return float(flat[n + len(params)]), int(round(float(flat[n + len(params) + 1])))
+    return float(tail[-2]), int(round(tail[-1]))
 
 
 def all_sum(values: Sequence[float]) -> list[float]:

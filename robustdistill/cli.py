@@ -49,6 +49,7 @@ def _train(args: argparse.Namespace) -> int:
     path = trainer.fit(out, resume=args.resume)
     elapsed = time.perf_counter() - started
     if not distributed.is_rank0():  # rank 0 reports and writes the training report
+        distributed.leave()
         return 0
     provenance = json.loads((path / "config.json").read_text())["provenance"]
     selection, history = provenance["selection"], provenance["history"]
@@ -64,6 +65,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"training report not written ({type(exc).__name__}: {exc})")
     else:
         print(f"training report: {report[1]}")
+    distributed.leave()  # under torchrun: the other processes waited for the report
     return 0
 
 

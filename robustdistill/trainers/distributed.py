@@ -172,6 +172,14 @@ def _leave() -> None:
         dist.destroy_process_group()
 
 
+def leave() -> None:
+    """At the end of a successful run: wait for every process, then leave the process group together (not one
+    process tearing its connections down while another still works). Nothing without torchrun."""
+    if active():
+        barrier()
+        _leave()
+
+
 def active() -> bool:
     """True once this process has joined a group of more than one process."""
     return launched() and _dist().is_initialized()

@@ -22,9 +22,14 @@ EXIT_BAD_INPUT = 2
 
 def _train(args: argparse.Namespace) -> int:
     from robustdistill import trainers
+    from robustdistill.trainers import distributed
 
     overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
-    trainer = trainers.create(args.method, recipe=args.config, overrides=overrides)
+    # Under torchrun (data-parallel training: robustdistill.trainers.distributed) every process reads the recipe;
+    # a refusal stops them all and is printed once. Without torchrun the agreement does nothing.
+    with distributed.agreement():
+        trainer = trainers.create(args.method, recipe=args.config, overrides=overrides)
+        distributed.check_supported(trainer)
     out = Path(args.out) if args.out else Path("checkpoints") / (Path(args.config).stem if args.config else args.method)
     if not getattr(trainer, "training_report", True):  # a language model: no accuracy curves, its own summary
         started = time.perf_counter()
@@ -38,10 +43,14 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     from robustdistill.reports.training import check_training_report
 
-    check_training_report(out)  # before epoch 1: the report must not overwrite a user's file next to --out
+    with distributed.agreement():
+        check_training_report(out)  # before epoch 1: the report must not overwrite a user's file next to --out
     started = time.perf_counter()
     path = trainer.fit(out, resume=args.resume)
     elapsed = time.perf_counter() - started
+    if not distributed.is_rank0():  # rank 0 reports and writes the training report
+        distributed.leave()
+        return 0
     provenance = json.loads((path / "config.json").read_text())["provenance"]
     selection, history = provenance["selection"], provenance["history"]
     best = history[selection["best_epoch"] - 1] if selection["best_epoch"] >= 1 else {}
@@ -56,6 +65,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"training report not written ({type(exc).__name__}: {exc})")
     else:
         print(f"training report: {report[1]}")
+    distributed.leave()  # under torchrun: the other processes waited for the report
     return 0
 
 
@@ -351,6 +361,12 @@ def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
+    if args.command != "train" and os.environ.get("WORLD_SIZE", "1").strip() not in ("", "0", "1"):
+        # Under torchrun with several processes each would run the whole command and write the same files.
+        if os.environ.get("RANK", "0") == "0":  # every process refuses; one says it
+            print(f"robustdistill: error: torchrun: `robustdistill {args.command}` runs in one process (only `robustdistill "
+                  "train` is data-parallel) (run it without torchrun)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         _pin_kernels(args)  # before anything imports torch: torch, oneDNN and MKL choose their kernels as they load
     except UserInputError as exc:
@@ -373,10 +389,12 @@ def _main(argv: Sequence[str] | None) -> int:
         with logs_above_bars():  # INFO lines above the progress bars, never glued onto a bar's line
             return handler(args)
     except UserInputError as exc:
-        print(f"robustdistill: error: {exc}", file=sys.stderr)
+        if not getattr(exc, "reported_elsewhere", False):  # under torchrun: printed by one process only
+            print(f"robustdistill: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("robustdistill: interrupted; finished work (epochs, probes) is kept: rerun with --resume", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 says it
+            print("robustdistill: interrupted; finished work (epochs, probes) is kept: rerun with --resume", file=sys.stderr)
         return 130
 
 

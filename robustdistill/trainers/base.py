@@ -30,6 +30,7 @@ from robustdistill.models.checkpoint import check_checkpoint_out
 from robustdistill.progress import HEARTBEAT_S, WorkProgress
 from robustdistill.registry import Registry
 from robustdistill.reproducibility import cpu_record
+from robustdistill.trainers import distributed
 from robustdistill.trainers.config import TrainConfig, config_to_dict
 from robustdistill.utils import atomic_path, derived_seed, resolve_device, seed_everything
 
@@ -105,6 +106,9 @@ class Trainer:
     config_class: ClassVar[type[TrainConfig]] = TrainConfig
     method: ClassVar[str] = ""
     heartbeat_s: float = HEARTBEAT_S  # without a terminal, the longest silence inside an epoch
+    # Trains data-parallel under torchrun (robustdistill.trainers.distributed); False refuses torchrun: a method
+    # with state updated from each batch inside batch_loss, or its own loop, trains in one process.
+    data_parallel: ClassVar[bool] = True
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
@@ -169,6 +173,8 @@ class Trainer:
     def validate(self, model: Classifier, val: ImageSplit) -> dict[str, float]:
         model.eval()
         x, y = val.x.to(self.device), val.y.to(self.device)
+        if distributed.launched():
+            return self._validate_shared(model, x, y)
         metrics = {"val_clean_accuracy": accuracy(model, x, y)}
         if self.config.val_robust and self.config.eps > 0:
             attack = self.training_attack(steps=self.config.val_attack_steps)
@@ -179,6 +185,29 @@ class Trainer:
                 assert attack.last_success is not None
                 robust_correct += int((~attack.last_success).sum())
             metrics["val_robust_accuracy"] = robust_correct / max(1, len(x))
+        return metrics
+
+    def _validate_shared(self, model: Classifier, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """:meth:`validate` under torchrun: the val points in batches of 256, batch k on process k mod N, the counts
+        summed over the processes. The attack restarts from its seed for each batch, as in one process, so the
+        numbers are one process's (up to floating-point order) and the same on every process."""
+        here = distributed.world()
+        robust = self.config.val_robust and self.config.eps > 0
+        attack = self.training_attack(steps=self.config.val_attack_steps) if robust else None
+        clean_correct = robust_correct = 0
+        step = distributed.VAL_BATCH
+        for start in range(here.rank * step, len(x), here.size * step):
+            xb, yb = x[start : start + step], y[start : start + step]
+            with torch.no_grad():
+                clean_correct += int((model(xb).argmax(1) == yb).sum())
+            if attack is not None:
+                attack(model, xb, yb)
+                assert attack.last_success is not None
+                robust_correct += int((~attack.last_success).sum())
+        clean_total, robust_total = distributed.all_sum([clean_correct, robust_correct])
+        metrics = {"val_clean_accuracy": clean_total / max(1, len(x))}
+        if robust:
+            metrics["val_robust_accuracy"] = robust_total / max(1, len(x))
         return metrics
 
     def selection_score(self, metrics: dict[str, float]) -> float:
@@ -195,20 +224,38 @@ class Trainer:
         cfg = self.config
         generator = torch.Generator().manual_seed(derived_seed(cfg.seed, "epoch", epoch))
         order = torch.randperm(len(train), generator=generator)
+        here = distributed.world()
+        # Under torchrun every process draws the same order and augmentation of the whole batch from ``generator``
+        # and trains on its shard; randomness inside the loss (attack starts) comes from a stream of its own, so
+        # that the shared one advances alike everywhere (robustdistill.trainers.distributed).
+        loss_generator = generator if here.size == 1 else \
+            torch.Generator().manual_seed(derived_seed(cfg.seed, "epoch", epoch, "rank", here.rank))
         total_loss, correct, seen = 0.0, 0, 0
         progress = self._progress  # the run's display (run_progress); None: the caller shows none
         label = f"epoch {epoch + 1}/{progress.units}" if progress is not None else ""
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
-            x = augment_batch(train.x[idx], cfg.augment, generator).to(self.device)
-            y = train.y[idx].to(self.device)
+            x = augment_batch(train.x[idx], cfg.augment, generator)
+            y = train.y[idx]
+            if here.size > 1:
+                shard = here.shard(len(idx))
+                x, y = x[shard], y[shard]
+            x, y = x.to(self.device), y.to(self.device)
             model.train()
-            loss, logits = self.batch_loss(model, x, y, generator)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if len(y):
+                loss, logits = self.batch_loss(model, x, y, loss_generator)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                batch_loss, batch_correct = float(loss.detach()) * len(y), int((logits.detach().argmax(1) == y).sum())
+            else:  # a batch with fewer points than processes: this one adds nothing, but joins the gradient sum
+                optimizer.zero_grad(set_to_none=True)
+                batch_loss, batch_correct = 0.0, 0
+            if here.size > 1:  # the global batch's gradient, loss sum and correct count on every process
+                batch_loss, batch_correct = distributed.reduce_gradients(model, len(y), len(idx), batch_loss, batch_correct)
             optimizer.step()
-            total_loss += float(loss.detach()) * len(idx)
-            correct += int((logits.detach().argmax(1) == y).sum())
+            distributed.sync_buffers(model)
+            total_loss += batch_loss
+            correct += batch_correct
             seen += len(idx)
             if progress is not None:
                 progress.advance(1.0, f"{label} · loss {total_loss / seen:.3f} · acc {100 * correct / seen:.1f}%")
@@ -219,11 +266,15 @@ class Trainer:
         return -(-len(train) // self.config.batch_size)
 
     @contextlib.contextmanager
-    def run_progress(self, epochs: int, done: int, train: ImageSplit) -> Iterator[WorkProgress]:
+    def run_progress(self, epochs: int, done: int, train: ImageSplit) -> Iterator[WorkProgress | None]:
         """One progress display for a run of ``epochs`` epochs over ``train`` (``done`` of them finished before,
         on --resume): on a terminal one bar over every batch of the run with its ETA, the epoch in the postfix;
         without one, a line per epoch and at least every 10 s with elapsed time and ETA (robustdistill.progress).
-        Wrap each epoch (training and validation) in :meth:`epoch_progress`."""
+        Wrap each epoch (training and validation) in :meth:`epoch_progress`. Under torchrun only rank 0 shows it
+        (the others get None)."""
+        if not distributed.is_rank0():
+            yield None
+            return
         batches = self.batches(train)
         with WorkProgress(f"train {self.method}", total=epochs * batches, units=epochs, done=done * batches,
                           done_units=done, heartbeat_s=self.heartbeat_s, unit_name="epochs") as progress:
@@ -271,8 +322,13 @@ class Trainer:
         and ends with the same weights as an uninterrupted run with the same seed. ``train_data`` replaces the
         recipe's training points (shadow models of a membership-inference audit train on given subsets);
         validation stays on the recipe's val split.
+
+        Under torchrun with several processes the run is data-parallel (robustdistill.trainers.distributed): every
+        process calls fit, rank 0 writes; ``on_epoch_end`` is called on every process with the same record.
         """
         out = Path(out)
+        with distributed.agreement():
+            distributed.join(self)
         work, train, full, val, model = self.start_run(out, resume, train_data)
         try:
             path = self._train(out, work, resume, on_epoch_end, train, full, val, model)
@@ -280,6 +336,7 @@ class Trainer:
         except BaseException:
             self.fail_run(work)
             raise
+        distributed.barrier()  # every process returns once the checkpoint is written and the work folder cleared
         return path
 
     def _train(self, out: Path, work: Path, resume: bool, on_epoch_end: EpochCallback | None, train: ImageSplit,
@@ -290,11 +347,14 @@ class Trainer:
         state = TrainState()
         best_weights = copy.deepcopy(model.state_dict())
         if resume and (work / STATE_FILE).exists():
-            state, best_weights = self._load_state(work / STATE_FILE, model, optimizer, scheduler)
+            with distributed.agreement():  # under torchrun every process loads it
+                state, best_weights = self._load_state(work / STATE_FILE, model, optimizer, scheduler)
             log.info("resuming %s from %s after epoch %d", self.method, work, state.epoch)
         elif resume:
             log.info("nothing to resume in %s; starting from the first epoch", work)
-        work.mkdir(parents=True, exist_ok=True)
+        distributed.broadcast_module(model)  # under torchrun: rank 0's weights on every process, as DDP starts
+        if distributed.is_rank0():
+            work.mkdir(parents=True, exist_ok=True)
         with self.run_progress(cfg.epochs, state.epoch, train):
             for epoch in range(state.epoch, cfg.epochs):
                 record: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
@@ -317,7 +377,10 @@ class Trainer:
                     on_epoch_end(epoch + 1, record)
         model.load_state_dict(best_weights)
         model.eval()
-        return save_checkpoint(model, out, provenance=self.provenance(train, state, full))
+        with distributed.agreement():
+            if distributed.is_rank0():
+                return save_checkpoint(model, out, provenance=self.provenance(train, state, full))
+        return out
 
     def start_run(self, out: Path, resume: bool, train_data: ImageSplit | None
                   ) -> tuple[Path, ImageSplit, ImageSplit, ImageSplit, Classifier]:
@@ -326,24 +389,31 @@ class Trainer:
         ``<out>.partial`` work folder, the points trained on, the whole train split, val, the model)."""
         cfg = self.config
         work = out.with_name(out.name + ".partial")
-        self.apply_threads()
-        # Before any work (and not at save time, after every epoch): where the checkpoint and the work folder go.
-        check_checkpoint_out(out)
-        ownership.claim_training_work(out, resume)
-        self.check_inputs()
-        seed_everything(cfg.seed)
-        if train_data is not None:
-            train = full = train_data
-        else:
-            train, full = self.training_split()
-        val = load_split(cfg.data, "val")
-        self.prepare(train)
-        seed_everything(cfg.seed)  # training a missing teacher in prepare() must not change the student's init
-        model = self.build_model(train).to(self.device)
-        # The work folder is this run's until it ends: a second training into the same --out is refused.
-        self._work_lock = ownership.acquire(work, f"robustdistill train {self.method}")
-        ownership.adopt(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work)
-        ownership.record(work, [work / STATE_FILE])
+        # Under torchrun each stretch ends with every process agreeing that it went well (else all stop, the error
+        # said once); only rank 0 takes the work folder. Without torchrun the agreements do nothing.
+        with distributed.agreement():
+            self.apply_threads()
+            # Before any work (and not at save time, after every epoch): where the checkpoint and the work folder go.
+            check_checkpoint_out(out)
+            ownership.claim_training_work(out, resume)
+            self.check_inputs()
+        with distributed.agreement():
+            seed_everything(cfg.seed)
+            if train_data is not None:
+                train = full = train_data
+            else:
+                train, full = self.training_split()
+            val = load_split(cfg.data, "val")
+            self.prepare(train)
+            seed_everything(cfg.seed)  # training a missing teacher in prepare() must not change the student's init
+            model = self.build_model(train).to(self.device)
+            model = distributed.prepare_model(model, self.device, cfg.batch_size, len(train))  # type: ignore[assignment]
+        with distributed.agreement():
+            if distributed.is_rank0():
+                # The work folder is this run's until it ends: a second training into the same --out is refused.
+                self._work_lock = ownership.acquire(work, f"robustdistill train {self.method}")
+                ownership.adopt(work, ownership.TRAINING_WORK, legacy=ownership.is_legacy_training_work)
+                ownership.record(work, [work / STATE_FILE])
         return work, train, full, val, model
 
     def apply_threads(self) -> int:
@@ -370,8 +440,9 @@ class Trainer:
 
     def finish_run(self, work: Path) -> None:
         """After the checkpoint is saved: remove the work folder's files robustdistill wrote (and the folder, when
-        nothing else is in it); release its lock."""
-        ownership.dispose(work)
+        nothing else is in it); release its lock. Under torchrun rank 0 does it (the others hold nothing)."""
+        if distributed.is_rank0():
+            ownership.dispose(work)
         self.end_run()
 
     def provenance(self, train: ImageSplit, state: TrainState, full: ImageSplit | None = None) -> dict[str, Any]:
@@ -392,6 +463,7 @@ class Trainer:
             "robustdistill": __version__,
             "torch": torch.__version__,
             "cpu": cpu_record(),  # the kernels that trained it: pinned ones reproduce on other x86 CPUs
+            **distributed.provenance(self.device),  # under torchrun: {"distributed": {"world_size", "backend"}}
             **self.extra_provenance(),
         }
 
@@ -401,20 +473,28 @@ class Trainer:
         return entry
 
     def _save_state(self, path: Path, state: TrainState, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, best: dict[str, torch.Tensor]) -> None:
-        payload = {
-            "epoch": state.epoch,
-            "best_score": state.best_score,
-            "best_epoch": state.best_epoch,
-            "history": state.history,
-            "model": model.state_dict(),
-            "best_model": best,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "extra": self.extra_state(),
-        }
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        """Write ``last.pt``. Under torchrun every process calls it (its torch RNG state is gathered), rank 0 writes,
+        and no process goes on before the file is complete."""
+        ranks_rng = distributed.rng_states()
+        with distributed.agreement():
+            if not distributed.is_rank0():
+                return
+            payload = {
+                "epoch": state.epoch,
+                "best_score": state.best_score,
+                "best_epoch": state.best_epoch,
+                "history": state.history,
+                "model": model.state_dict(),
+                "best_model": best,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "extra": self.extra_state(),
+            }
+            if ranks_rng is not None:  # each process's own stream, for a resume with as many processes
+                payload["torch_rng_ranks"] = ranks_rng
+            with atomic_path(path) as tmp:
+                torch.save(payload, tmp)
 
     def _load_state(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> tuple[TrainState, dict[str, torch.Tensor]]:
         try:
@@ -425,7 +505,16 @@ class Trainer:
             self.load_extra_state(payload.get("extra", {}))
         except Exception as exc:  # a state from another recipe or a damaged file
             raise UserInputError("--resume", f"cannot continue from {path}: {exc}".splitlines()[0], f"delete {path.parent} to start over") from None
-        torch.set_rng_state(payload["torch_rng"].cpu())
+        rng = payload["torch_rng"]
+        here = distributed.world()
+        ranks_rng = payload.get("torch_rng_ranks")
+        if here.size > 1 and ranks_rng is not None and len(ranks_rng) == here.size:
+            rng = ranks_rng[here.rank]
+        elif here.size > 1 or ranks_rng is not None:
+            saved = len(ranks_rng) if ranks_rng is not None else 1
+            log.info("resuming with %d process(es) a run saved by %d: every process continues rank 0's random stream",
+                     here.size, saved)
+        torch.set_rng_state(rng.cpu())
         state = TrainState(payload["epoch"], payload["best_score"], payload["best_epoch"], list(payload["history"]))
         return state, payload["best_model"]
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from robustdistill.data import ImageSplit
 from robustdistill.errors import UserInputError
+from robustdistill.trainers import distributed
 from robustdistill.trainers.base import TRAINERS, EpochCallback, Trainer, soft_cross_entropy
 from robustdistill.trainers.config import STRICT, TrainConfig, config_to_dict
 from robustdistill.trainers.teachers import load_teacher
@@ -70,9 +71,10 @@ class DefensiveDistillationTrainer(Trainer):
             train_data: ImageSplit | None = None) -> Path:
         cfg = self.config
         teacher_path = Path(cfg.teacher) if cfg.teacher else Path(out).with_name(Path(out).name + "-teacher")
-        if cfg.teacher and not (teacher_path / "config.json").exists():
-            raise UserInputError("teacher", f"no checkpoint at {teacher_path}", "leave teacher unset to train one, or fix the path")
-        if not cfg.teacher:
+        with distributed.agreement():  # under torchrun: every process stops, the error said once
+            if cfg.teacher and not (teacher_path / "config.json").exists():
+                raise UserInputError("teacher", f"no checkpoint at {teacher_path}", "leave teacher unset to train one, or fix the path")
+        if not cfg.teacher:  # (under torchrun the teacher trains data-parallel too: every process gets here)
             teacher_config = self._teacher_config()
             if not self._is_trained_with(teacher_path, teacher_config):
                 log.info("training the temperature-%g teacher into %s", cfg.temperature, teacher_path)

@@ -24,6 +24,7 @@ from robustdistill.models.checkpoint import atomic_directory, robustdistill_vers
 from robustdistill.models.diffusion import PROVENANCE_FILE
 from robustdistill.progress import HEARTBEAT_S
 from robustdistill.reproducibility import cpu_record
+from robustdistill.trainers import distributed
 from robustdistill.utils import atomic_path, resolve_device
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class DiffusionTrainer:
         epoch and ends with the same weights as an uninterrupted run with the same seed."""
         from robustdistill import threads
 
+        distributed.check_supported(self)  # one process: refused under torchrun
         out = Path(out)
         work = out.with_name(out.name + ".partial")
         threads.apply_thread_default(self.threads)

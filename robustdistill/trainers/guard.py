@@ -65,6 +65,7 @@ from robustdistill.data import ImageSplit, load_split
 from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, checkpoint_sha256, load_model
 from robustdistill.models.checkpoint import check_checkpoint_out
+from robustdistill.trainers import distributed
 from robustdistill.trainers.base import TRAINERS, Trainer, TrainState, derived_seed
 from robustdistill.trainers.config import STRICT, TrainConfig, config_to_dict
 from robustdistill.trainers.guard_recover import (
@@ -173,6 +174,7 @@ class GuardTrainer(Trainer):
     config_class: ClassVar[type[TrainConfig]] = GuardConfig
     method = "guard"
     config: GuardConfig
+    data_parallel = False  # the squeeze, recover and relabel stages run in one process
 
     def __init__(self, config: GuardConfig) -> None:
         super().__init__(config)
@@ -315,6 +317,7 @@ class GuardTrainer(Trainer):
             train_data: ImageSplit | None = None) -> Path:
         """Squeeze, recover, relabel, then train the student on the distilled data; writes ``out`` (the student)
         and ``<out>.distilled/`` (see the module docstring)."""
+        distributed.check_supported(self)  # not under torchrun
         if train_data is not None:
             raise UserInputError("train_data", "GUARD / SRe2L train the student on the data they distil",
                                  "give the real data in the recipe's [data]")

@@ -66,6 +66,7 @@ class SqueezeTrainer(Trainer):
 
     config_class = SqueezeConfig
     method = "squeeze"
+    data_parallel = False  # GUARD's stage: one process, as the whole pipeline
 
     def __init__(self, config: SqueezeConfig) -> None:
         super().__init__(config)

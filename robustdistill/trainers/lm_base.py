@@ -41,6 +41,7 @@ from robustdistill.models.language import PROVENANCE_FILE, LanguageModel, load_l
 from robustdistill.models.lm_text import EncodedPair, TokenBatch, encode_pair, max_length, pad_batch, response_logits, special_ids
 from robustdistill.progress import HEARTBEAT_S, WorkProgress
 from robustdistill.reproducibility import cpu_record
+from robustdistill.trainers import distributed
 from robustdistill.trainers.base import derived_seed
 from robustdistill.trainers.config import config_to_dict
 from robustdistill.trainers.lm_config import LMTrainConfig, load_lm_recipe
@@ -244,6 +245,7 @@ class LMTrainer:
         finished epoch and ends with the same weights as an uninterrupted run with the same seed."""
         from robustdistill import threads
 
+        distributed.check_supported(self)  # one process: refused under torchrun
         out = Path(out)
         work = out.with_name(out.name + ".partial")
         threads.apply_thread_default(self.threads)

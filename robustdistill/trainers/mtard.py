@@ -253,6 +253,9 @@ class MTARDTrainer(Trainer):
 
     config_class = MTARDConfig
     method = "mtard"
+    # The teacher balance is updated from each batch's KL terms inside batch_loss: one process only (a shard's
+    # terms would move each process's balance apart).
+    data_parallel = False
 
     clean_teacher: Classifier
     robust_teacher: Classifier

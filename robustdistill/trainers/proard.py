@@ -36,6 +36,7 @@ from robustdistill.errors import UserInputError
 from robustdistill.models import Classifier, save_checkpoint
 from robustdistill.models.dynamic import DynamicNetwork, recalibrate_batchnorm
 from robustdistill.models.search_space import SearchSpace, SubnetConfig, space_from
+from robustdistill.trainers import distributed
 from robustdistill.trainers.base import TRAINERS, Trainer, TrainState
 from robustdistill.trainers.config import STRICT, SelectMetric, TrainConfig
 from robustdistill.trainers.teachers import check_teacher, ensure_teacher, inference_forward, load_teacher
@@ -145,6 +146,7 @@ class ProARDTrainer(Trainer):
     """Progressive adversarial robustness distillation of a weight-sharing family (Mousavi et al., IJCNN 2025)."""
 
     config_class = ProARDConfig
+    data_parallel = False  # its own stage loop and BatchNorm recalibration run in one process
     method = "proard"
 
     teacher: Classifier
@@ -265,6 +267,7 @@ class ProARDTrainer(Trainer):
 
         Progress after each epoch is kept in ``<out>.partial/``; ``resume=True`` continues from there.
         """
+        distributed.check_supported(self)  # not under torchrun
         out = Path(out)
         try:
             return self._fit_stages(out, resume, on_epoch_end, train_data)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 SEQUENTIAL, RAY = "sequential", "ray"
 EXECUTORS = (SEQUENTIAL, RAY)
 RETRIES = 3  # runs of a unit whose worker died, after the first (Ray's default for tasks)
+SHARED_FILES = "put the checkpoints, data and --out on a filesystem every node sees at the same paths"
 INSTALL = "pip install -c constraints.txt -e '.[ray]' (the ray extra)"
 
 
@@ -69,14 +70,14 @@ def run_unit_task(job: AuditJob, key: str) -> dict[str, Any]:
 
     if not Path(job.cwd).is_dir():
         raise UserInputError("--executor", f"a Ray worker has no folder {job.cwd} (the audit's working directory)",
-                             "put the checkpoints, data and --out on a filesystem every node sees at the same paths")
+                             SHARED_FILES)
     os.chdir(job.cwd)  # a worker process runs only Ray tasks; each of ours works where its audit's driver works
     ctx, units = _prepared(job)
     unit = units.get(key)
     if unit is None:
         raise UserInputError("--executor", f"a Ray worker planned other units than this audit (no unit {key}): the "
                              "checkpoints or data at the audit's paths differ on its node",
-                             "put the checkpoints, data and --out on a filesystem every node sees at the same paths")
+                             SHARED_FILES)
     return runner._run_unit(job.suite, unit, ctx)
 
 
@@ -122,7 +123,7 @@ class RayExecutor:
 
     name = RAY
 
-    def __init__(self, address: str | None = None, retries: int = RETRIES, num_cpus: int | None = None) -> None:
+    def __init__(self, address: str | None = None, retries: int = RETRIES) -> None:
         if retries < 0:
             raise UserInputError("retries", f"must be >= 0, got {retries}", "use 0 (never rerun a lost unit) or more")
         import importlib.util
@@ -132,7 +133,7 @@ class RayExecutor:
                                  "the units here, one after another (same results)")
         if address is not None:
             check_reachable(address)
-        self.address, self.retries, self.num_cpus = address, retries, num_cpus
+        self.address, self.retries = address, retries
         self._started = False
         self._entered = 0
         self._lock = threading.Lock()
@@ -151,10 +152,8 @@ class RayExecutor:
                 self._stopped = False
             if ray.is_initialized():
                 return self
-            options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+            options = {"include_dashboard": False, "log_to_driver": False,
                                        "logging_level": logging.WARNING}
-            if self.address is None and self.num_cpus is not None:
-                options["num_cpus"] = self.num_cpus
             try:
                 ray.init(address=self.address, **options)
             except (ConnectionError, ValueError, RuntimeError) as exc:

@@ -22,9 +22,10 @@ def resumable(run_dir: Path, teacher: Path, student: Path, extra: dict[str, Path
         start_over(run_dir)
         return False
     try:
-        manifest = json.loads(results.read_text().splitlines()[0])
+        with open(results, encoding="utf-8") as handle:  # the first line is the manifest: not the whole store
+            manifest = json.loads(handle.readline())
         audited = {role: entry["sha256"] for role, entry in manifest["checkpoints"].items()}
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
         audited = {}
     roles = {"teacher": teacher, "student": student, **(extra or {})}
     if audited == {role: checkpoint_sha256(path) for role, path in roles.items()}:

@@ -313,7 +313,8 @@ def _run(suite: Suite, modules: Mapping[str, nn.Module], run_dir: Path, store: R
         if overwrite and store.has_results():
             removed = ownership.remove_owned(run_dir)  # only what the marker lists: a user's files there stay
             log.info("overwriting %s: removed the %d files of the earlier audit", run_dir, len(removed))
-        ctx = prepared.context(suite, run_dir / ARTIFACTS)
+        # The units run here on this context, or on the executor's workers, which prepare their own from the job.
+        ctx = prepared.context(suite, run_dir / ARTIFACTS) if executor is None else None
         job = None if executor is None else executor.job(suite, modules, load_options, run_dir / ARTIFACTS, units)
         return _execute(suite, run_dir, store, resume, progress, render, on_unit, manifest, units, ctx, executor, job)
 
@@ -337,8 +338,8 @@ def _check_same_checkpoints(run_dir: Path, store: RunStore, checkpoints: Mapping
 
 
 def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progress: bool | None, render: bool,
-             on_unit: UnitCallback | None, manifest: dict[str, Any], units: list[PlannedUnit], ctx: EvalContext,
-             executor: Any = None, job: Any = None) -> Report:
+             on_unit: UnitCallback | None, manifest: dict[str, Any], units: list[PlannedUnit],
+             ctx: EvalContext | None, executor: Any = None, job: Any = None) -> Report:
     """Run the planned units into the locked ``run_dir`` (here, or on ``executor`` with its ``job``) and build (and
     render) the report."""
     if store.has_results() and not resume:  # another audit finished into it while this one was validating
@@ -353,7 +354,8 @@ def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progres
         log.info("resuming %s: %d of %d probe units already finished", run_dir, len(units) - len(todo), len(units))
     # The bar counts expected work, not units: one AutoAttack unit outweighs hundreds of clean ones.
     cost = {u.key: max(float(u.probe.expected_cost()), 0.01) for u in units}  # the probe's estimate of its work
-    def keep(unit: PlannedUnit, record: dict[str, Any]) -> None:
+
+    def keep(record: dict[str, Any]) -> None:
         store.append(record)
         ownership.record(run_dir, [run_dir / ARTIFACTS / name for name in record["artifacts"]])
 
@@ -365,12 +367,13 @@ def _execute(suite: Suite, run_dir: Path, store: RunStore, resume: bool, progres
         if executor is None:
             for unit in todo:
                 with bar.unit(label(unit), cost[unit.key]):  # labels its log lines
+                    assert ctx is not None
                     record = _run_unit(suite, unit, ctx)
-                    keep(unit, record)
+                    keep(record)
                 _finished(unit, record, on_unit)
         else:  # the units run elsewhere, several at once: each is stored as it comes back, in any order
             for unit, record in executor.run(job, todo):
-                keep(unit, record)
+                keep(record)
                 bar.finished(label(unit), cost[unit.key])
                 _finished(unit, record, on_unit)
     report = build_report(run_dir)

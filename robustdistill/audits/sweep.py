@@ -242,7 +242,8 @@ def _audits_side_by_side(sweep: Sweep, out: Path, device: str | None, progress: 
 
 def train_missing(entry: SweepEntry) -> None:
     """Train the entry's teacher, then its student, from their recipes where they are missing; a student recipe that
-    distils from a teacher distils from this entry's."""
+    distils from a teacher distils from this entry's. A training an earlier sweep was interrupted in continues from
+    its ``.partial`` folder, as the audit's own ``[pipeline] recipes`` do (runner.train_missing)."""
     from robustdistill.trainers import TRAINERS, read_toml as read_recipe, train_from_recipe
 
     for path, recipe, is_student in ((entry.teacher, entry.teacher_recipe, False),
@@ -253,7 +254,7 @@ def train_missing(entry: SweepEntry) -> None:
         fields = getattr(TRAINERS.get(method).config_class, "__dataclass_fields__", {})
         overrides = [f"teacher={entry.teacher}"] if is_student and "teacher" in fields else []
         log.info("sweep: %s is missing, training it from %s", path, recipe)
-        train_from_recipe(recipe, out=path, overrides=overrides)
+        train_from_recipe(recipe, out=path, overrides=overrides, resume=True)
 
 
 def student_parameters(report: Any, student: str) -> int | None:

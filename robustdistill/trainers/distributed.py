@@ -298,19 +298,22 @@ def _by_dtype(tensors: Sequence[torch.Tensor]) -> dict[torch.dtype, list[torch.T
     return groups
 
 
-def broadcast_module(model: nn.Module) -> None:
-    """Give every process rank 0's parameters and buffers (one broadcast per dtype), as DDP does at its start."""
-    if not active():
-        return
-    tensors = [*model.parameters(), *model.buffers()]
+@torch.no_grad()
+def _broadcast_from_rank0(tensors: Sequence[torch.Tensor]) -> None:
+    """Rank 0's values of ``tensors`` on every process, one broadcast of a flat buffer per dtype."""
     for group in _by_dtype(tensors).values():
-        with torch.no_grad():
-            flat = torch.cat([t.detach().reshape(-1) for t in group])
-            _dist().broadcast(flat, src=0)
-            offset = 0
-            for t in group:
-                t.copy_(flat[offset : offset + t.numel()].view_as(t))
-                offset += t.numel()
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        _dist().broadcast(flat, src=0)
+        offset = 0
+        for t in group:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+
+def broadcast_module(model: nn.Module) -> None:
+    """Give every process rank 0's parameters and buffers, as DDP does at its start."""
+    if active():
+        _broadcast_from_rank0([*model.parameters(), *model.buffers()])
 
 
 def _plain_batchnorm(model: nn.Module) -> bool:
@@ -321,16 +324,8 @@ def _plain_batchnorm(model: nn.Module) -> bool:
 def sync_buffers(model: nn.Module) -> None:
     """After a step, BatchNorm running statistics are rank 0's on every process (DDP's ``broadcast_buffers``);
     nothing for a model without (plain) BatchNorm."""
-    if not active() or not _plain_batchnorm(model):
-        return
-    buffers = list(model.buffers())
-    for group in _by_dtype(buffers).values():
-        flat = torch.cat([b.reshape(-1) for b in group])
-        _dist().broadcast(flat, src=0)
-        offset = 0
-        for b in group:
-            b.copy_(flat[offset : offset + b.numel()].view_as(b))
-            offset += b.numel()
+    if active() and _plain_batchnorm(model):
+        _broadcast_from_rank0(list(model.buffers()))
 
 
 def reduce_gradients(model: nn.Module, local: int, total: int, loss_sum: float, correct: int) -> tuple[float, int]:

@@ -3,6 +3,7 @@ run one by one, resumed on a second run, one index comparing them; and the refus
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -111,3 +112,33 @@ def test_a_model_an_earlier_entrys_recipe_trains_may_be_named_again(world: Path,
     sweep = load_sweep(world / "planned.toml")
     assert [e.student_recipe is not None for e in sweep.entries] == [True, False]
     assert sweep.entries[1].teacher == "not-yet"  # trained by the first entry before the second audit runs
+
+
+def test_a_sweep_continues_a_training_it_was_interrupted_in(world: Path, digits_pair: tuple[Path, Path],
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A sweep stopped while it trained a missing model leaves that training's .partial folder; the next sweep
+    continues it (the sweep command has no --resume of its own to pass), and the model ends fully trained."""
+    from robustdistill.trainers import from_recipe
+
+    repo = Path(__file__).resolve().parents[2]
+    text = (repo / "defenses" / "digits-standard.toml").read_text()
+    text = text.replace('"attacks/digits-linf.toml"', f'"{repo / "attacks" / "digits-linf.toml"}"')
+    (world / "teacher.toml").write_text(text.replace("epochs = 30", "epochs = 2").replace("seed = 0", "seed = 0\n"
+                                                                                         "val_robust = false"))
+    teacher = world / "interrupted-teacher"
+
+    def stop_after_the_first_epoch(epoch: int, record: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        from_recipe(world / "teacher.toml").fit(teacher, on_epoch_end=stop_after_the_first_epoch)
+    assert (world / "interrupted-teacher.partial").is_dir() and not teacher.exists()
+    (world / "resumed.toml").write_text(
+        f'name = "resumed"\nsuite = "clean.toml"\n[[audits]]\nname = "kd"\nteacher = "{teacher}"\n'
+        f'teacher_recipe = "teacher.toml"\nstudent = "{digits_pair[1]}"\n')
+    with caplog.at_level("INFO", logger="robustdistill"):
+        _, reports, _ = run_sweep(world / "resumed.toml", world / "resumed-runs", progress=False)
+    assert any("resuming standard" in message and "after epoch 1" in message for message in caplog.messages)
+    history = json.loads((teacher / "config.json").read_text())["provenance"]["history"]
+    assert [entry["epoch"] for entry in history] == [1, 2] and not (world / "interrupted-teacher.partial").exists()
+    assert len(reports) == 1 and reports[0].rows
